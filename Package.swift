@@ -1,0 +1,110 @@
+// swift-tools-version:6.2
+import PackageDescription
+
+let package = Package(
+    name: "tern",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "tern", targets: ["tern"]),
+        .library(name: "TernCore", targets: ["TernCore"]),
+        .library(name: "TernWire", targets: ["TernWire"]),
+        .library(name: "TernTopology", targets: ["TernTopology"]),
+        .library(name: "TernRelay", targets: ["TernRelay"]),
+        .library(name: "TernClient", targets: ["TernClient"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird-websocket.git", from: "2.8.1"),
+        .package(url: "https://github.com/hummingbird-project/swift-websocket.git", from: "1.6.2"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        .package(url: "https://github.com/vapor/jwt-kit.git", from: "5.8.0"),
+    ],
+    targets: [
+        /// The system liblz4, used by the inter-region link codec.
+        .systemLibrary(
+            name: "CLZ4",
+            pkgConfig: "liblz4",
+            providers: [.apt(["liblz4-dev"]), .brew(["lz4"])]
+        ),
+        /// Sans-IO state machines: rooms, presence, history, recovery, permissions, limits.
+        .target(
+            name: "TernCore",
+            dependencies: [
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "HeapModule", package: "swift-collections"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
+        /// Client protocol (JSON) encoding and decoding.
+        .target(
+            name: "TernWire",
+            dependencies: ["TernCore", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        /// Topology config model, YAML parsing and validation with file:line errors.
+        .target(
+            name: "TernTopology",
+            dependencies: [
+                "TernCore",
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
+        /// SwiftNIO / Hummingbird runtime that drives TernCore.
+        .target(
+            name: "TernRelay",
+            dependencies: [
+                "TernCore", "TernWire", "TernTopology", "CLZ4",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "JWTKit", package: "jwt-kit"),
+            ]
+        ),
+        /// Swift WebSocket client with reconnect, backoff and recovery by position.
+        .target(
+            name: "TernClient",
+            dependencies: [
+                "TernWire",
+                .product(name: "WSClient", package: "swift-websocket"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        /// The command-line tool: relay, up, topology.
+        .executableTarget(
+            name: "tern",
+            dependencies: [
+                "TernRelay", "TernTopology", "TernClient",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .testTarget(name: "TernCoreTests", dependencies: ["TernCore"]),
+        .testTarget(name: "TernWireTests", dependencies: ["TernWire"]),
+        .testTarget(name: "TernTopologyTests", dependencies: ["TernTopology"]),
+        .testTarget(
+            name: "TernRelayTests",
+            dependencies: [
+                "TernRelay", "TernClient", "TernWire", "TernTopology",
+                .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "WSClient", package: "swift-websocket"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

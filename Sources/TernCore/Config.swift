@@ -1,0 +1,84 @@
+/// Options a namespace carries for every topic in it.
+public struct NamespaceOptions: Hashable, Sendable {
+    /// Whether the relay tracks who is in each topic.
+    public var presence: Bool = false
+    /// Whether subscribers receive join and leave events (needs `presence`).
+    public var joinLeave: Bool = false
+    /// How many publications each topic's history ring keeps (0 disables recovery).
+    public var historySize: Int = 0
+    /// How long a publication stays in the history ring.
+    public var historyTTL: Duration = .seconds(300)
+    /// Whether clients without a token may subscribe and read presence.
+    public var anonymous: Bool = false
+    /// Whether connected clients may publish (backends always may, with the API key).
+    public var clientPublish: Bool = true
+    /// The most subscribers one topic accepts in this region (0 means no limit).
+    public var maxSubscribers: Int = 0
+
+    /// Defaults: no presence, no history, tokens required.
+    public init() {}
+
+    /// All options spelled out.
+    public init(
+        presence: Bool, joinLeave: Bool, historySize: Int, historyTTL: Duration,
+        anonymous: Bool, clientPublish: Bool = true, maxSubscribers: Int = 0
+    ) {
+        self.presence = presence
+        self.joinLeave = joinLeave
+        self.historySize = historySize
+        self.historyTTL = historyTTL
+        self.anonymous = anonymous
+        self.clientPublish = clientPublish
+        self.maxSubscribers = maxSubscribers
+    }
+}
+
+/// Limits that protect one relay from its clients. Every one has a default.
+public struct RelayLimits: Hashable, Sendable {
+    /// The largest client message accepted, in bytes; larger ones get an error reply.
+    public var maxFrameBytes: Int = 65_536
+    /// The most bytes queued for one client before volatile events are shed and then the client is closed.
+    public var maxQueueBytes: Int = 1_048_576
+    /// The most topics one client may subscribe to.
+    public var maxSubscriptionsPerClient: Int = 128
+    /// Sustained publishes per second allowed for one client.
+    public var publishRatePerSecond: Double = 50
+    /// Publishes one client may burst above the sustained rate.
+    public var publishBurst: Double = 100
+    /// Sustained new connections per second the relay accepts.
+    public var acceptRatePerSecond: Double = 500
+    /// New connections the relay accepts in a burst above the sustained rate.
+    public var acceptBurst: Double = 1_000
+    /// How long a WebSocket may stay open without a successful connect command.
+    public var connectTimeout: Duration = .seconds(10)
+    /// The most presence entries one presence reply carries.
+    public var maxPresenceList: Int = 1_000
+    /// How long an idempotency id is remembered per topic.
+    public var idempotencyWindow: Duration = .seconds(120)
+    /// How many idempotency ids are remembered per topic at most.
+    public var idempotencyCapacity: Int = 10_000
+    /// The longest a long-poll request is held.
+    public var maxPollTimeout: Duration = .seconds(30)
+    /// The spread of reconnect delays told to clients when the relay drains.
+    public var drainWindow: Duration = .seconds(10)
+
+    /// The defaults.
+    public init() {}
+}
+
+/// What one relay's core needs to know: its region, namespaces and limits.
+public struct RelayCoreConfig: Sendable {
+    /// The region this relay serves.
+    public var region: String
+    /// Options by namespace name.
+    public var namespaces: [String: NamespaceOptions]
+    /// Limits for this relay.
+    public var limits: RelayLimits
+
+    /// A config for `region` with `namespaces` and `limits`.
+    public init(region: String, namespaces: [String: NamespaceOptions], limits: RelayLimits = RelayLimits()) {
+        self.region = region
+        self.namespaces = namespaces
+        self.limits = limits
+    }
+}

@@ -1,0 +1,104 @@
+import DequeModule
+
+/// One sequenced publication on a topic.
+public struct Publication: Sendable, Hashable {
+    /// The topic it was published to.
+    public var topic: String
+    /// Its place in the topic's stream.
+    public var position: StreamPosition
+    /// The publisher's idempotency id (empty when the publisher gave none).
+    public var id: String
+    /// The payload, as compact JSON text.
+    public var data: String
+    /// The publishing user, when known.
+    public var user: String?
+    /// When the origin relay accepted it, for publish→deliver latency.
+    public var acceptedAt: TernInstant
+
+    /// A publication with every field given.
+    public init(topic: String, position: StreamPosition, id: String, data: String, user: String?, acceptedAt: TernInstant) {
+        self.topic = topic
+        self.position = position
+        self.id = id
+        self.data = data
+        self.user = user
+        self.acceptedAt = acceptedAt
+    }
+}
+
+/// Why a recovery request could not be served from history.
+public enum RecoveryFailure: String, Sendable, Hashable {
+    /// The client's epoch is not the stream's current epoch.
+    case epochChanged = "epoch_changed"
+    /// The publications after the client's offset have left the ring (size or TTL).
+    case evicted = "evicted"
+    /// The client claims an offset the stream has not reached.
+    case positionAhead = "position_ahead"
+    /// The namespace keeps no history.
+    case noHistory = "no_history"
+}
+
+/// The result of asking a history ring for everything after a position.
+public enum RecoveryResult: Sendable, Hashable {
+    /// Every publication after the position, in order (possibly none).
+    case recovered([Publication])
+    /// The gap cannot be filled; the client must resync from its source of truth.
+    case failed(RecoveryFailure)
+}
+
+/// A bounded, TTL-limited ring of a topic's most recent publications.
+///
+/// It serves late joiners and reconnecting clients from the local region.
+public struct HistoryRing: Sendable {
+    /// The most publications kept.
+    public let capacity: Int
+    /// How long one publication is kept.
+    public let ttl: Duration
+    private var entries: Deque<Publication> = []
+
+    /// An empty ring keeping at most `capacity` publications for `ttl`.
+    public init(capacity: Int, ttl: Duration) {
+        self.capacity = max(0, capacity)
+        self.ttl = ttl
+    }
+
+    /// The number of publications held.
+    public var count: Int { entries.count }
+    /// Whether the ring holds nothing.
+    public var isEmpty: Bool { entries.isEmpty }
+    /// The oldest offset held, if any.
+    public var oldestOffset: UInt64? { entries.first?.position.offset }
+    /// When the oldest held publication expires, if any.
+    public var nextExpiry: TernInstant? { entries.first.map { $0.acceptedAt + ttl } }
+
+    /// Appends a publication, evicting the oldest when full.
+    public mutating func append(_ publication: Publication) {
+        guard capacity > 0 else { return }
+        if entries.count == capacity { entries.removeFirst() }
+        entries.append(publication)
+    }
+
+    /// Drops every publication older than the TTL at `now`.
+    public mutating func expire(now: TernInstant) {
+        while let first = entries.first, first.acceptedAt + ttl <= now {
+            entries.removeFirst()
+        }
+    }
+
+    /// Everything after `position`, given the stream is now at `current`.
+    ///
+    /// Expired entries are dropped first, so a TTL-evicted gap is reported as one.
+    public mutating func publications(after position: StreamPosition, current: StreamPosition, now: TernInstant) -> RecoveryResult {
+        expire(now: now)
+        if position.epoch != current.epoch { return .failed(.epochChanged) }
+        if position.offset > current.offset { return .failed(.positionAhead) }
+        if position.offset == current.offset { return .recovered([]) }
+        if capacity == 0 { return .failed(.noHistory) }
+        guard let oldest = entries.first?.position.offset, oldest <= position.offset + 1 else {
+            return .failed(.evicted)
+        }
+        // Offsets in the ring are contiguous, so the start index is arithmetic.
+        let start = Int(position.offset + 1 - oldest)
+        return .recovered(Array(entries[start...]))
+    }
+}

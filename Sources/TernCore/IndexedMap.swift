@@ -1,0 +1,63 @@
+/// A map with O(1) insert, lookup and removal whose iteration order depends
+/// only on the sequence of operations, never on hash seeds.
+///
+/// Core state iterates subscribers and presence entries; this keeps a
+/// simulated run's trace identical for the same seed.
+public struct IndexedMap<Key: Hashable & Sendable, Value: Sendable>: Sendable {
+    private var keys: [Key] = []
+    private var values: [Value] = []
+    private var index: [Key: Int] = [:]
+
+    /// An empty map.
+    public init() {}
+
+    /// The number of entries.
+    public var count: Int { keys.count }
+    /// Whether the map is empty.
+    public var isEmpty: Bool { keys.isEmpty }
+
+    /// The value for `key`, if any; setting nil removes it.
+    public subscript(key: Key) -> Value? {
+        get { index[key].map { values[$0] } }
+        set {
+            if let newValue {
+                if let i = index[key] {
+                    values[i] = newValue
+                } else {
+                    index[key] = keys.count
+                    keys.append(key)
+                    values.append(newValue)
+                }
+            } else {
+                removeValue(forKey: key)
+            }
+        }
+    }
+
+    /// Whether `key` is present.
+    public func contains(_ key: Key) -> Bool { index[key] != nil }
+
+    /// Removes `key`, moving the last entry into its place; returns the old value.
+    @discardableResult
+    public mutating func removeValue(forKey key: Key) -> Value? {
+        guard let i = index.removeValue(forKey: key) else { return nil }
+        let old = values[i]
+        let last = keys.count - 1
+        if i != last {
+            keys[i] = keys[last]
+            values[i] = values[last]
+            index[keys[i]] = i
+        }
+        keys.removeLast()
+        values.removeLast()
+        return old
+    }
+
+    /// The keys, in the map's deterministic order.
+    public var orderedKeys: [Key] { keys }
+
+    /// Calls `body` for each entry in order, stopping early when it returns false.
+    public func forEach(_ body: (Key, Value) -> Bool) {
+        for i in keys.indices where !body(keys[i], values[i]) { return }
+    }
+}

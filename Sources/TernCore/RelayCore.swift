@@ -1,0 +1,687 @@
+import HeapModule
+import NIOCore
+
+/// How a client is connected to the relay.
+public enum Transport: String, Sendable, Hashable {
+    case websocket
+    case sse
+    case poll
+}
+
+/// Something that happened, reported by a driver to the relay core.
+public enum RelayEvent: Sendable {
+    /// A transport connection arrived. It still has to authenticate (WebSocket) or is authenticated with it (SSE, poll).
+    case opened(ClientID, Transport)
+    /// A decoded client command, numbered `ref` by the client.
+    case command(ClientID, ref: UInt64?, ClientCommand)
+    /// The driver verified the token of a connect command.
+    case authenticated(ClientID, ref: UInt64?, ClientIdentity)
+    /// The driver refused the token of a connect command.
+    case authenticationFailed(ClientID, ref: UInt64?, AuthFailure)
+    /// A frame that could not be turned into a command (malformed, oversized, unknown).
+    case badFrame(ClientID, ref: UInt64?, TernError)
+    /// The transport connection is gone.
+    case closed(ClientID)
+    /// A backend published through the HTTP API; answered with `apiReply(request:)`.
+    case apiPublish(request: UInt64, topic: String, id: String, data: String)
+    /// A long-poll request; answered with `pollReply` now or when something arrives or at the timeout.
+    case poll(ClientID, ClientIdentity, topics: [(topic: String, since: StreamPosition?)], timeout: Duration)
+    /// The relay is shutting down: tell every client to reconnect, spread over the drain window.
+    case drain
+    /// Time passed; fire due deadlines.
+    case tick
+}
+
+/// What a long-poll request gets back.
+public struct PollReply: Sendable, Hashable {
+    /// The state of one polled topic after this reply.
+    public struct TopicState: Sendable, Hashable {
+        public var topic: String
+        public var position: StreamPosition
+        /// False when the cursor's gap could not be filled: the client must resync this topic.
+        public var recovered: Bool
+        public var failure: RecoveryFailure?
+    }
+
+    /// Publications after the cursor, oldest first per topic.
+    public var publications: [Publication]
+    /// Where each topic stands, to build the next cursor from.
+    public var topics: [TopicState]
+    /// Why the poll was refused, if it was.
+    public var error: TernError?
+}
+
+/// What the core asks its driver to do.
+public enum RelayAction: Sendable {
+    /// The client's outbox has frames: take them with `takeOutbound` and write them.
+    case flush(ClientID)
+    /// Verify this token and report `authenticated` or `authenticationFailed`.
+    case verifyToken(ClientID, ref: UInt64?, token: String)
+    /// Write what is queued (unless the code is slow consumer), then close with `code`.
+    case close(ClientID, CloseCode)
+    /// The answer to an HTTP publish.
+    case apiReply(request: UInt64, Result<ReplyBody, TernError>)
+    /// The answer to a long-poll request; the poll client is gone afterwards.
+    case pollReply(ClientID, PollReply)
+}
+
+/// Counters and gauges the driver exports as metrics.
+public struct RelayStats: Sendable, Hashable {
+    public var connections = 0
+    public var subscriptions = 0
+    public var topics = 0
+    public var publications = 0
+    public var deliveries = 0
+    public var duplicatePublishes = 0
+    public var volatileShed = 0
+    public var slowConsumerCloses = 0
+    public var rejectedConnections = 0
+}
+
+/// The sans-IO heart of one region's relay: clients, topics, presence,
+/// history, recovery, permissions and limits.
+///
+/// Drivers feed it events with `now` and carry out the actions it returns.
+/// It never reads a clock, never touches a socket and draws randomness
+/// only from the generator it was given.
+public struct RelayCore: Sendable {
+    private struct ClientState: Sendable {
+        var transport: Transport
+        var identity: ClientIdentity?
+        var authenticating = false
+        var subscriptions = IndexedMap<String, Void>()
+        var outbox: Outbox
+        var publishBucket: TokenBucket
+        var cursor: [String: StreamPosition] = [:]
+        var closing = false
+        var counted = false
+    }
+
+    private struct TopicState: Sendable {
+        var options: NamespaceOptions
+        var epoch: String
+        var offset: UInt64 = 0
+        var history: HistoryRing
+        var idempotency: IdempotencyCache
+        var subscribers = IndexedMap<ClientID, Void>()
+        var presence = PresenceTable()
+        var pollWaiters = IndexedMap<ClientID, Void>()
+        var position: StreamPosition { StreamPosition(epoch: epoch, offset: offset) }
+    }
+
+    private struct Deadline: Comparable, Sendable {
+        enum Kind: Sendable {
+            case connectTimeout(ClientID)
+            case tokenExpiry(ClientID)
+            case pollTimeout(ClientID)
+            case topicSweep(String)
+        }
+        var at: TernInstant
+        var sequence: UInt64
+        var kind: Kind
+        static func < (a: Deadline, b: Deadline) -> Bool { (a.at, a.sequence) < (b.at, b.sequence) }
+        static func == (a: Deadline, b: Deadline) -> Bool { a.at == b.at && a.sequence == b.sequence }
+    }
+
+    /// The region, namespaces and limits this core was built with.
+    public let config: RelayCoreConfig
+    /// Counters for metrics.
+    public private(set) var stats = RelayStats()
+    /// Whether `drain` has been received.
+    public private(set) var draining = false
+
+    private let encoder: any ServerMessageEncoding
+    private var rng: SplitMix64
+    private var clients: [ClientID: ClientState] = [:]
+    private var topics: [String: TopicState] = [:]
+    private var deadlines = Heap<Deadline>()
+    private var deadlineSequence: UInt64 = 0
+    private var acceptBucket: TokenBucket
+    private var actions: [RelayAction] = []
+
+    /// A core for `config`, encoding with `encoder`, drawing randomness from `seed`.
+    public init(config: RelayCoreConfig, encoder: any ServerMessageEncoding, seed: UInt64, now: TernInstant) {
+        self.config = config
+        self.encoder = encoder
+        self.rng = SplitMix64(seed: seed)
+        self.acceptBucket = TokenBucket(rate: config.limits.acceptRatePerSecond, burst: config.limits.acceptBurst, now: now)
+    }
+
+    /// When the driver must send `tick` next, if ever.
+    public var nextDeadline: TernInstant? { deadlines.min?.at }
+
+    /// Handles one event at `now` and returns what the driver must do.
+    public mutating func handle(_ event: RelayEvent, now: TernInstant) -> [RelayAction] {
+        actions.removeAll(keepingCapacity: true)
+        switch event {
+        case .opened(let client, let transport): opened(client, transport, now: now)
+        case .command(let client, let ref, let command): commandReceived(client, ref: ref, command, now: now)
+        case .authenticated(let client, let ref, let identity): authenticated(client, ref: ref, identity, now: now)
+        case .authenticationFailed(let client, let ref, let failure): authenticationFailed(client, ref: ref, failure)
+        case .badFrame(let client, let ref, let error): send(client, .error(ref: ref, error))
+        case .closed(let client): closed(client, now: now)
+        case .apiPublish(let request, let topic, let id, let data):
+            let result = publish(topic: topic, id: id, data: data, user: nil, volatile: false, now: now)
+            actions.append(.apiReply(request: request, result))
+        case .poll(let client, let identity, let wanted, let timeout): poll(client, identity, wanted, timeout: timeout, now: now)
+        case .drain: drain()
+        case .tick: fireDeadlines(now: now)
+        }
+        let out = actions
+        actions.removeAll(keepingCapacity: true)
+        return out
+    }
+
+    /// Takes up to `maxBytes` of a client's queued frames for writing.
+    public mutating func takeOutbound(_ client: ClientID, maxBytes: Int = 256 * 1024) -> [OutboundFrame] {
+        clients[client]?.outbox.take(maxBytes: maxBytes) ?? []
+    }
+
+    /// Bytes queued for all clients (a gauge; walks every client).
+    public var queuedBytes: Int { clients.values.reduce(0) { $0 + $1.outbox.queuedBytes } }
+
+    /// The current position of `topic`'s stream, if the relay holds it.
+    public func position(of topic: String) -> StreamPosition? { topics[topic]?.position }
+
+    // MARK: - Connections
+
+    private mutating func opened(_ client: ClientID, _ transport: Transport, now: TernInstant) {
+        var state = ClientState(
+            transport: transport,
+            outbox: Outbox(maxBytes: config.limits.maxQueueBytes),
+            publishBucket: TokenBucket(rate: config.limits.publishRatePerSecond, burst: config.limits.publishBurst, now: now)
+        )
+        let limited = transport != .poll && !acceptBucket.take(now: now)
+        if draining || limited {
+            state.closing = true
+            clients[client] = state
+            stats.rejectedConnections += 1
+            let code: CloseCode = draining ? .shutdown : .connectionRateLimited
+            send(client, .disconnect(code: code, reconnectAfter: jitter(up: config.limits.drainWindow)))
+            actions.append(.close(client, code))
+            return
+        }
+        state.counted = true
+        clients[client] = state
+        stats.connections += 1
+        if transport == .websocket {
+            schedule(now + config.limits.connectTimeout, .connectTimeout(client))
+        }
+    }
+
+    private mutating func closed(_ client: ClientID, now: TernInstant) {
+        guard let state = clients.removeValue(forKey: client) else { return }
+        if state.counted { stats.connections -= 1 }
+        for topic in state.subscriptions.orderedKeys {
+            removeSubscriber(client, from: topic, now: now)
+        }
+        if state.transport == .poll {
+            for topic in state.cursor.keys.sorted() {
+                topics[topic]?.pollWaiters.removeValue(forKey: client)
+                sweepIfIdle(topic, now: now)
+            }
+        }
+    }
+
+    private mutating func commandReceived(_ client: ClientID, ref: UInt64?, _ command: ClientCommand, now: TernInstant) {
+        guard let state = clients[client], !state.closing else { return }
+        if case .connect(let token) = command {
+            if state.identity != nil || state.authenticating {
+                send(client, .error(ref: ref, TernError(.alreadyConnected, "this connection is already connected")))
+            } else if let token, !token.isEmpty {
+                clients[client]?.authenticating = true
+                actions.append(.verifyToken(client, ref: ref, token: token))
+            } else {
+                authenticated(client, ref: ref, .anonymous, now: now)
+            }
+            return
+        }
+        if case .ping = command {
+            send(client, .reply(ref: ref, .pong))
+            return
+        }
+        guard let identity = state.identity else {
+            send(client, .error(ref: ref, TernError(.notConnected, "send a connect command first")))
+            return
+        }
+        switch command {
+        case .connect, .ping:
+            return
+        case .subscribe(let topic, let since):
+            switch subscribe(client, identity, topic: topic, since: since, now: now) {
+            case .success(let reply): sendSubscribed(client, ref: ref, reply, now: now)
+            case .failure(let error): send(client, .error(ref: ref, error))
+            }
+        case .unsubscribe(let topic):
+            guard clients[client]?.subscriptions.contains(topic) == true else {
+                send(client, .error(ref: ref, TernError(.notSubscribed, "not subscribed to '\(topic)'")))
+                return
+            }
+            clients[client]?.subscriptions.removeValue(forKey: topic)
+            clients[client]?.cursor[topic] = nil
+            removeSubscriber(client, from: topic, now: now)
+            send(client, .reply(ref: ref, .unsubscribed(topic: topic)))
+        case .publish(let topic, let id, let data, let volatile):
+            let result = clientPublish(client, identity, topic: topic, id: id, data: data, volatile: volatile, now: now)
+            switch result {
+            case .success(let body): send(client, .reply(ref: ref, body))
+            case .failure(let error): send(client, .error(ref: ref, error))
+            }
+        case .presence(let topic, let limit):
+            send(client, presence(identity, topic: topic, limit: limit, ref: ref))
+        case .presenceStats(let topic):
+            send(client, presenceStats(identity, topic: topic, ref: ref))
+        }
+    }
+
+    private mutating func authenticated(_ client: ClientID, ref: UInt64?, _ identity: ClientIdentity, now: TernInstant) {
+        guard clients[client] != nil, clients[client]?.closing == false else { return }
+        if let expiry = identity.expiresAt, expiry <= now {
+            authenticationFailed(client, ref: ref, .expired)
+            return
+        }
+        clients[client]?.authenticating = false
+        clients[client]?.identity = identity
+        if let expiry = identity.expiresAt { schedule(expiry, .tokenExpiry(client)) }
+        if clients[client]?.transport == .websocket {
+            send(client, .reply(ref: ref, .connected(client: client, user: identity.user, region: config.region)))
+        }
+    }
+
+    private mutating func authenticationFailed(_ client: ClientID, ref: UInt64?, _ failure: AuthFailure) {
+        guard clients[client] != nil else { return }
+        clients[client]?.authenticating = false
+        let (error, code): (TernError, CloseCode) = switch failure {
+        case .expired: (TernError(.tokenExpired, "the token has expired; connect with a fresh one"), .tokenExpired)
+        case .invalid(let why): (TernError(.unauthorized, "the token was refused: \(why)"), .unauthorized)
+        }
+        send(client, .error(ref: ref, error))
+        beginClose(client, code)
+    }
+
+    private mutating func beginClose(_ client: ClientID, _ code: CloseCode) {
+        guard clients[client]?.closing == false else { return }
+        clients[client]?.closing = true
+        actions.append(.close(client, code))
+    }
+
+    private mutating func drain() {
+        guard !draining else { return }
+        draining = true
+        for client in clients.keys.sorted() where clients[client]?.closing == false {
+            if clients[client]?.transport == .poll {
+                completePoll(client, error: TernError(.internalError, "the relay is shutting down; poll again shortly"))
+                continue
+            }
+            send(client, .disconnect(code: .shutdown, reconnectAfter: jitter(up: config.limits.drainWindow)))
+            beginClose(client, .shutdown)
+        }
+    }
+
+    // MARK: - Topics
+
+    private func namespaceOptions(for topic: String) -> Result<NamespaceOptions, TernError> {
+        if let problem = TopicName.problem(with: topic) { return .failure(TernError(.invalidTopic, problem)) }
+        let ns = String(TopicName.namespace(of: topic)!)
+        guard let options = config.namespaces[ns] else {
+            let known = config.namespaces.keys.sorted().joined(separator: ", ")
+            return .failure(TernError(.unknownNamespace, "namespace '\(ns)' is not configured (known: \(known))"))
+        }
+        return .success(options)
+    }
+
+    private mutating func ensureTopic(_ topic: String, _ options: NamespaceOptions) {
+        guard topics[topic] == nil else { return }
+        let generation = String(rng.next() & 0xFFFF_FFFF, radix: 16)
+        topics[topic] = TopicState(
+            options: options,
+            epoch: "\(config.region).\(generation)",
+            history: HistoryRing(capacity: options.historySize, ttl: options.historyTTL),
+            idempotency: IdempotencyCache(capacity: config.limits.idempotencyCapacity, window: config.limits.idempotencyWindow)
+        )
+        stats.topics += 1
+    }
+
+    /// Drops a topic's stream once nothing refers to it and its history has expired.
+    private mutating func sweepIfIdle(_ topic: String, now: TernInstant) {
+        guard var state = topics[topic] else { return }
+        guard state.subscribers.isEmpty, state.presence.count == 0, state.pollWaiters.isEmpty else { return }
+        state.history.expire(now: now)
+        if state.history.isEmpty {
+            topics[topic] = nil
+            stats.topics -= 1
+        } else {
+            topics[topic] = state
+            if let expiry = state.history.nextExpiry { schedule(expiry, .topicSweep(topic)) }
+        }
+    }
+
+    private mutating func subscribe(
+        _ client: ClientID, _ identity: ClientIdentity, topic: String, since: StreamPosition?, now: TernInstant
+    ) -> Result<SubscribeReply, TernError> {
+        let options: NamespaceOptions
+        switch namespaceOptions(for: topic) {
+        case .success(let o): options = o
+        case .failure(let e): return .failure(e)
+        }
+        let permitted = options.anonymous || (!identity.isAnonymous && ClientIdentity.allowed(identity.subscribe, topic))
+        guard permitted else {
+            return .failure(TernError(.permissionDenied, identity.isAnonymous
+                ? "namespace of '\(topic)' does not allow anonymous clients; connect with a token"
+                : "the token does not grant subscribe on '\(topic)'"))
+        }
+        guard let state = clients[client] else { return .failure(TernError(.internalError, "unknown client")) }
+        if state.subscriptions.contains(topic) {
+            return .failure(TernError(.alreadySubscribed, "already subscribed to '\(topic)'"))
+        }
+        if state.subscriptions.count >= config.limits.maxSubscriptionsPerClient {
+            return .failure(TernError(.limitExceeded, "at most \(config.limits.maxSubscriptionsPerClient) subscriptions per connection"))
+        }
+        if options.maxSubscribers > 0, let t = topics[topic], t.subscribers.count >= options.maxSubscribers {
+            return .failure(TernError(.limitExceeded, "'\(topic)' has reached its \(options.maxSubscribers) subscribers in this region"))
+        }
+        ensureTopic(topic, options)
+        let current = topics[topic]!.position
+        var reply = SubscribeReply(topic: topic, position: current, recovered: nil, failure: nil, publications: [])
+        if let since {
+            switch topics[topic]!.history.publications(after: since, current: current, now: now) {
+            case .recovered(let publications):
+                reply.recovered = true
+                reply.publications = publications
+            case .failed(let failure):
+                reply.recovered = false
+                reply.failure = failure
+            }
+        }
+        clients[client]?.subscriptions[topic] = ()
+        topics[topic]!.subscribers[client] = ()
+        stats.subscriptions += 1
+        if options.presence, !identity.isAnonymous {
+            let entry = PresenceEntry(client: client, user: identity.user, region: config.region)
+            topics[topic]!.presence.insert(entry)
+            if options.joinLeave {
+                broadcast(topic, .join(topic: topic, entry), volatileKey: "presence/\(topic)/\(client)")
+            }
+        }
+        return .success(reply)
+    }
+
+    private mutating func sendSubscribed(_ client: ClientID, ref: UInt64?, _ reply: SubscribeReply, now: TernInstant) {
+        send(client, .reply(ref: ref, .subscribed(reply)))
+    }
+
+    private mutating func removeSubscriber(_ client: ClientID, from topic: String, now: TernInstant) {
+        guard topics[topic]?.subscribers.removeValue(forKey: client) != nil else { return }
+        stats.subscriptions -= 1
+        if let entry = topics[topic]?.presence.remove(client), topics[topic]?.options.joinLeave == true {
+            broadcast(topic, .leave(topic: topic, entry), volatileKey: "presence/\(topic)/\(client)")
+        }
+        sweepIfIdle(topic, now: now)
+    }
+
+    // MARK: - Publishing
+
+    private mutating func clientPublish(
+        _ client: ClientID, _ identity: ClientIdentity, topic: String, id: String, data: String, volatile: Bool, now: TernInstant
+    ) -> Result<ReplyBody, TernError> {
+        let options: NamespaceOptions
+        switch namespaceOptions(for: topic) {
+        case .success(let o): options = o
+        case .failure(let e): return .failure(e)
+        }
+        guard options.clientPublish, !identity.isAnonymous, ClientIdentity.allowed(identity.publish, topic) else {
+            return .failure(TernError(.permissionDenied, !options.clientPublish
+                ? "namespace of '\(topic)' accepts publishes from backends only"
+                : "the token does not grant publish on '\(topic)'"))
+        }
+        guard clients[client]!.publishBucket.take(now: now) else {
+            return .failure(TernError(.rateLimited, "more than \(Int(config.limits.publishRatePerSecond)) publishes a second; slow down"))
+        }
+        return publish(topic: topic, id: id, data: data, user: identity.user, volatile: volatile, now: now)
+    }
+
+    /// Sequences a publication in this region and delivers it to local subscribers.
+    ///
+    /// The mesh will route this to the topic's home region; here every topic's home is local.
+    private mutating func publish(
+        topic: String, id: String, data: String, user: String?, volatile: Bool, now: TernInstant
+    ) -> Result<ReplyBody, TernError> {
+        let options: NamespaceOptions
+        switch namespaceOptions(for: topic) {
+        case .success(let o): options = o
+        case .failure(let e): return .failure(e)
+        }
+        if volatile {
+            if topics[topic] != nil {
+                broadcast(topic, .volatile(topic: topic, user: user, data: data), volatileKey: "volatile/\(topic)/\(user ?? "")")
+            }
+            return .success(.published(topic: topic, position: nil, duplicate: false))
+        }
+        ensureTopic(topic, options)
+        if !id.isEmpty, let earlier = topics[topic]!.idempotency.lookup(id, now: now) {
+            stats.duplicatePublishes += 1
+            return .success(.published(topic: topic, position: earlier, duplicate: true))
+        }
+        topics[topic]!.offset += 1
+        let publication = Publication(topic: topic, position: topics[topic]!.position, id: id, data: data, user: user, acceptedAt: now)
+        topics[topic]!.history.append(publication)
+        if !id.isEmpty { topics[topic]!.idempotency.remember(id, position: publication.position, now: now) }
+        stats.publications += 1
+        deliver(publication)
+        if let expiry = topics[topic]!.history.nextExpiry, topics[topic]!.subscribers.isEmpty {
+            schedule(expiry, .topicSweep(topic))
+        }
+        sweepIfIdle(topic, now: now)
+        return .success(.published(topic: topic, position: publication.position, duplicate: false))
+    }
+
+    /// Writes one publication to every local subscriber, encoding it once for all WebSockets.
+    private mutating func deliver(_ publication: Publication) {
+        let topic = publication.topic
+        guard let state = topics[topic] else { return }
+        let shared = OutboundFrame(bytes: encoder.encode(.publication(publication)), acceptedAt: publication.acceptedAt)
+        for client in state.subscribers.orderedKeys {
+            guard let transport = clients[client]?.transport else { continue }
+            if transport == .websocket {
+                enqueue(client, shared, volatileKey: nil)
+            } else {
+                send(client, .publication(publication))
+            }
+        }
+        for client in state.pollWaiters.orderedKeys {
+            completePoll(client, publications: [publication])
+        }
+    }
+
+    private mutating func broadcast(_ topic: String, _ message: ServerMessage, volatileKey: String) {
+        guard let state = topics[topic] else { return }
+        let shared = OutboundFrame(bytes: encoder.encode(message), acceptedAt: nil)
+        for client in state.subscribers.orderedKeys {
+            if clients[client]?.transport == .websocket {
+                enqueue(client, shared, volatileKey: volatileKey)
+            } else {
+                send(client, message, volatileKey: volatileKey)
+            }
+        }
+    }
+
+    // MARK: - Presence
+
+    private func presenceAllowed(_ identity: ClientIdentity, _ topic: String) -> Result<TopicState?, TernError> {
+        let options: NamespaceOptions
+        switch namespaceOptions(for: topic) {
+        case .success(let o): options = o
+        case .failure(let e): return .failure(e)
+        }
+        guard options.presence else {
+            return .failure(TernError(.badRequest, "presence is off for the namespace of '\(topic)'"))
+        }
+        let permitted = options.anonymous
+            || ClientIdentity.allowed(identity.presence, topic) || ClientIdentity.allowed(identity.subscribe, topic)
+        guard permitted else {
+            return .failure(TernError(.permissionDenied, "the token does not grant presence on '\(topic)'"))
+        }
+        return .success(topics[topic])
+    }
+
+    private func presence(_ identity: ClientIdentity, topic: String, limit: Int?, ref: UInt64?) -> ServerMessage {
+        switch presenceAllowed(identity, topic) {
+        case .failure(let e): return .error(ref: ref, e)
+        case .success(let state):
+            let cap = min(max(1, limit ?? 100), config.limits.maxPresenceList)
+            let entries = state?.presence.list(limit: cap) ?? []
+            return .reply(ref: ref, .presence(topic: topic, entries: entries, total: state?.presence.count ?? 0))
+        }
+    }
+
+    private func presenceStats(_ identity: ClientIdentity, topic: String, ref: UInt64?) -> ServerMessage {
+        switch presenceAllowed(identity, topic) {
+        case .failure(let e): return .error(ref: ref, e)
+        case .success(let state):
+            return .reply(ref: ref, .presenceStats(topic: topic, clients: state?.presence.count ?? 0, users: state?.presence.userCount ?? 0))
+        }
+    }
+
+    // MARK: - Long-poll
+
+    private mutating func poll(
+        _ client: ClientID, _ identity: ClientIdentity, _ wanted: [(topic: String, since: StreamPosition?)],
+        timeout: Duration, now: TernInstant
+    ) {
+        opened(client, .poll, now: now)
+        guard clients[client]?.closing == false else {
+            clients[client] = nil
+            actions.removeAll { if case .close(client, _) = $0 { true } else { false } }
+            actions.append(.pollReply(client, PollReply(publications: [], topics: [], error: TernError(.internalError, "the relay is shutting down; poll again shortly"))))
+            return
+        }
+        clients[client]?.identity = identity
+        var reply = PollReply(publications: [], topics: [], error: nil)
+        var mustAnswer = false
+        for (topic, since) in wanted {
+            let options: NamespaceOptions
+            switch namespaceOptions(for: topic) {
+            case .success(let o): options = o
+            case .failure(let e):
+                completePoll(client, error: e)
+                return
+            }
+            let permitted = options.anonymous || (!identity.isAnonymous && ClientIdentity.allowed(identity.subscribe, topic))
+            guard permitted else {
+                completePoll(client, error: TernError(.permissionDenied, "not allowed to subscribe to '\(topic)'"))
+                return
+            }
+            ensureTopic(topic, options)
+            let current = topics[topic]!.position
+            var recovered = true
+            var failure: RecoveryFailure?
+            if let since {
+                switch topics[topic]!.history.publications(after: since, current: current, now: now) {
+                case .recovered(let publications):
+                    reply.publications += publications
+                    if !publications.isEmpty { mustAnswer = true }
+                case .failed(let f):
+                    recovered = false
+                    failure = f
+                    mustAnswer = true
+                }
+            } else {
+                mustAnswer = true
+            }
+            reply.topics.append(.init(topic: topic, position: current, recovered: recovered, failure: failure))
+        }
+        let timeout = min(timeout, config.limits.maxPollTimeout)
+        if mustAnswer || timeout <= .zero {
+            if clients.removeValue(forKey: client)?.counted == true { stats.connections -= 1 }
+            for t in reply.topics { sweepIfIdle(t.topic, now: now) }
+            actions.append(.pollReply(client, reply))
+            return
+        }
+        for t in reply.topics {
+            clients[client]?.cursor[t.topic] = t.position
+            topics[t.topic]!.pollWaiters[client] = ()
+        }
+        schedule(now + timeout, .pollTimeout(client))
+    }
+
+    private mutating func completePoll(_ client: ClientID, publications: [Publication] = [], error: TernError? = nil) {
+        guard let state = clients.removeValue(forKey: client) else { return }
+        if state.counted { stats.connections -= 1 }
+        var reply = PollReply(publications: publications, topics: [], error: error)
+        for topic in state.cursor.keys.sorted() {
+            topics[topic]?.pollWaiters.removeValue(forKey: client)
+            var position = state.cursor[topic]!
+            if let last = publications.last(where: { $0.topic == topic }) { position = last.position }
+            reply.topics.append(.init(topic: topic, position: position, recovered: true, failure: nil))
+        }
+        actions.append(.pollReply(client, reply))
+    }
+
+    // MARK: - Deadlines
+
+    private mutating func schedule(_ at: TernInstant, _ kind: Deadline.Kind) {
+        deadlineSequence += 1
+        deadlines.insert(Deadline(at: at, sequence: deadlineSequence, kind: kind))
+    }
+
+    private mutating func fireDeadlines(now: TernInstant) {
+        while let next = deadlines.min, next.at <= now {
+            _ = deadlines.removeMin()
+            switch next.kind {
+            case .connectTimeout(let client):
+                if let state = clients[client], state.identity == nil, !state.authenticating {
+                    beginClose(client, .connectTimeout)
+                }
+            case .tokenExpiry(let client):
+                if let expiry = clients[client]?.identity?.expiresAt, expiry <= now {
+                    send(client, .error(ref: nil, TernError(.tokenExpired, "the token has expired; reconnect with a fresh one")))
+                    beginClose(client, .tokenExpired)
+                }
+            case .pollTimeout(let client):
+                if clients[client]?.transport == .poll { completePoll(client) }
+            case .topicSweep(let topic):
+                sweepIfIdle(topic, now: now)
+            }
+        }
+    }
+
+    // MARK: - Output
+
+    private mutating func send(_ client: ClientID, _ message: ServerMessage, volatileKey: String? = nil) {
+        guard let state = clients[client] else { return }
+        let bytes: ByteBuffer
+        switch state.transport {
+        case .websocket:
+            bytes = encoder.encode(message)
+        case .sse:
+            bytes = encoder.encodeSSE(message, cursor: &clients[client]!.cursor)
+        case .poll:
+            return
+        }
+        var acceptedAt: TernInstant?
+        if case .publication(let p) = message { acceptedAt = p.acceptedAt }
+        enqueue(client, OutboundFrame(bytes: bytes, acceptedAt: acceptedAt), volatileKey: volatileKey)
+    }
+
+    private mutating func enqueue(_ client: ClientID, _ frame: OutboundFrame, volatileKey: String?) {
+        guard let state = clients[client], !(state.closing && volatileKey != nil) else { return }
+        let wasEmpty = state.outbox.isEmpty
+        switch clients[client]!.outbox.enqueue(frame, volatileKey: volatileKey) {
+        case .queued, .coalesced:
+            stats.deliveries += 1
+            if wasEmpty { actions.append(.flush(client)) }
+        case .droppedVolatile:
+            stats.volatileShed += 1
+        case .overflow:
+            guard !state.closing else { return }
+            stats.slowConsumerCloses += 1
+            clients[client]!.outbox.removeAll()
+            beginClose(client, .slowConsumer)
+        }
+    }
+
+    private mutating func jitter(up limit: Duration) -> Duration {
+        let ms = max(1, limit.ternMilliseconds)
+        return .milliseconds(Int64.random(in: 0...ms, using: &rng))
+    }
+}
