@@ -65,7 +65,7 @@ public struct ClientIdentity: Hashable, Sendable {
 }
 
 /// Why a token was refused.
-public enum AuthFailure: Hashable, Sendable {
+public enum AuthFailure: Error, Hashable, Sendable {
     /// The token is malformed, badly signed, or lacks required claims.
     case invalid(String)
     /// The token's `exp` has passed.

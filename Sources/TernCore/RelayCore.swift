@@ -49,6 +49,13 @@ public struct PollReply: Sendable, Hashable {
     public var topics: [TopicState]
     /// Why the poll was refused, if it was.
     public var error: TernError?
+
+    /// A reply with every field given.
+    public init(publications: [Publication], topics: [TopicState], error: TernError?) {
+        self.publications = publications
+        self.topics = topics
+        self.error = error
+    }
 }
 
 /// What the core asks its driver to do.
@@ -76,6 +83,9 @@ public struct RelayStats: Sendable, Hashable {
     public var volatileShed = 0
     public var slowConsumerCloses = 0
     public var rejectedConnections = 0
+
+    /// All zero.
+    public init() {}
 }
 
 /// The sans-IO heart of one region's relay: clients, topics, presence,

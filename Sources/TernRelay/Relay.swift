@@ -1,0 +1,437 @@
+import Foundation
+import Hummingbird
+import HummingbirdWebSocket
+import Logging
+import NIOCore
+import NIOWebSocket
+import ServiceLifecycle
+import Synchronization
+import TernCore
+import TernTopology
+import TernWire
+
+/// The request context of every relay route: it keeps the connection's
+/// channel so a slow consumer can be closed without waiting on its writer.
+public struct RelayRequestContext: RequestContext, WebSocketRequestContext {
+    public var coreContext: CoreRequestContextStorage
+    public let webSocket: WebSocketHandlerReference<Self>
+    /// The HTTP connection.
+    public let channel: any Channel
+
+    public init(source: ApplicationRequestContextSource) {
+        self.coreContext = .init(source: source)
+        self.webSocket = .init()
+        self.channel = source.channel
+    }
+}
+
+/// One region's relay: the HTTP and WebSocket front door of a `RelayCore`.
+///
+/// It is a `Service`: run it in a `ServiceGroup`; graceful shutdown drains it.
+public final class Relay: Service, Sendable {
+    /// The region served.
+    public let region: String
+    /// The metrics this relay exports.
+    public let metrics: RelayMetrics
+    let runtime: RelayRuntime
+    let authenticator: Authenticator
+    let logger: Logger
+    private let address: HostPort
+    private let listening = Mutex<(port: Int?, waiters: [CheckedContinuation<Int, Never>])>((nil, []))
+    private let apiRequests = Atomic<UInt64>(1)
+
+    /// A relay for `region` of `topology`, listening on the region's client address unless `listenOn` overrides it.
+    public init(topology: Topology, region: String, secrets: SecretResolver = SecretResolver(),
+                listenOn: HostPort? = nil, seed: UInt64? = nil, logger: Logger? = nil) async throws {
+        guard let r = topology.region(named: region) else {
+            let names = topology.regions.map(\.name).joined(separator: ", ")
+            throw RelayConfigError("region '\(region)' is not in \(topology.file); choose one of: \(names)")
+        }
+        self.region = region
+        self.address = listenOn ?? r.client
+        var logger = logger ?? Logger(label: "tern.relay")
+        logger[metadataKey: "region"] = .string(region)
+        self.logger = logger
+        self.metrics = RelayMetrics(region: region)
+        self.authenticator = try await Authenticator(auth: topology.auth, secrets: secrets)
+        self.runtime = RelayRuntime(config: topology.coreConfig(for: region), seed: seed ?? UInt64.random(in: .min ... .max), metrics: metrics)
+    }
+
+    /// The port the relay listens on, once it is listening.
+    public func waitUntilListening() async -> Int {
+        await withCheckedContinuation { continuation in
+            let port: Int? = listening.withLock { state in
+                if let port = state.port { return port }
+                state.waiters.append(continuation)
+                return nil
+            }
+            if let port { continuation.resume(returning: port) }
+        }
+    }
+
+    /// Serves until cancelled or shut down gracefully (which drains clients first).
+    public func run() async throws {
+        let app = Application(
+            router: makeRouter(),
+            server: .http1WebSocketUpgrade(
+                webSocketRouter: makeRouter(),
+                configuration: .init(ws: .init(
+                    maxFrameSize: runtime.limits.maxFrameBytes * 4,
+                    autoPing: .enabled(timePeriod: .seconds(30)),
+                    closeTimeout: .seconds(5)))),
+            configuration: .init(address: .hostname(address.host, port: address.port), serverName: "tern"),
+            onServerRunning: { [self] channel in
+                let port = channel.localAddress?.port ?? address.port
+                let waiters = listening.withLock { state in
+                    state.port = port
+                    defer { state.waiters = [] }
+                    return state.waiters
+                }
+                for w in waiters { w.resume(returning: port) }
+                logger.info("relay listening", metadata: ["url": "http://\(address.host):\(port)"])
+            },
+            logger: logger
+        )
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: app), .init(service: DrainService(runtime: runtime, logger: logger))],
+            gracefulShutdownSignals: [],
+            logger: logger))
+        try await group.run()
+    }
+
+    func makeRouter() -> Router<RelayRequestContext> {
+        let router = Router(context: RelayRequestContext.self)
+        router.ws("/ws") { [self] inbound, outbound, context in
+            await webSocketSession(inbound: inbound, outbound: outbound, channel: context.requestContext.channel)
+        }
+        router.get("/sse") { [self] request, _ in try await sse(request) }
+        router.get("/poll") { [self] request, _ in try await poll(request) }
+        router.post("/api/publish") { [self] request, _ in try await apiPublish(request) }
+        router.get("/health") { [self] _, _ in
+            let draining = runtime.draining
+            return jsonResponse(draining ? .serviceUnavailable : .ok,
+                                "{\"status\":\"\(draining ? "draining" : "ok")\",\"region\":\(JSONText.quoted(region))}")
+        }
+        router.get("/metrics") { [self] _, _ in
+            Response(status: .ok,
+                     headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                     body: .init(byteBuffer: ByteBuffer(bytes: metrics.registry.emitToBuffer())))
+        }
+        return router
+    }
+
+    // MARK: - WebSocket
+
+    private func webSocketSession(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, channel: any Channel) async {
+        let (client, signals) = runtime.register(forceClose: { code in
+            Relay.forceClose(channel, code)
+        })
+        runtime.handle(.opened(client, .websocket))
+        let runtime = self.runtime
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                await Relay.writeLoop(client, signals, outbound: outbound, runtime: runtime)
+            }
+            await readLoop(client, inbound)
+            runtime.unregister(client)
+            await group.waitForAll()
+        }
+    }
+
+    private func readLoop(_ client: ClientID, _ inbound: WebSocketInboundStream) async {
+        let maxFrameBytes = runtime.limits.maxFrameBytes
+        do {
+            for try await message in inbound.messages(maxSize: maxFrameBytes * 4) {
+                let bytes: ByteBuffer
+                switch message {
+                case .text(let text): bytes = ByteBuffer(string: text)
+                case .binary(let buffer): bytes = buffer
+                }
+                if bytes.readableBytes > maxFrameBytes {
+                    runtime.handle(.badFrame(client, ref: nil, TernError(.messageTooLarge,
+                        "message of \(bytes.readableBytes) bytes is over the \(maxFrameBytes)-byte limit; it was dropped")))
+                    continue
+                }
+                switch ClientMessageDecoder.decode(bytes.readableBytesView) {
+                case .failure(let failure):
+                    runtime.handle(.badFrame(client, ref: failure.ref, failure.error))
+                case .success(let (ref, command)):
+                    for action in runtime.handle(.command(client, ref: ref, command)) {
+                        guard case .verifyToken(let c, let ref, let token) = action else { continue }
+                        switch await authenticator.verify(token, now: runtime.now()) {
+                        case .success(let identity): runtime.handle(.authenticated(c, ref: ref, identity))
+                        case .failure(let failure): runtime.handle(.authenticationFailed(c, ref: ref, failure))
+                        }
+                    }
+                }
+            }
+        } catch {
+            logger.debug("websocket read ended", metadata: ["client": "\(client)", "error": "\(error)"])
+        }
+    }
+
+    private static func writeLoop(_ client: ClientID, _ signals: AsyncStream<ClientSignal>, outbound: WebSocketOutboundWriter, runtime: RelayRuntime) async {
+        do {
+            for await signal in signals {
+                switch signal {
+                case .flush:
+                    try await writeQueued(client, outbound: outbound, runtime: runtime)
+                case .close(let code):
+                    if code != .slowConsumer { try await writeQueued(client, outbound: outbound, runtime: runtime) }
+                    try await outbound.close(.unknown(UInt16(code.rawValue)), reason: code.reason)
+                    return
+                case .poll, .heartbeat:
+                    continue
+                }
+            }
+        } catch {
+            return
+        }
+    }
+
+    private static func writeQueued(_ client: ClientID, outbound: WebSocketOutboundWriter, runtime: RelayRuntime) async throws {
+        while true {
+            let frames = runtime.takeOutbound(client)
+            if frames.isEmpty { return }
+            for frame in frames {
+                try await outbound.write(.custom(WebSocketFrame(fin: true, opcode: .text, data: frame.bytes)))
+            }
+            runtime.recordWritten(frames)
+        }
+    }
+
+    /// Writes a close frame behind whatever is buffered and closes the TCP
+    /// connection once it is written or after a grace period.
+    static func forceClose(_ channel: any Channel, _ code: CloseCode) {
+        var payload = channel.allocator.buffer(capacity: 2 + code.reason.utf8.count)
+        payload.writeInteger(UInt16(code.rawValue))
+        payload.writeString(code.reason)
+        let frame = WebSocketFrame(fin: true, opcode: .connectionClose, data: payload)
+        channel.writeAndFlush(frame).whenComplete { _ in channel.close(promise: nil) }
+        channel.eventLoop.scheduleTask(in: .seconds(5)) { channel.close(promise: nil) }
+    }
+
+    // MARK: - Server-Sent Events
+
+    private func identity(for request: Request) async -> Result<ClientIdentity, AuthFailure> {
+        var token = request.uri.queryParameters.get("token")
+        if token == nil, let header = request.headers[.authorization], header.hasPrefix("Bearer ") {
+            token = String(header.dropFirst("Bearer ".count))
+        }
+        guard let token, !token.isEmpty else { return .success(.anonymous) }
+        return await authenticator.verify(token, now: runtime.now())
+    }
+
+    private func topics(of request: Request) -> [String] {
+        var topics = request.uri.queryParameters.getAll("topic")
+        if let list = request.uri.queryParameters.get("topics") {
+            topics += list.split(separator: ",").map(String.init)
+        }
+        var seen = Set<String>()
+        return topics.filter { seen.insert($0).inserted }
+    }
+
+    private func sse(_ request: Request) async throws -> Response {
+        let topics = self.topics(of: request)
+        guard !topics.isEmpty else {
+            return errorResponse(TernError(.badRequest, "name at least one topic: /sse?topic=news:world"))
+        }
+        let resumeText = request.headers[.init("Last-Event-ID")!] ?? request.uri.queryParameters.get("since")
+        var cursor: [String: StreamPosition] = [:]
+        if let resumeText {
+            guard let decoded = Cursor.decode(resumeText) else {
+                return errorResponse(TernError(.badRequest, "Last-Event-ID is not a Tern cursor (topic|epoch|offset,...)"))
+            }
+            cursor = decoded
+        }
+        let identity: ClientIdentity
+        switch await self.identity(for: request) {
+        case .success(let i): identity = i
+        case .failure(let f): return errorResponse(Self.authError(f))
+        }
+        let runtime = self.runtime
+        let resume = cursor
+        let headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-cache", .init("X-Accel-Buffering")!: "no"]
+        return Response(status: .ok, headers: headers, body: ResponseBody { writer in
+            let (client, signals) = runtime.register()
+            runtime.handle(.opened(client, .sse))
+            runtime.handle(.authenticated(client, ref: nil, identity))
+            for topic in topics {
+                runtime.handle(.command(client, ref: nil, .subscribe(topic: topic, since: resume[topic])))
+            }
+            // A comment line now (so proxies and clients see the stream open), then keep-alives.
+            try? await writer.write(ByteBuffer(string: ": tern \(topics.joined(separator: ","))\n\n"))
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    while !Task.isCancelled {
+                        try? await Task.sleep(for: .seconds(15))
+                        runtime.signal(client, .heartbeat)
+                    }
+                }
+                do {
+                    loop: for await signal in signals {
+                        switch signal {
+                        case .flush:
+                            try await Self.writeQueued(client, to: &writer, runtime: runtime)
+                        case .heartbeat:
+                            try await writer.write(ByteBuffer(string: ": keep-alive\n\n"))
+                        case .close:
+                            try await Self.writeQueued(client, to: &writer, runtime: runtime)
+                            break loop
+                        case .poll:
+                            continue
+                        }
+                    }
+                } catch {}
+                group.cancelAll()
+            }
+            runtime.unregister(client)
+            try? await writer.finish(nil)
+        })
+    }
+
+    private static func writeQueued(_ client: ClientID, to writer: inout any ResponseBodyWriter, runtime: RelayRuntime) async throws {
+        while true {
+            let frames = runtime.takeOutbound(client)
+            if frames.isEmpty { return }
+            try await writer.write(contentsOf: frames.map(\.bytes))
+            runtime.recordWritten(frames)
+        }
+    }
+
+    // MARK: - Long-poll
+
+    private func poll(_ request: Request) async throws -> Response {
+        let topics = self.topics(of: request)
+        guard !topics.isEmpty else {
+            return errorResponse(TernError(.badRequest, "name at least one topic: /poll?topic=news:world"))
+        }
+        var cursor: [String: StreamPosition] = [:]
+        if let text = request.uri.queryParameters.get("cursor") {
+            guard let decoded = Cursor.decode(text) else {
+                return errorResponse(TernError(.badRequest, "'cursor' is not a Tern cursor; pass back the cursor of the previous poll"))
+            }
+            cursor = decoded
+        }
+        var timeout = Duration.seconds(25)
+        if let t = request.uri.queryParameters.get("timeout") {
+            guard let seconds = Double(t), seconds >= 0, seconds.isFinite else {
+                return errorResponse(TernError(.badRequest, "'timeout' must be a number of seconds"))
+            }
+            timeout = .milliseconds(Int64(seconds * 1000))
+        }
+        let identity: ClientIdentity
+        switch await self.identity(for: request) {
+        case .success(let i): identity = i
+        case .failure(let f): return errorResponse(Self.authError(f))
+        }
+        let (client, signals) = runtime.register()
+        runtime.handle(.poll(client, identity, topics: topics.map { ($0, cursor[$0]) }, timeout: timeout))
+        var reply = PollReply(publications: [], topics: [], error: TernError(.internalError, "poll ended without an answer"))
+        for await signal in signals {
+            if case .poll(let r) = signal {
+                reply = r
+                break
+            }
+        }
+        runtime.unregister(client)
+        if let error = reply.error { return errorResponse(error) }
+        return jsonResponse(.ok, JSONServerEncoder.pollJSON(reply, previous: cursor))
+    }
+
+    // MARK: - HTTP publish
+
+    private func apiPublish(_ request: Request) async throws -> Response {
+        var key = request.headers[.init("X-API-Key")!]
+        if key == nil, let header = request.headers[.authorization], header.hasPrefix("Bearer ") {
+            key = String(header.dropFirst("Bearer ".count))
+        }
+        guard authenticator.checkAPIKey(key) else {
+            return errorResponse(TernError(.unauthorized, "missing or wrong API key; send it as 'X-API-Key: KEY' or 'Authorization: Bearer KEY'"))
+        }
+        let limit = runtime.limits.maxFrameBytes
+        let body: ByteBuffer
+        do {
+            body = try await request.body.collect(upTo: limit)
+        } catch {
+            return errorResponse(TernError(.messageTooLarge, "the request body is over the \(limit)-byte limit"))
+        }
+        let publish: APIPublishRequest
+        switch APIPublishRequest.decode(body.readableBytesView) {
+        case .success(let p): publish = p
+        case .failure(let e): return errorResponse(e)
+        }
+        let requestID = apiRequests.wrappingAdd(1, ordering: .relaxed).oldValue
+        let actions = runtime.handle(.apiPublish(request: requestID, topic: publish.topic, id: publish.id, data: publish.data))
+        for case .apiReply(requestID, let result) in actions {
+            switch result {
+            case .success(let body): return jsonResponse(.ok, JSONServerEncoder.replyJSON(body))
+            case .failure(let error): return errorResponse(error)
+            }
+        }
+        return errorResponse(TernError(.internalError, "publish was not answered"))
+    }
+
+    static func authError(_ failure: AuthFailure) -> TernError {
+        switch failure {
+        case .expired: TernError(.tokenExpired, "the token has expired; get a fresh one")
+        case .invalid(let why): TernError(.unauthorized, "the token was refused: \(why)")
+        }
+    }
+}
+
+func jsonResponse(_ status: HTTPResponse.Status, _ json: String) -> Response {
+    Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: json)))
+}
+
+func errorResponse(_ error: TernError) -> Response {
+    let status: HTTPResponse.Status = switch error.code {
+    case .unauthorized, .tokenExpired: .unauthorized
+    case .permissionDenied: .forbidden
+    case .unknownNamespace: .notFound
+    case .messageTooLarge: .contentTooLarge
+    case .rateLimited: .tooManyRequests
+    case .internalError: .serviceUnavailable
+    default: .badRequest
+    }
+    return jsonResponse(status, "{\"error\":\(JSONServerEncoder.errorJSON(error))}")
+}
+
+/// Fires the core's deadlines, and on graceful shutdown drains the relay:
+/// every client is told to reconnect after a jittered delay and closed.
+struct DrainService: Service {
+    let runtime: RelayRuntime
+    let logger: Logger
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown { await tickLoop() }
+        guard !Task.isCancelled else { return }
+        let open = runtime.openSinks
+        logger.info("draining", metadata: ["connections": "\(open)"])
+        runtime.handle(.drain)
+        let deadline = ContinuousClock.now + .seconds(5)
+        while runtime.openSinks > 0, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(20))
+            runtime.handle(.tick)
+        }
+        if runtime.openSinks > 0 {
+            logger.warning("closing connections that did not finish draining", metadata: ["connections": "\(runtime.openSinks)"])
+            runtime.forceCloseAll(.shutdown)
+        }
+        logger.info("drained")
+    }
+
+    private func tickLoop() async {
+        while !Task.isCancelled {
+            let now = runtime.now()
+            var wait = Duration.milliseconds(250)
+            if let next = runtime.nextDeadline { wait = max(.zero, min(wait, next - now)) }
+            do {
+                try await Task.sleep(for: wait)
+            } catch {
+                return
+            }
+            runtime.handle(.tick)
+        }
+    }
+}

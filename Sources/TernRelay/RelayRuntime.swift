@@ -1,0 +1,140 @@
+import Synchronization
+import TernCore
+import TernWire
+
+/// What the runtime tells one connection's task to do.
+enum ClientSignal: Sendable {
+    /// Frames are waiting in the core's outbox.
+    case flush
+    /// Close the connection with this code after writing what is queued.
+    case close(CloseCode)
+    /// A long-poll is answered.
+    case poll(PollReply)
+    /// Time to send a keep-alive (SSE).
+    case heartbeat
+}
+
+/// The driver's shared state: the relay core behind a lock, and a signal
+/// channel per connection. It only translates: events in, actions out.
+final class RelayRuntime: Sendable {
+    private struct State: ~Copyable {
+        var core: RelayCore
+        var sinks: [ClientID: AsyncStream<ClientSignal>.Continuation] = [:]
+        var forceClosers: [ClientID: @Sendable (CloseCode) -> Void] = [:]
+        var nextClient: UInt64 = 1
+        var lastStats = RelayStats()
+    }
+
+    private let state: Mutex<State>
+    private let clock = ContinuousClock()
+    private let origin: ContinuousClock.Instant
+    let metrics: RelayMetrics
+    let limits: RelayLimits
+
+    init(config: RelayCoreConfig, seed: UInt64, metrics: RelayMetrics) {
+        let origin = clock.now
+        self.origin = origin
+        self.metrics = metrics
+        self.limits = config.limits
+        self.state = Mutex(State(core: RelayCore(config: config, encoder: JSONServerEncoder(), seed: seed, now: .zero)))
+    }
+
+    /// Now, on the core's timeline.
+    func now() -> TernInstant { TernInstant(nanoseconds: (clock.now - origin).ternNanoseconds) }
+
+    /// Converts a core instant back to the clock's.
+    func instant(_ t: TernInstant) -> ContinuousClock.Instant { origin + .nanoseconds(t.nanoseconds) }
+
+    /// Registers a new connection and returns its id and signal stream.
+    ///
+    /// `forceClose` ends the connection without waiting on its writer; it is
+    /// used for slow consumers, whose writer is stuck behind a full socket.
+    func register(forceClose: (@Sendable (CloseCode) -> Void)? = nil) -> (ClientID, AsyncStream<ClientSignal>) {
+        let (stream, continuation) = AsyncStream<ClientSignal>.makeStream(bufferingPolicy: .unbounded)
+        let id = state.withLock { state in
+            let id = ClientID(state.nextClient)
+            state.nextClient += 1
+            state.sinks[id] = continuation
+            state.forceClosers[id] = forceClose
+            return id
+        }
+        return (id, stream)
+    }
+
+    /// Sends a signal to one connection's task.
+    func signal(_ client: ClientID, _ signal: ClientSignal) {
+        state.withLock { _ = $0.sinks[client]?.yield(signal) }
+    }
+
+    /// Ends every remaining connection at once (after a drain timed out).
+    func forceCloseAll(_ code: CloseCode) {
+        let closers = state.withLock { Array($0.forceClosers.values) }
+        for close in closers { close(code) }
+    }
+
+    /// Feeds one event to the core, signals the affected connections and
+    /// returns the actions the caller itself must carry out (token checks,
+    /// API replies).
+    @discardableResult
+    func handle(_ event: RelayEvent) -> [RelayAction] {
+        let now = self.now()
+        return state.withLock { state in
+            let actions = state.core.handle(event, now: now)
+            var callerActions: [RelayAction] = []
+            for action in actions {
+                switch action {
+                case .flush(let client):
+                    state.sinks[client]?.yield(.flush)
+                case .close(let client, let code):
+                    state.sinks[client]?.yield(.close(code))
+                    if code == .slowConsumer { state.forceClosers[client]?(code) }
+                case .pollReply(let client, let reply):
+                    state.sinks[client]?.yield(.poll(reply))
+                case .verifyToken, .apiReply:
+                    callerActions.append(action)
+                }
+            }
+            let stats = state.core.stats
+            if stats != state.lastStats {
+                metrics.update(from: stats, previous: state.lastStats, queued: state.core.queuedBytes)
+                state.lastStats = stats
+            }
+            return callerActions
+        }
+    }
+
+    /// Removes a finished connection.
+    func unregister(_ client: ClientID) {
+        handle(.closed(client))
+        state.withLock { state in
+            state.sinks.removeValue(forKey: client)?.finish()
+            state.forceClosers[client] = nil
+        }
+    }
+
+    /// Takes the frames queued for a connection.
+    func takeOutbound(_ client: ClientID) -> [OutboundFrame] {
+        state.withLock { $0.core.takeOutbound(client) }
+    }
+
+    /// Records that frames were written, for delivery metrics.
+    func recordWritten(_ frames: [OutboundFrame]) {
+        let now = self.now()
+        metrics.deliveries.increment(by: Int64(frames.count))
+        for frame in frames {
+            if let accepted = frame.acceptedAt { metrics.publishToDeliver.record(now - accepted) }
+        }
+    }
+
+    /// Whether the core is draining.
+    var draining: Bool { state.withLock { $0.core.draining } }
+
+    /// When the core next needs a tick.
+    var nextDeadline: TernInstant? { state.withLock { $0.core.nextDeadline } }
+
+    /// Open connections, as the core counts them.
+    var connectionCount: Int { state.withLock { $0.core.stats.connections } }
+
+    /// Open connection tasks, whether or not the core counts them.
+    var openSinks: Int { state.withLock { $0.sinks.count } }
+}
