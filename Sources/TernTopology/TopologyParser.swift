@@ -84,6 +84,8 @@ public func parseDuration(_ text: String) -> Duration? {
 private struct Reader {
     let file: String
     var diagnostics: [TopologyDiagnostic] = []
+    /// Every region name written, including regions with other errors, so links to them are not reported twice.
+    var declaredRegions: [String] = []
 
     mutating func fail(_ node: Node?, _ message: String) {
         let mark = node?.mark
@@ -197,6 +199,7 @@ private struct Reader {
         for item in seq {
             guard let m = mapping(item, what: "a region", known: ["name", "client", "link", "parent"]) else { continue }
             guard let name = string(m["name"] ?? item, "the region's 'name'") else { continue }
+            declaredRegions.append(name)
             if !name.allSatisfy({ $0.isLowercase || $0.isNumber || $0 == "-" }) || name.first == "-" {
                 fail(m["name"], "region name '\(name)' may use only lowercase letters, digits and '-'")
             }
@@ -233,7 +236,7 @@ private struct Reader {
             fail(node, "'links' must be a list, each entry with 'between: [a, b]' and 'latency_ms'")
             return []
         }
-        let names = regions.map(\.name)
+        let names = declaredRegions
         var out: [Link] = []
         for item in seq {
             guard let m = mapping(item, what: "a link", known: ["between", "latency_ms", "bandwidth_mbps", "plaintext"]) else { continue }
@@ -264,6 +267,7 @@ private struct Reader {
             }
             let bandwidth = m["bandwidth_mbps"].flatMap { number($0, "bandwidth_mbps") }
             let plaintext = m["plaintext"].flatMap { bool($0, "plaintext") } ?? false
+            if !regions.contains(where: { $0.name == a }) || !regions.contains(where: { $0.name == c }) { ok = false }
             if plaintext, ok {
                 let ends = [a, c].compactMap { n in regions.first { $0.name == n } }
                 if let remote = ends.first(where: { !$0.link.isLoopback }) {

@@ -21,6 +21,9 @@ public struct JSONServerEncoder: ServerMessageEncoding {
             for p in reply.publications { out += Self.sseEvent(publication: p, cursor: &cursor) }
             cursor[reply.topic] = reply.position
             out += "id: \(Cursor.encode(cursor))\nevent: subscribed\ndata: \(Self.json(.reply(ref: nil, .subscribed(head))))\n\n"
+        case .disconnect(_, let after?):
+            // `retry` makes a browser EventSource wait the advised delay before reconnecting.
+            out += "retry: \(max(1, after.ternMilliseconds))\nevent: disconnect\ndata: \(Self.json(message))\n\n"
         default:
             out += "event: \(Self.kind(message))\ndata: \(Self.json(message))\n\n"
         }

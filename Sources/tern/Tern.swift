@@ -1,0 +1,247 @@
+import ArgumentParser
+import Foundation
+import Logging
+import ServiceLifecycle
+import TernRelay
+import TernTopology
+
+@main
+struct Tern: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tern",
+        abstract: "Regional presence and fan-out relays.",
+        subcommands: [RelayCommand.self, UpCommand.self, TopologyCommand.self, TokenCommand.self]
+    )
+}
+
+/// Options every command that reads a topology shares.
+struct LogOptions: ParsableArguments {
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: Logger.Level = .info
+
+    func bootstrap() {
+        let level = logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+    }
+}
+
+extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+func loadTopology(_ path: String) throws -> Topology {
+    do {
+        return try TopologyLoader.load(path: path)
+    } catch {
+        throw ValidationError("\(error)")
+    }
+}
+
+struct RelayCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "relay",
+        abstract: "Run one region's relay."
+    )
+
+    @Option(name: .long, help: "The topology file.")
+    var topology: String
+
+    @Option(name: .long, help: "The region this relay serves.")
+    var region: String
+
+    @OptionGroup var log: LogOptions
+
+    func run() async throws {
+        log.bootstrap()
+        let topology = try loadTopology(self.topology)
+        let relay: Relay
+        do {
+            relay = try await Relay(topology: topology, region: region)
+        } catch let error as RelayConfigError {
+            throw ValidationError(error.description)
+        }
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: relay)],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: Logger(label: "tern")))
+        try await group.run()
+    }
+}
+
+struct UpCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "up",
+        abstract: "Run every region of a topology in this process, for local development.",
+        discussion: """
+        Secrets the topology reads from environment variables that are unset are \
+        replaced by throwaway values, printed at start, so the mesh runs with no setup.
+        """
+    )
+
+    @Argument(help: "The topology file.")
+    var topology: String = "Topology/local.yaml"
+
+    @OptionGroup var log: LogOptions
+
+    func run() async throws {
+        log.bootstrap()
+        let topology = try loadTopology(self.topology)
+        var environment = ProcessInfo.processInfo.environment
+        var generated: [String] = []
+        for source in [topology.auth.hs256Secret, topology.auth.apiKey].compactMap({ $0 }) {
+            if case .environment(let name) = source, (environment[name] ?? "").isEmpty {
+                environment[name] = randomSecret()
+                generated.append(name)
+            }
+        }
+        let secrets = SecretResolver(environment: environment)
+        var relays: [Relay] = []
+        for region in topology.regions {
+            do {
+                relays.append(try await Relay(topology: topology, region: region.name, secrets: secrets))
+            } catch let error as RelayConfigError {
+                throw ValidationError(error.description)
+            }
+        }
+        let group = ServiceGroup(configuration: .init(
+            services: relays.map { .init(service: $0) },
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: Logger(label: "tern")))
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await group.run() }
+            for relay in relays { _ = await relay.waitUntilListening() }
+            printBanner(topology: topology, environment: environment, generated: generated)
+            try await tasks.next()
+            tasks.cancelAll()
+        }
+    }
+
+    private func printBanner(topology: Topology, environment: [String: String], generated: [String]) {
+        var out = "tern: mesh '\(topology.mesh)' is up with \(topology.regions.count) regions\n\n"
+        for r in topology.regions {
+            let base = "\(r.client.host):\(r.client.port)"
+            out += "  \(r.name.padding(toLength: 12, withPad: " ", startingAt: 0)) ws://\(base)/ws   http://\(base)/sse   http://\(base)/api/publish   http://\(base)/metrics\n"
+        }
+        if !generated.isEmpty {
+            out += "\nThrowaway secrets for this run (set them yourself to keep them):\n"
+            for name in generated { out += "  export \(name)=\(environment[name]!)\n" }
+        }
+        out += "\nPress Ctrl-C to drain and stop.\n"
+        FileHandle.standardOutput.write(Data(out.utf8))
+    }
+}
+
+func randomSecret() -> String {
+    var generator = SystemRandomNumberGenerator()
+    return (0..<24).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &generator)) }.joined()
+}
+
+struct TopologyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "topology",
+        abstract: "Check or show topology files.",
+        subcommands: [Check.self, Show.self]
+    )
+
+    struct Check: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Validate topology files; errors name the file and line.")
+
+        @Argument(help: "Topology files.")
+        var files: [String]
+
+        func run() throws {
+            var failed = false
+            for file in files {
+                do {
+                    let t = try TopologyLoader.load(path: file)
+                    print("\(file): ok (mesh \(t.mesh), \(t.regions.count) regions, \(t.links.count) links, hash \(t.hash))")
+                } catch {
+                    FileHandle.standardError.write(Data("\(error)\n".utf8))
+                    failed = true
+                }
+            }
+            if failed { throw ExitCode.failure }
+        }
+    }
+
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print a topology's regions, links and namespaces.")
+
+        @Argument(help: "The topology file.")
+        var file: String
+
+        func run() throws {
+            let t = try loadTopology(file)
+            print("mesh \(t.mesh)  (hash \(t.hash))\n")
+            print("regions:")
+            for r in t.regions {
+                let parent = r.parent.map { "  parent \($0)" } ?? ""
+                print("  \(r.name.padding(toLength: 14, withPad: " ", startingAt: 0)) client \(r.client)  link \(r.link)\(parent)")
+            }
+            print("\nlinks:")
+            for l in t.links {
+                var extra = ""
+                if let bw = l.bandwidthMbps { extra += "  \(bw) Mbit/s" }
+                extra += l.plaintext ? "  plaintext (loopback)" : "  mTLS"
+                print("  \(l.between.0) <-> \(l.between.1)  \(l.latency.ternMillisecondsText)\(extra)")
+            }
+            print("\nnamespaces:")
+            for name in t.namespaces.keys.sorted() {
+                let o = t.namespaces[name]!
+                print("  \(name): presence=\(o.presence) join_leave=\(o.joinLeave) history=\(o.historySize)/\(o.historyTTL.ternMillisecondsText) anonymous=\(o.anonymous) client_publish=\(o.clientPublish)")
+            }
+        }
+    }
+}
+
+extension Duration {
+    var ternMillisecondsText: String {
+        let ms = ternNanosecondsValue / 1_000_000
+        if ms % 3_600_000 == 0, ms > 0 { return "\(ms / 3_600_000)h" }
+        if ms % 60_000 == 0, ms > 0 { return "\(ms / 60_000)m" }
+        if ms % 1000 == 0, ms > 0 { return "\(ms / 1000)s" }
+        return "\(ms)ms"
+    }
+
+    private var ternNanosecondsValue: Int64 {
+        let (s, a) = components
+        return s * 1_000_000_000 + a / 1_000_000_000
+    }
+}
+
+struct TokenCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "token",
+        abstract: "Mint an HS256 client token with the secret in $TERN_JWT_SECRET (development)."
+    )
+
+    @Option(name: .long, help: "The user id (sub claim).")
+    var user: String
+
+    @Option(name: .long, parsing: .upToNextOption, help: "Topic patterns the user may subscribe to.")
+    var subscribe: [String] = []
+
+    @Option(name: .long, parsing: .upToNextOption, help: "Topic patterns the user may publish to.")
+    var publish: [String] = []
+
+    @Option(name: .long, parsing: .upToNextOption, help: "Topic patterns whose presence the user may read.")
+    var presence: [String] = []
+
+    @Option(name: .long, help: "Seconds until the token expires.")
+    var ttl: Int = 3600
+
+    @Option(name: .long, help: "The environment variable holding the HS256 secret.")
+    var secretEnv: String = "TERN_JWT_SECRET"
+
+    func run() async throws {
+        guard let secret = ProcessInfo.processInfo.environment[secretEnv], !secret.isEmpty else {
+            throw ValidationError("$\(secretEnv) is not set; export the same secret the relays use")
+        }
+        let claims = TernClaims(
+            user: user, expires: Date().addingTimeInterval(TimeInterval(ttl)),
+            permissions: TernPermissionsClaim(subscribe: subscribe, publish: publish, presence: presence))
+        print(try await Authenticator.signHS256(secret: secret, claims: claims))
+    }
+}
