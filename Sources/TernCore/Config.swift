@@ -59,6 +59,8 @@ public struct RelayLimits: Hashable, Sendable {
     public var idempotencyCapacity: Int = 10_000
     /// The longest a long-poll request is held.
     public var maxPollTimeout: Duration = .seconds(30)
+    /// How long an idle topic's stream (and its epoch) is kept after its last subscriber, publish or poll.
+    public var streamLinger: Duration = .seconds(300)
     /// The spread of reconnect delays told to clients when the relay drains.
     public var drainWindow: Duration = .seconds(10)
 

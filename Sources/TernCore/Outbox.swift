@@ -7,6 +7,12 @@ public struct OutboundFrame: Sendable {
     public var bytes: ByteBuffer
     /// When the publication was accepted, for publish→deliver latency (nil for other messages).
     public var acceptedAt: TernInstant?
+
+    /// A frame of `bytes`, stamped with the publication's acceptance time when it carries one.
+    public init(bytes: ByteBuffer, acceptedAt: TernInstant?) {
+        self.bytes = bytes
+        self.acceptedAt = acceptedAt
+    }
 }
 
 /// A per-client send queue bounded in bytes.

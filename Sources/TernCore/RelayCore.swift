@@ -116,6 +116,7 @@ public struct RelayCore: Sendable {
         var subscribers = IndexedMap<ClientID, Void>()
         var presence = PresenceTable()
         var pollWaiters = IndexedMap<ClientID, Void>()
+        var lastActivity: TernInstant
         var position: StreamPosition { StreamPosition(epoch: epoch, offset: offset) }
     }
 
@@ -340,29 +341,33 @@ public struct RelayCore: Sendable {
         return .success(options)
     }
 
-    private mutating func ensureTopic(_ topic: String, _ options: NamespaceOptions) {
+    private mutating func ensureTopic(_ topic: String, _ options: NamespaceOptions, now: TernInstant) {
         guard topics[topic] == nil else { return }
         let generation = String(rng.next() & 0xFFFF_FFFF, radix: 16)
         topics[topic] = TopicState(
             options: options,
             epoch: "\(config.region).\(generation)",
             history: HistoryRing(capacity: options.historySize, ttl: options.historyTTL),
-            idempotency: IdempotencyCache(capacity: config.limits.idempotencyCapacity, window: config.limits.idempotencyWindow)
+            idempotency: IdempotencyCache(capacity: config.limits.idempotencyCapacity, window: config.limits.idempotencyWindow),
+            lastActivity: now
         )
         stats.topics += 1
     }
 
-    /// Drops a topic's stream once nothing refers to it and its history has expired.
+    /// Drops a topic's stream once nothing has referred to it for the stream
+    /// linger and its history has expired. Until then its epoch stays, so
+    /// clients that come back soon still recover.
     private mutating func sweepIfIdle(_ topic: String, now: TernInstant) {
         guard var state = topics[topic] else { return }
         guard state.subscribers.isEmpty, state.presence.count == 0, state.pollWaiters.isEmpty else { return }
         state.history.expire(now: now)
-        if state.history.isEmpty {
+        let lingerEnds = state.lastActivity + config.limits.streamLinger
+        if state.history.isEmpty, lingerEnds <= now {
             topics[topic] = nil
             stats.topics -= 1
         } else {
             topics[topic] = state
-            if let expiry = state.history.nextExpiry { schedule(expiry, .topicSweep(topic)) }
+            schedule(max(lingerEnds, state.history.nextExpiry ?? lingerEnds), .topicSweep(topic))
         }
     }
 
@@ -390,7 +395,7 @@ public struct RelayCore: Sendable {
         if options.maxSubscribers > 0, let t = topics[topic], t.subscribers.count >= options.maxSubscribers {
             return .failure(TernError(.limitExceeded, "'\(topic)' has reached its \(options.maxSubscribers) subscribers in this region"))
         }
-        ensureTopic(topic, options)
+        ensureTopic(topic, options, now: now)
         let current = topics[topic]!.position
         var reply = SubscribeReply(topic: topic, position: current, recovered: nil, failure: nil, publications: [])
         if let since {
@@ -405,23 +410,27 @@ public struct RelayCore: Sendable {
         }
         clients[client]?.subscriptions[topic] = ()
         topics[topic]!.subscribers[client] = ()
+        topics[topic]!.lastActivity = now
         stats.subscriptions += 1
-        if options.presence, !identity.isAnonymous {
-            let entry = PresenceEntry(client: client, user: identity.user, region: config.region)
-            topics[topic]!.presence.insert(entry)
-            if options.joinLeave {
-                broadcast(topic, .join(topic: topic, entry), volatileKey: "presence/\(topic)/\(client)")
-            }
-        }
         return .success(reply)
     }
 
+    /// Answers a subscribe, then announces the subscriber's presence, so the reply comes first.
     private mutating func sendSubscribed(_ client: ClientID, ref: UInt64?, _ reply: SubscribeReply, now: TernInstant) {
         send(client, .reply(ref: ref, .subscribed(reply)))
+        let topic = reply.topic
+        guard let options = topics[topic]?.options, options.presence,
+              let identity = clients[client]?.identity, !identity.isAnonymous else { return }
+        let entry = PresenceEntry(client: client, user: identity.user, region: config.region)
+        topics[topic]!.presence.insert(entry)
+        if options.joinLeave {
+            broadcast(topic, .join(topic: topic, entry), volatileKey: "presence/\(topic)/\(client)")
+        }
     }
 
     private mutating func removeSubscriber(_ client: ClientID, from topic: String, now: TernInstant) {
         guard topics[topic]?.subscribers.removeValue(forKey: client) != nil else { return }
+        topics[topic]!.lastActivity = now
         stats.subscriptions -= 1
         if let entry = topics[topic]?.presence.remove(client), topics[topic]?.options.joinLeave == true {
             broadcast(topic, .leave(topic: topic, entry), volatileKey: "presence/\(topic)/\(client)")
@@ -467,20 +476,18 @@ public struct RelayCore: Sendable {
             }
             return .success(.published(topic: topic, position: nil, duplicate: false))
         }
-        ensureTopic(topic, options)
+        ensureTopic(topic, options, now: now)
         if !id.isEmpty, let earlier = topics[topic]!.idempotency.lookup(id, now: now) {
             stats.duplicatePublishes += 1
             return .success(.published(topic: topic, position: earlier, duplicate: true))
         }
         topics[topic]!.offset += 1
+        topics[topic]!.lastActivity = now
         let publication = Publication(topic: topic, position: topics[topic]!.position, id: id, data: data, user: user, acceptedAt: now)
         topics[topic]!.history.append(publication)
         if !id.isEmpty { topics[topic]!.idempotency.remember(id, position: publication.position, now: now) }
         stats.publications += 1
         deliver(publication)
-        if let expiry = topics[topic]!.history.nextExpiry, topics[topic]!.subscribers.isEmpty {
-            schedule(expiry, .topicSweep(topic))
-        }
         sweepIfIdle(topic, now: now)
         return .success(.published(topic: topic, position: publication.position, duplicate: false))
     }
@@ -581,7 +588,8 @@ public struct RelayCore: Sendable {
                 completePoll(client, error: TernError(.permissionDenied, "not allowed to subscribe to '\(topic)'"))
                 return
             }
-            ensureTopic(topic, options)
+            ensureTopic(topic, options, now: now)
+            topics[topic]!.lastActivity = now
             let current = topics[topic]!.position
             var recovered = true
             var failure: RecoveryFailure?

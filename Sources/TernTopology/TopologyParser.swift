@@ -338,7 +338,7 @@ private struct Reader {
         var l = RelayLimits()
         let known = ["max_frame_bytes", "max_queue_bytes", "max_subscriptions", "publish_rate", "publish_burst",
                      "accept_rate", "accept_burst", "connect_timeout", "max_presence_list", "idempotency_window",
-                     "idempotency_capacity", "max_poll_timeout", "drain_window"]
+                     "idempotency_capacity", "max_poll_timeout", "drain_window", "stream_linger"]
         guard let m = mapping(node, what: "limits", known: known) else { return l }
         if let n = m["max_frame_bytes"], let v = int(n, "max_frame_bytes", min: 256) { l.maxFrameBytes = v }
         if let n = m["max_queue_bytes"], let v = int(n, "max_queue_bytes", min: 1024) { l.maxQueueBytes = v }
@@ -353,6 +353,7 @@ private struct Reader {
         if let n = m["idempotency_capacity"], let v = int(n, "idempotency_capacity", min: 1) { l.idempotencyCapacity = v }
         if let n = m["max_poll_timeout"], let v = duration(n, "max_poll_timeout") { l.maxPollTimeout = v }
         if let n = m["drain_window"], let v = duration(n, "drain_window") { l.drainWindow = v }
+        if let n = m["stream_linger"], let v = duration(n, "stream_linger") { l.streamLinger = v }
         if l.maxQueueBytes < l.maxFrameBytes * 2 {
             fail(m["max_queue_bytes"] ?? node, "max_queue_bytes (\(l.maxQueueBytes)) must be at least twice max_frame_bytes (\(l.maxFrameBytes))")
         }
