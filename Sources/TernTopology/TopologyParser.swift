@@ -184,7 +184,7 @@ private struct Reader {
         if namespaces.isEmpty {
             fail(top["namespaces"] ?? root, "no namespaces: add at least one, e.g. 'namespaces: {room: {presence: true}}'")
         }
-        checkConnected(regions, links, node: top["links"] ?? root)
+        if diagnostics.isEmpty { checkConnected(regions, links, node: top["links"] ?? root) }
         guard let mesh else { return nil }
         return Topology(file: file, mesh: mesh, regions: regions, links: links, namespaces: namespaces, limits: limits, auth: auth)
     }
