@@ -63,6 +63,11 @@ public struct PublishAck: Sendable, Hashable {
 public struct PresenceStats: Sendable, Hashable {
     public var clients: Int
     public var users: Int
+
+    public init(clients: Int, users: Int) {
+        self.clients = clients
+        self.users = users
+    }
 }
 
 /// A presence entry.
@@ -176,6 +181,8 @@ public final class TernClient: Sendable {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 for await text in outgoing { try await outbound.write(.text(text)) }
+                // The stream ends when `disconnect()` is called: close this connection so `run` reconnects.
+                try? await outbound.close(.goingAway, reason: "client reconnecting")
             }
             group.addTask { [self] in
                 try await handshake()
@@ -271,6 +278,11 @@ public final class TernClient: Sendable {
 
     /// Round-trips a ping.
     public func ping() async throws { _ = try await send("\"op\":\"ping\"") }
+
+    /// Ends the current connection; `run` reconnects with backoff and recovers every subscription.
+    public func disconnect() {
+        state.withLock { $0.outgoing?.finish() }
+    }
 
     /// Sends raw text on the open connection (for protocol tests).
     public func sendRaw(_ text: String) throws {

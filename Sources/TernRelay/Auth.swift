@@ -85,7 +85,11 @@ public struct Authenticator: Sendable {
         var any = false
         let keys = JWTKeyCollection()
         if let source = auth.hs256Secret {
-            await keys.add(hmac: HMACKey(from: try secrets.resolve(source, for: "auth.jwt.hs256_secret")), digestAlgorithm: .sha256)
+            let secret = try secrets.resolve(source, for: "auth.jwt.hs256_secret")
+            guard secret.utf8.count >= 32 else {
+                throw RelayConfigError("auth.jwt.hs256_secret (\(source)) is \(secret.utf8.count) bytes; HS256 needs at least 32, e.g. from 'openssl rand -hex 32'")
+            }
+            await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: .sha256)
             any = true
         }
         if let source = auth.rs256PublicKey {
@@ -146,6 +150,7 @@ public struct Authenticator: Sendable {
 
     /// Signs an HS256 token, for development tooling and tests.
     public static func signHS256(secret: String, claims: TernClaims) async throws -> String {
+        guard secret.utf8.count >= 32 else { throw RelayConfigError("an HS256 secret needs at least 32 bytes") }
         let keys = JWTKeyCollection()
         await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: .sha256)
         return try await keys.sign(claims)

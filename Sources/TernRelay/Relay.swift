@@ -208,7 +208,7 @@ public final class Relay: Service, Sendable {
         payload.writeString(code.reason)
         let frame = WebSocketFrame(fin: true, opcode: .connectionClose, data: payload)
         channel.writeAndFlush(frame).whenComplete { _ in channel.close(promise: nil) }
-        channel.eventLoop.scheduleTask(in: .seconds(5)) { channel.close(promise: nil) }
+        channel.eventLoop.scheduleTask(in: .seconds(10)) { channel.close(promise: nil) }
     }
 
     // MARK: - Server-Sent Events
