@@ -22,21 +22,22 @@ public final class RelayMetrics: Sendable {
     public init(region: String, registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.registry = registry
         let labels = [("region", region)]
-        connections = registry.makeGauge(descriptor: .init(metricName: "tern_connections", helpText: "Open client connections"), labels: labels)
-        subscriptions = registry.makeGauge(descriptor: .init(metricName: "tern_subscriptions", helpText: "Active topic subscriptions"), labels: labels)
-        topics = registry.makeGauge(descriptor: .init(metricName: "tern_topics", helpText: "Topic streams held in memory"), labels: labels)
-        queueBytes = registry.makeGauge(descriptor: .init(metricName: "tern_client_queue_bytes", helpText: "Bytes queued for all clients"), labels: labels)
-        publications = registry.makeCounter(descriptor: .init(metricName: "tern_publications_total", helpText: "Publications sequenced"), labels: labels)
-        deliveries = registry.makeCounter(descriptor: .init(metricName: "tern_deliveries_total", helpText: "Frames written to clients"), labels: labels)
-        duplicates = registry.makeCounter(descriptor: .init(metricName: "tern_duplicate_publishes_total", helpText: "Publishes answered from the idempotency cache"), labels: labels)
-        shed = registry.makeCounter(descriptor: .init(metricName: "tern_volatile_shed_total", helpText: "Volatile events coalesced or dropped under pressure"), labels: labels)
-        slowConsumers = registry.makeCounter(descriptor: .init(metricName: "tern_slow_consumer_closes_total", helpText: "Clients closed as slow consumers"), labels: labels)
-        rejected = registry.makeCounter(descriptor: .init(metricName: "tern_rejected_connections_total", helpText: "Connections refused by rate limit or drain"), labels: labels)
+        connections = registry.makeGauge(descriptor: .init(namespace: "tern", metricName: "connections", unitName: "", helpText: "Open client connections"), labels: labels)
+        subscriptions = registry.makeGauge(descriptor: .init(namespace: "tern", metricName: "subscriptions", unitName: "", helpText: "Active topic subscriptions"), labels: labels)
+        topics = registry.makeGauge(descriptor: .init(namespace: "tern", metricName: "topics", unitName: "", helpText: "Topic streams held in memory"), labels: labels)
+        queueBytes = registry.makeGauge(descriptor: .init(namespace: "tern", metricName: "client_queue", unitName: "bytes", helpText: "Bytes queued for all clients"), labels: labels)
+        publications = registry.makeCounter(descriptor: .init(namespace: "tern", metricName: "publications", unitName: "total", helpText: "Publications sequenced"), labels: labels)
+        deliveries = registry.makeCounter(descriptor: .init(namespace: "tern", metricName: "deliveries", unitName: "total", helpText: "Frames written to clients"), labels: labels)
+        duplicates = registry.makeCounter(descriptor: .init(namespace: "tern", metricName: "duplicate_publishes", unitName: "total", helpText: "Publishes answered from the idempotency cache"), labels: labels)
+        shed = registry.makeCounter(descriptor: .init(namespace: "tern", metricName: "volatile_shed", unitName: "total", helpText: "Volatile events coalesced or dropped under pressure"), labels: labels)
+        slowConsumers = registry.makeCounter(descriptor: .init(namespace: "tern", metricName: "slow_consumer_closes", unitName: "total", helpText: "Clients closed as slow consumers"), labels: labels)
+        rejected = registry.makeCounter(descriptor: .init(namespace: "tern", metricName: "rejected_connections", unitName: "total", helpText: "Connections refused by rate limit or drain"), labels: labels)
         publishToDeliver = registry.makeDurationHistogram(
-            name: "tern_publish_to_deliver_seconds", labels: labels,
+            descriptor: .init(namespace: "tern", metricName: "publish_to_deliver", unitName: "seconds",
+                              helpText: "Time from a publication's acceptance to its write to a subscriber"),
+            labels: labels,
             buckets: [.microseconds(100), .microseconds(500), .milliseconds(1), .milliseconds(5), .milliseconds(10),
-                      .milliseconds(50), .milliseconds(100), .milliseconds(500), .seconds(1), .seconds(5)],
-            help: "Time from a publication's acceptance to its write to a subscriber")
+                      .milliseconds(50), .milliseconds(100), .milliseconds(500), .seconds(1), .seconds(5)])
     }
 
     /// Brings counters and gauges up to date with the core's stats.
