@@ -46,7 +46,7 @@ let package = Package(
         /// Client protocol (JSON) encoding and decoding.
         .target(
             name: "TernWire",
-            dependencies: ["TernCore", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: ["TernCore", "CLZ4", .product(name: "NIOCore", package: "swift-nio")]
         ),
         /// Topology config model, YAML parsing and validation with file:line errors.
         .target(

@@ -185,11 +185,14 @@ public struct RelayCore: Sendable {
 
     /// Takes up to `maxBytes` of a client's queued frames for writing.
     public mutating func takeOutbound(_ client: ClientID, maxBytes: Int = 256 * 1024) -> [OutboundFrame] {
-        clients[client]?.outbox.take(maxBytes: maxBytes) ?? []
+        guard let before = clients[client]?.outbox.queuedBytes else { return [] }
+        let frames = clients[client]!.outbox.take(maxBytes: maxBytes)
+        queuedBytes += clients[client]!.outbox.queuedBytes - before
+        return frames
     }
 
-    /// Bytes queued for all clients (a gauge; walks every client).
-    public var queuedBytes: Int { clients.values.reduce(0) { $0 + $1.outbox.queuedBytes } }
+    /// Bytes queued for all clients.
+    public private(set) var queuedBytes = 0
 
     /// The current position of `topic`'s stream, if the relay holds it.
     public func position(of topic: String) -> StreamPosition? { topics[topic]?.position }
@@ -204,12 +207,11 @@ public struct RelayCore: Sendable {
         )
         let limited = transport != .poll && !acceptBucket.take(now: now)
         if draining || limited {
-            state.closing = true
             clients[client] = state
             stats.rejectedConnections += 1
             let code: CloseCode = draining ? .shutdown : .connectionRateLimited
             send(client, .disconnect(code: code, reconnectAfter: jitter(up: config.limits.drainWindow)))
-            actions.append(.close(client, code))
+            beginClose(client, code)
             return
         }
         state.counted = true
@@ -223,6 +225,7 @@ public struct RelayCore: Sendable {
     private mutating func closed(_ client: ClientID, now: TernInstant) {
         guard let state = clients.removeValue(forKey: client) else { return }
         if state.counted { stats.connections -= 1 }
+        queuedBytes -= state.outbox.queuedBytes
         for topic in state.subscriptions.orderedKeys {
             removeSubscriber(client, from: topic, now: now)
         }
@@ -682,8 +685,11 @@ public struct RelayCore: Sendable {
     }
 
     private mutating func enqueue(_ client: ClientID, _ frame: OutboundFrame, volatileKey: String?) {
-        guard let state = clients[client], !(state.closing && volatileKey != nil) else { return }
+        // Nothing more is queued for a closing client: what it was told before closing is already queued.
+        guard let state = clients[client], !state.closing else { return }
         let wasEmpty = state.outbox.isEmpty
+        let before = state.outbox.queuedBytes
+        defer { queuedBytes += (clients[client]?.outbox.queuedBytes ?? before) - before }
         switch clients[client]!.outbox.enqueue(frame, volatileKey: volatileKey) {
         case .queued, .coalesced:
             stats.deliveries += 1

@@ -244,7 +244,8 @@ struct RelayCoreTests {
             if h.actions.contains(where: { if case .close(slow, .slowConsumer) = $0 { true } else { false } }) { closed = true }
             fastGot += publications(h.received(fast))
         }
-        _ = pub
+        _ = h.received(pub)
+        #expect(h.core.queuedBytes == 0)
         #expect(closed)
         #expect(h.core.stats.slowConsumerCloses == 1)
         #expect(fastGot.map(\.position.offset) == Array(1...40))

@@ -11,8 +11,15 @@ import TernTopology
 let jwtSecret = "test-secret-0123456789abcdef-0123456789"
 let apiKey = "test-api-key"
 
+let testAuth = """
+    auth:
+      jwt:
+        hs256_secret: {env: TEST_JWT_SECRET}
+      api_key: {env: TEST_API_KEY}
+    """
+
 /// A topology for one relay on an ephemeral loopback port.
-func testTopology(limits: String = "") -> Topology {
+func testTopology(limits: String = "", auth: String = testAuth) -> Topology {
     let yaml = """
         mesh: test
         regions:
@@ -27,10 +34,7 @@ func testTopology(limits: String = "") -> Topology {
           publish_rate: 100000
           publish_burst: 100000
         \(limits)
-        auth:
-          jwt:
-            hs256_secret: {env: TEST_JWT_SECRET}
-          api_key: {env: TEST_API_KEY}
+        \(auth)
         """
     return try! TopologyLoader.parse(yaml, file: "test.yaml")
 }
@@ -86,11 +90,11 @@ func runProcess(_ path: String, _ args: [String]) async throws -> String {
 }
 
 /// Starts a relay, runs `body` against it, then shuts it down gracefully.
-func withRelay(limits: String = "", _ body: (RelayFixture) async throws -> Void) async throws {
+func withRelay(limits: String = "", auth: String = testAuth, _ body: (RelayFixture) async throws -> Void) async throws {
     var logger = Logger(label: "test.relay")
     logger.logLevel = .warning
     let relay = try await Relay(
-        topology: testTopology(limits: limits), region: "eu-west",
+        topology: testTopology(limits: limits, auth: auth), region: "eu-west",
         secrets: SecretResolver(environment: ["TEST_JWT_SECRET": jwtSecret, "TEST_API_KEY": apiKey]),
         listenOn: HostPort(host: "127.0.0.1", port: 0), seed: 42, logger: logger)
     let group = ServiceGroup(configuration: .init(services: [.init(service: relay)], gracefulShutdownSignals: [], logger: logger))
