@@ -331,6 +331,14 @@ public final class TernClient: Sendable {
         case "volatile":
             guard case .string(let topic)? = value["topic"], let data = value["data"] else { return }
             eventSink.yield(.volatile(topic: topic, data: data.rawText))
+        case "gap":
+            guard case .string(let topic)? = value["topic"], let position = Self.position(value) else { return }
+            var reason = "unknown"
+            if case .string(let r)? = value["reason"] { reason = r }
+            state.withLock { s in
+                if s.subscriptions[topic] != nil { s.subscriptions[topic] = .some(position) }
+            }
+            eventSink.yield(.resyncRequired(topic: topic, reason: reason))
         case "disconnect":
             if case .number(let ms)? = value["reconnect_after_ms"], let n = Int64(ms) {
                 state.withLock { $0.advisedDelay = .milliseconds(n) }

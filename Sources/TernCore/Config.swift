@@ -76,11 +76,14 @@ public struct RelayCoreConfig: Sendable {
     public var namespaces: [String: NamespaceOptions]
     /// Limits for this relay.
     public var limits: RelayLimits
+    /// The mesh this relay belongs to; nil for a relay on its own.
+    public var mesh: MeshConfig?
 
     /// A config for `region` with `namespaces` and `limits`.
-    public init(region: String, namespaces: [String: NamespaceOptions], limits: RelayLimits = RelayLimits()) {
+    public init(region: String, namespaces: [String: NamespaceOptions], limits: RelayLimits = RelayLimits(), mesh: MeshConfig? = nil) {
         self.region = region
         self.namespaces = namespaces
         self.limits = limits
+        self.mesh = mesh
     }
 }

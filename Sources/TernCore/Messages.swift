@@ -166,6 +166,8 @@ public enum ServerMessage: Hashable, Sendable {
     case leave(topic: String, PresenceEntry)
     /// The relay is about to close the connection.
     case disconnect(code: CloseCode, reconnectAfter: Duration?)
+    /// The stream jumped to `position` and what came between is lost: reload the topic, then continue.
+    case gap(topic: String, position: StreamPosition, reason: RecoveryFailure)
 }
 
 /// Turns server messages into transport frames. TernWire implements it.

@@ -24,6 +24,12 @@ public enum RelayEvent: Sendable {
     case closed(ClientID)
     /// A backend published through the HTTP API; answered with `apiReply(request:)`.
     case apiPublish(request: UInt64, topic: String, id: String, data: String)
+    /// An inter-region link to a neighbour completed its handshake.
+    case linkUp(String)
+    /// An inter-region link is gone.
+    case linkDown(String)
+    /// A batch of messages arrived on the link from a neighbour.
+    case linkBatch(String, [LinkMessage])
     /// A long-poll request; answered with `pollReply` now or when something arrives or at the timeout.
     case poll(ClientID, ClientIdentity, topics: [(topic: String, since: StreamPosition?)], timeout: Duration)
     /// The relay is shutting down: tell every client to reconnect, spread over the drain window.
@@ -70,6 +76,8 @@ public enum RelayAction: Sendable {
     case apiReply(request: UInt64, Result<ReplyBody, TernError>)
     /// The answer to a long-poll request; the poll client is gone afterwards.
     case pollReply(ClientID, PollReply)
+    /// Send this batch to a neighbour, in order after the batches before it.
+    case sendLink(String, [LinkMessage])
 }
 
 /// Counters and gauges the driver exports as metrics.
@@ -83,6 +91,8 @@ public struct RelayStats: Sendable, Hashable {
     public var volatileShed = 0
     public var slowConsumerCloses = 0
     public var rejectedConnections = 0
+    /// Publications received from upstream regions and cached here.
+    public var relayedPublications = 0
 
     /// All zero.
     public init() {}
@@ -95,7 +105,7 @@ public struct RelayStats: Sendable, Hashable {
 /// It never reads a clock, never touches a socket and draws randomness
 /// only from the generator it was given.
 public struct RelayCore: Sendable {
-    private struct ClientState: Sendable {
+    struct ClientState: Sendable {
         var transport: Transport
         var identity: ClientIdentity?
         var authenticating = false
@@ -105,9 +115,11 @@ public struct RelayCore: Sendable {
         var cursor: [String: StreamPosition] = [:]
         var closing = false
         var counted = false
+        var pollNeedsSync: Set<String> = []
+        var pollLostCursor: Set<String> = []
     }
 
-    private struct TopicState: Sendable {
+    struct TopicState: Sendable {
         var options: NamespaceOptions
         var epoch: String
         var offset: UInt64 = 0
@@ -117,15 +129,24 @@ public struct RelayCore: Sendable {
         var presence = PresenceTable()
         var pollWaiters = IndexedMap<ClientID, Void>()
         var lastActivity: TernInstant
+        /// False while a non-home region waits for its upstream to say where the stream stands.
+        var synced = true
+        /// True while this region has asked its upstream to fill a gap.
+        var resyncing = false
+        var pendingSubscribes: [(client: ClientID, ref: UInt64?, since: StreamPosition?)] = []
         var position: StreamPosition { StreamPosition(epoch: epoch, offset: offset) }
     }
 
-    private struct Deadline: Comparable, Sendable {
+    struct Deadline: Comparable, Sendable {
         enum Kind: Sendable {
             case connectTimeout(ClientID)
             case tokenExpiry(ClientID)
             case pollTimeout(ClientID)
             case topicSweep(String)
+            case interestLinger(String)
+            case publishTimeout(UInt64)
+            case subscribeTimeout(String)
+            case linkFlush(String)
         }
         var at: TernInstant
         var sequence: UInt64
@@ -137,18 +158,21 @@ public struct RelayCore: Sendable {
     /// The region, namespaces and limits this core was built with.
     public let config: RelayCoreConfig
     /// Counters for metrics.
-    public private(set) var stats = RelayStats()
+    public internal(set) var stats = RelayStats()
     /// Whether `drain` has been received.
     public private(set) var draining = false
 
-    private let encoder: any ServerMessageEncoding
-    private var rng: SplitMix64
-    private var clients: [ClientID: ClientState] = [:]
-    private var topics: [String: TopicState] = [:]
-    private var deadlines = Heap<Deadline>()
-    private var deadlineSequence: UInt64 = 0
-    private var acceptBucket: TokenBucket
-    private var actions: [RelayAction] = []
+    let encoder: any ServerMessageEncoding
+    var rng: SplitMix64
+    var clients: [ClientID: ClientState] = [:]
+    var topics: [String: TopicState] = [:]
+    var deadlines = Heap<Deadline>()
+    var deadlineSequence: UInt64 = 0
+    var acceptBucket: TokenBucket
+    var actions: [RelayAction] = []
+    var mesh: MeshState?
+    /// The `now` of the event being handled.
+    var clock = TernInstant.zero
 
     /// A core for `config`, encoding with `encoder`, drawing randomness from `seed`.
     public init(config: RelayCoreConfig, encoder: any ServerMessageEncoding, seed: UInt64, now: TernInstant) {
@@ -156,6 +180,13 @@ public struct RelayCore: Sendable {
         self.encoder = encoder
         self.rng = SplitMix64(seed: seed)
         self.acceptBucket = TokenBucket(rate: config.limits.acceptRatePerSecond, burst: config.limits.acceptBurst, now: now)
+        if let meshConfig = config.mesh {
+            let incarnation = rng.next()
+            var state = MeshState(config: meshConfig, incarnation: incarnation,
+                                  routes: meshConfig.graph.shortestPaths(from: config.region, isUp: { _, _ in false }))
+            state.adverts[config.region] = LinkStateAdvert(incarnation: incarnation, sequence: 0, neighbours: [])
+            self.mesh = state
+        }
     }
 
     /// When the driver must send `tick` next, if ever.
@@ -164,6 +195,7 @@ public struct RelayCore: Sendable {
     /// Handles one event at `now` and returns what the driver must do.
     public mutating func handle(_ event: RelayEvent, now: TernInstant) -> [RelayAction] {
         actions.removeAll(keepingCapacity: true)
+        clock = now
         switch event {
         case .opened(let client, let transport): opened(client, transport, now: now)
         case .command(let client, let ref, let command): commandReceived(client, ref: ref, command, now: now)
@@ -172,12 +204,19 @@ public struct RelayCore: Sendable {
         case .badFrame(let client, let ref, let error): send(client, .error(ref: ref, error))
         case .closed(let client): closed(client, now: now)
         case .apiPublish(let request, let topic, let id, let data):
-            let result = publish(topic: topic, id: id, data: data, user: nil, volatile: false, now: now)
-            actions.append(.apiReply(request: request, result))
+            if case .failure(let error) = namespaceOptions(for: topic) {
+                actions.append(.apiReply(request: request, .failure(error)))
+            } else {
+                routePublish(.api(request: request), topic: topic, id: id, data: data, user: nil, now: now)
+            }
+        case .linkUp(let peer): linkUp(peer, now: now)
+        case .linkDown(let peer): linkDown(peer, now: now)
+        case .linkBatch(let peer, let messages): linkBatch(peer, messages, now: now)
         case .poll(let client, let identity, let wanted, let timeout): poll(client, identity, wanted, timeout: timeout, now: now)
         case .drain: drain()
         case .tick: fireDeadlines(now: now)
         }
+        flushLinks(now: now)
         let out = actions
         actions.removeAll(keepingCapacity: true)
         return out
@@ -199,7 +238,7 @@ public struct RelayCore: Sendable {
 
     // MARK: - Connections
 
-    private mutating func opened(_ client: ClientID, _ transport: Transport, now: TernInstant) {
+    mutating func opened(_ client: ClientID, _ transport: Transport, now: TernInstant) {
         var state = ClientState(
             transport: transport,
             outbox: Outbox(maxBytes: config.limits.maxQueueBytes),
@@ -222,7 +261,7 @@ public struct RelayCore: Sendable {
         }
     }
 
-    private mutating func closed(_ client: ClientID, now: TernInstant) {
+    mutating func closed(_ client: ClientID, now: TernInstant) {
         guard let state = clients.removeValue(forKey: client) else { return }
         if state.counted { stats.connections -= 1 }
         queuedBytes -= state.outbox.queuedBytes
@@ -237,7 +276,7 @@ public struct RelayCore: Sendable {
         }
     }
 
-    private mutating func commandReceived(_ client: ClientID, ref: UInt64?, _ command: ClientCommand, now: TernInstant) {
+    mutating func commandReceived(_ client: ClientID, ref: UInt64?, _ command: ClientCommand, now: TernInstant) {
         guard let state = clients[client], !state.closing else { return }
         if case .connect(let token) = command {
             if state.identity != nil || state.authenticating {
@@ -263,7 +302,12 @@ public struct RelayCore: Sendable {
             return
         case .subscribe(let topic, let since):
             switch subscribe(client, identity, topic: topic, since: since, now: now) {
-            case .success(let reply): sendSubscribed(client, ref: ref, reply, now: now)
+            case .success(let reply?): sendSubscribed(client, ref: ref, reply, now: now)
+            case .success(nil):
+                // Waiting for the upstream region to say where the stream stands.
+                topics[topic]!.pendingSubscribes.append((client, ref, since))
+                schedule(now + (mesh?.config.homeTimeout ?? .seconds(10)), .subscribeTimeout(topic))
+                reconcileInterest(topic, now: now)
             case .failure(let error): send(client, .error(ref: ref, error))
             }
         case .unsubscribe(let topic):
@@ -273,14 +317,11 @@ public struct RelayCore: Sendable {
             }
             clients[client]?.subscriptions.removeValue(forKey: topic)
             clients[client]?.cursor[topic] = nil
+            topics[topic]?.pendingSubscribes.removeAll { $0.client == client }
             removeSubscriber(client, from: topic, now: now)
             send(client, .reply(ref: ref, .unsubscribed(topic: topic)))
         case .publish(let topic, let id, let data, let volatile):
-            let result = clientPublish(client, identity, topic: topic, id: id, data: data, volatile: volatile, now: now)
-            switch result {
-            case .success(let body): send(client, .reply(ref: ref, body))
-            case .failure(let error): send(client, .error(ref: ref, error))
-            }
+            clientPublish(client, ref: ref, identity, topic: topic, id: id, data: data, volatile: volatile, now: now)
         case .presence(let topic, let limit):
             send(client, presence(identity, topic: topic, limit: limit, ref: ref))
         case .presenceStats(let topic):
@@ -288,7 +329,7 @@ public struct RelayCore: Sendable {
         }
     }
 
-    private mutating func authenticated(_ client: ClientID, ref: UInt64?, _ identity: ClientIdentity, now: TernInstant) {
+    mutating func authenticated(_ client: ClientID, ref: UInt64?, _ identity: ClientIdentity, now: TernInstant) {
         guard clients[client] != nil, clients[client]?.closing == false else { return }
         if let expiry = identity.expiresAt, expiry <= now {
             authenticationFailed(client, ref: ref, .expired)
@@ -302,7 +343,7 @@ public struct RelayCore: Sendable {
         }
     }
 
-    private mutating func authenticationFailed(_ client: ClientID, ref: UInt64?, _ failure: AuthFailure) {
+    mutating func authenticationFailed(_ client: ClientID, ref: UInt64?, _ failure: AuthFailure) {
         guard clients[client] != nil else { return }
         clients[client]?.authenticating = false
         let (error, code): (TernError, CloseCode) = switch failure {
@@ -313,13 +354,13 @@ public struct RelayCore: Sendable {
         beginClose(client, code)
     }
 
-    private mutating func beginClose(_ client: ClientID, _ code: CloseCode) {
+    mutating func beginClose(_ client: ClientID, _ code: CloseCode) {
         guard clients[client]?.closing == false else { return }
         clients[client]?.closing = true
         actions.append(.close(client, code))
     }
 
-    private mutating func drain() {
+    mutating func drain() {
         guard !draining else { return }
         draining = true
         for client in clients.keys.sorted() where clients[client]?.closing == false {
@@ -334,7 +375,7 @@ public struct RelayCore: Sendable {
 
     // MARK: - Topics
 
-    private func namespaceOptions(for topic: String) -> Result<NamespaceOptions, TernError> {
+    func namespaceOptions(for topic: String) -> Result<NamespaceOptions, TernError> {
         if let problem = TopicName.problem(with: topic) { return .failure(TernError(.invalidTopic, problem)) }
         let ns = String(TopicName.namespace(of: topic)!)
         guard let options = config.namespaces[ns] else {
@@ -344,7 +385,7 @@ public struct RelayCore: Sendable {
         return .success(options)
     }
 
-    private mutating func ensureTopic(_ topic: String, _ options: NamespaceOptions, now: TernInstant) {
+    mutating func ensureTopic(_ topic: String, _ options: NamespaceOptions, now: TernInstant) {
         guard topics[topic] == nil else { return }
         let generation = String(rng.next() & 0xFFFF_FFFF, radix: 16)
         topics[topic] = TopicState(
@@ -354,15 +395,21 @@ public struct RelayCore: Sendable {
             idempotency: IdempotencyCache(capacity: config.limits.idempotencyCapacity, window: config.limits.idempotencyWindow),
             lastActivity: now
         )
+        if !isHome(topic) {
+            // A regional cache: its epoch and offset come from upstream.
+            topics[topic]!.synced = false
+            topics[topic]!.epoch = ""
+        }
         stats.topics += 1
     }
 
     /// Drops a topic's stream once nothing has referred to it for the stream
     /// linger and its history has expired. Until then its epoch stays, so
     /// clients that come back soon still recover.
-    private mutating func sweepIfIdle(_ topic: String, now: TernInstant) {
+    mutating func sweepIfIdle(_ topic: String, now: TernInstant) {
         guard var state = topics[topic] else { return }
-        guard state.subscribers.isEmpty, state.presence.count == 0, state.pollWaiters.isEmpty else { return }
+        guard state.subscribers.isEmpty, state.presence.count == 0, state.pollWaiters.isEmpty, state.pendingSubscribes.isEmpty else { return }
+        if let mesh, mesh.children[topic] != nil || mesh.upstream[topic] != nil || mesh.awaitingSync[topic] != nil { return }
         state.history.expire(now: now)
         let lingerEnds = state.lastActivity + config.limits.streamLinger
         if state.history.isEmpty, lingerEnds <= now {
@@ -374,9 +421,11 @@ public struct RelayCore: Sendable {
         }
     }
 
-    private mutating func subscribe(
+    /// Adds a subscriber and answers with the stream's position (and recovery), or
+    /// nil when this region must first hear from its upstream where the stream stands.
+    mutating func subscribe(
         _ client: ClientID, _ identity: ClientIdentity, topic: String, since: StreamPosition?, now: TernInstant
-    ) -> Result<SubscribeReply, TernError> {
+    ) -> Result<SubscribeReply?, TernError> {
         let options: NamespaceOptions
         switch namespaceOptions(for: topic) {
         case .success(let o): options = o
@@ -399,6 +448,17 @@ public struct RelayCore: Sendable {
             return .failure(TernError(.limitExceeded, "'\(topic)' has reached its \(options.maxSubscribers) subscribers in this region"))
         }
         ensureTopic(topic, options, now: now)
+        clients[client]?.subscriptions[topic] = ()
+        topics[topic]!.subscribers[client] = ()
+        topics[topic]!.lastActivity = now
+        stats.subscriptions += 1
+        guard topics[topic]!.synced else { return .success(nil) }
+        reconcileInterest(topic, now: now)
+        return .success(subscribeReply(topic, since: since, now: now))
+    }
+
+    /// The stream's position and, when asked, everything after `since` from this region's ring.
+    mutating func subscribeReply(_ topic: String, since: StreamPosition?, now: TernInstant) -> SubscribeReply {
         let current = topics[topic]!.position
         var reply = SubscribeReply(topic: topic, position: current, recovered: nil, failure: nil, publications: [])
         if let since {
@@ -411,15 +471,11 @@ public struct RelayCore: Sendable {
                 reply.failure = failure
             }
         }
-        clients[client]?.subscriptions[topic] = ()
-        topics[topic]!.subscribers[client] = ()
-        topics[topic]!.lastActivity = now
-        stats.subscriptions += 1
-        return .success(reply)
+        return reply
     }
 
     /// Answers a subscribe, then announces the subscriber's presence, so the reply comes first.
-    private mutating func sendSubscribed(_ client: ClientID, ref: UInt64?, _ reply: SubscribeReply, now: TernInstant) {
+    mutating func sendSubscribed(_ client: ClientID, ref: UInt64?, _ reply: SubscribeReply, now: TernInstant) {
         send(client, .reply(ref: ref, .subscribed(reply)))
         let topic = reply.topic
         guard let options = topics[topic]?.options, options.presence,
@@ -431,41 +487,46 @@ public struct RelayCore: Sendable {
         }
     }
 
-    private mutating func removeSubscriber(_ client: ClientID, from topic: String, now: TernInstant) {
+    mutating func removeSubscriber(_ client: ClientID, from topic: String, now: TernInstant) {
         guard topics[topic]?.subscribers.removeValue(forKey: client) != nil else { return }
         topics[topic]!.lastActivity = now
         stats.subscriptions -= 1
         if let entry = topics[topic]?.presence.remove(client), topics[topic]?.options.joinLeave == true {
             broadcast(topic, .leave(topic: topic, entry), volatileKey: "presence/\(topic)/\(client)")
         }
+        reconcileInterest(topic, now: now)
         sweepIfIdle(topic, now: now)
     }
 
     // MARK: - Publishing
 
-    private mutating func clientPublish(
-        _ client: ClientID, _ identity: ClientIdentity, topic: String, id: String, data: String, volatile: Bool, now: TernInstant
-    ) -> Result<ReplyBody, TernError> {
+    mutating func clientPublish(
+        _ client: ClientID, ref: UInt64?, _ identity: ClientIdentity, topic: String, id: String, data: String, volatile: Bool, now: TernInstant
+    ) {
         let options: NamespaceOptions
         switch namespaceOptions(for: topic) {
         case .success(let o): options = o
-        case .failure(let e): return .failure(e)
+        case .failure(let e): return send(client, .error(ref: ref, e))
         }
         guard options.clientPublish, !identity.isAnonymous, ClientIdentity.allowed(identity.publish, topic) else {
-            return .failure(TernError(.permissionDenied, !options.clientPublish
+            return send(client, .error(ref: ref, TernError(.permissionDenied, !options.clientPublish
                 ? "namespace of '\(topic)' accepts publishes from backends only"
-                : "the token does not grant publish on '\(topic)'"))
+                : "the token does not grant publish on '\(topic)'")))
         }
         guard clients[client]!.publishBucket.take(now: now) else {
-            return .failure(TernError(.rateLimited, "more than \(Int(config.limits.publishRatePerSecond)) publishes a second; slow down"))
+            return send(client, .error(ref: ref, TernError(.rateLimited, "more than \(Int(config.limits.publishRatePerSecond)) publishes a second; slow down")))
         }
-        return publish(topic: topic, id: id, data: data, user: identity.user, volatile: volatile, now: now)
+        if volatile {
+            answer(.client(client, ref: ref), publish(topic: topic, id: id, data: data, user: identity.user, volatile: true, now: now))
+        } else {
+            routePublish(.client(client, ref: ref), topic: topic, id: id, data: data, user: identity.user, now: now)
+        }
     }
 
     /// Sequences a publication in this region and delivers it to local subscribers.
     ///
     /// The mesh will route this to the topic's home region; here every topic's home is local.
-    private mutating func publish(
+    mutating func publish(
         topic: String, id: String, data: String, user: String?, volatile: Bool, now: TernInstant
     ) -> Result<ReplyBody, TernError> {
         let options: NamespaceOptions
@@ -496,7 +557,7 @@ public struct RelayCore: Sendable {
     }
 
     /// Writes one publication to every local subscriber, encoding it once for all WebSockets.
-    private mutating func deliver(_ publication: Publication) {
+    mutating func deliver(_ publication: Publication) {
         let topic = publication.topic
         guard let state = topics[topic] else { return }
         let shared = OutboundFrame(bytes: encoder.encode(.publication(publication)), acceptedAt: publication.acceptedAt)
@@ -511,9 +572,12 @@ public struct RelayCore: Sendable {
         for client in state.pollWaiters.orderedKeys {
             completePoll(client, publications: [publication])
         }
+        if mesh != nil, let children = mesh!.children[topic] {
+            for child in children.orderedKeys where children[child] == .live { sendData(child, publication) }
+        }
     }
 
-    private mutating func broadcast(_ topic: String, _ message: ServerMessage, volatileKey: String) {
+    mutating func broadcast(_ topic: String, _ message: ServerMessage, volatileKey: String?) {
         guard let state = topics[topic] else { return }
         let shared = OutboundFrame(bytes: encoder.encode(message), acceptedAt: nil)
         for client in state.subscribers.orderedKeys {
@@ -527,7 +591,7 @@ public struct RelayCore: Sendable {
 
     // MARK: - Presence
 
-    private func presenceAllowed(_ identity: ClientIdentity, _ topic: String) -> Result<TopicState?, TernError> {
+    func presenceAllowed(_ identity: ClientIdentity, _ topic: String) -> Result<TopicState?, TernError> {
         let options: NamespaceOptions
         switch namespaceOptions(for: topic) {
         case .success(let o): options = o
@@ -544,7 +608,7 @@ public struct RelayCore: Sendable {
         return .success(topics[topic])
     }
 
-    private func presence(_ identity: ClientIdentity, topic: String, limit: Int?, ref: UInt64?) -> ServerMessage {
+    func presence(_ identity: ClientIdentity, topic: String, limit: Int?, ref: UInt64?) -> ServerMessage {
         switch presenceAllowed(identity, topic) {
         case .failure(let e): return .error(ref: ref, e)
         case .success(let state):
@@ -554,7 +618,7 @@ public struct RelayCore: Sendable {
         }
     }
 
-    private func presenceStats(_ identity: ClientIdentity, topic: String, ref: UInt64?) -> ServerMessage {
+    func presenceStats(_ identity: ClientIdentity, topic: String, ref: UInt64?) -> ServerMessage {
         switch presenceAllowed(identity, topic) {
         case .failure(let e): return .error(ref: ref, e)
         case .success(let state):
@@ -564,7 +628,7 @@ public struct RelayCore: Sendable {
 
     // MARK: - Long-poll
 
-    private mutating func poll(
+    mutating func poll(
         _ client: ClientID, _ identity: ClientIdentity, _ wanted: [(topic: String, since: StreamPosition?)],
         timeout: Duration, now: TernInstant
     ) {
@@ -593,6 +657,12 @@ public struct RelayCore: Sendable {
             }
             ensureTopic(topic, options, now: now)
             topics[topic]!.lastActivity = now
+            if !topics[topic]!.synced {
+                // This region's cache has not heard from upstream yet: answer once it has.
+                clients[client]?.pollNeedsSync.insert(topic)
+                if since != nil { clients[client]?.pollLostCursor.insert(topic) }
+                continue
+            }
             let current = topics[topic]!.position
             var recovered = true
             var failure: RecoveryFailure?
@@ -612,6 +682,14 @@ public struct RelayCore: Sendable {
             reply.topics.append(.init(topic: topic, position: current, recovered: recovered, failure: failure))
         }
         let timeout = min(timeout, config.limits.maxPollTimeout)
+        let needsSync = clients[client]?.pollNeedsSync ?? []
+        if !needsSync.isEmpty {
+            for t in reply.topics { clients[client]?.cursor[t.topic] = t.position }
+            for (topic, _) in wanted { topics[topic]!.pollWaiters[client] = () }
+            for topic in needsSync.sorted() { reconcileInterest(topic, now: now) }
+            schedule(now + (mesh?.config.homeTimeout ?? timeout), .pollTimeout(client))
+            return
+        }
         if mustAnswer || timeout <= .zero {
             if clients.removeValue(forKey: client)?.counted == true { stats.connections -= 1 }
             for t in reply.topics { sweepIfIdle(t.topic, now: now) }
@@ -625,27 +703,28 @@ public struct RelayCore: Sendable {
         schedule(now + timeout, .pollTimeout(client))
     }
 
-    private mutating func completePoll(_ client: ClientID, publications: [Publication] = [], error: TernError? = nil) {
+    mutating func completePoll(_ client: ClientID, publications: [Publication] = [], error: TernError? = nil) {
         guard let state = clients.removeValue(forKey: client) else { return }
         if state.counted { stats.connections -= 1 }
         var reply = PollReply(publications: publications, topics: [], error: error)
-        for topic in state.cursor.keys.sorted() {
+        for topic in Set(state.cursor.keys).union(state.pollNeedsSync).sorted() {
             topics[topic]?.pollWaiters.removeValue(forKey: client)
-            var position = state.cursor[topic]!
+            var position = state.cursor[topic] ?? topics[topic]?.position ?? StreamPosition(epoch: "", offset: 0)
             if let last = publications.last(where: { $0.topic == topic }) { position = last.position }
-            reply.topics.append(.init(topic: topic, position: position, recovered: true, failure: nil))
+            let lost = state.pollLostCursor.contains(topic)
+            reply.topics.append(.init(topic: topic, position: position, recovered: !lost, failure: lost ? .evicted : nil))
         }
         actions.append(.pollReply(client, reply))
     }
 
     // MARK: - Deadlines
 
-    private mutating func schedule(_ at: TernInstant, _ kind: Deadline.Kind) {
+    mutating func schedule(_ at: TernInstant, _ kind: Deadline.Kind) {
         deadlineSequence += 1
         deadlines.insert(Deadline(at: at, sequence: deadlineSequence, kind: kind))
     }
 
-    private mutating func fireDeadlines(now: TernInstant) {
+    mutating func fireDeadlines(now: TernInstant) {
         while let next = deadlines.min, next.at <= now {
             _ = deadlines.removeMin()
             switch next.kind {
@@ -662,13 +741,21 @@ public struct RelayCore: Sendable {
                 if clients[client]?.transport == .poll { completePoll(client) }
             case .topicSweep(let topic):
                 sweepIfIdle(topic, now: now)
+            case .interestLinger(let topic):
+                interestLingerEnded(topic, now: now)
+            case .publishTimeout(let ref):
+                publishTimedOut(ref)
+            case .subscribeTimeout(let topic):
+                subscribeTimedOut(topic, now: now)
+            case .linkFlush(let peer):
+                linkFlushDue(peer, now: now)
             }
         }
     }
 
     // MARK: - Output
 
-    private mutating func send(_ client: ClientID, _ message: ServerMessage, volatileKey: String? = nil) {
+    mutating func send(_ client: ClientID, _ message: ServerMessage, volatileKey: String? = nil) {
         guard let state = clients[client] else { return }
         let bytes: ByteBuffer
         switch state.transport {
@@ -684,7 +771,7 @@ public struct RelayCore: Sendable {
         enqueue(client, OutboundFrame(bytes: bytes, acceptedAt: acceptedAt), volatileKey: volatileKey)
     }
 
-    private mutating func enqueue(_ client: ClientID, _ frame: OutboundFrame, volatileKey: String?) {
+    mutating func enqueue(_ client: ClientID, _ frame: OutboundFrame, volatileKey: String?) {
         // Nothing more is queued for a closing client: what it was told before closing is already queued.
         guard let state = clients[client], !state.closing else { return }
         let wasEmpty = state.outbox.isEmpty
@@ -704,7 +791,7 @@ public struct RelayCore: Sendable {
         }
     }
 
-    private mutating func jitter(up limit: Duration) -> Duration {
+    mutating func jitter(up limit: Duration) -> Duration {
         let ms = max(1, limit.ternMilliseconds)
         return .milliseconds(Int64.random(in: 0...ms, using: &rng))
     }

@@ -90,7 +90,7 @@ final class RelayRuntime: Sendable {
                     if code == .slowConsumer { state.forceClosers[client]?(code) }
                 case .pollReply(let client, let reply):
                     state.sinks[client]?.yield(.poll(reply))
-                case .verifyToken, .apiReply:
+                case .verifyToken, .apiReply, .sendLink:
                     callerActions.append(action)
                 }
             }

@@ -15,6 +15,9 @@ public struct JSONServerEncoder: ServerMessageEncoding {
         switch message {
         case .publication(let p):
             out += Self.sseEvent(publication: p, cursor: &cursor)
+        case .gap(let topic, let position, _):
+            cursor[topic] = position
+            out += "id: \(Cursor.encode(cursor))\nevent: gap\ndata: \(Self.json(message))\n\n"
         case .reply(_, .subscribed(let reply)):
             var head = reply
             head.publications = []
@@ -44,6 +47,7 @@ public struct JSONServerEncoder: ServerMessageEncoding {
         case .join: "join"
         case .leave: "leave"
         case .disconnect: "disconnect"
+        case .gap: "gap"
         }
     }
 
@@ -75,6 +79,12 @@ public struct JSONServerEncoder: ServerMessageEncoding {
             w.string("reason", code.reason)
             w.raw("reconnect", code.reconnect ? "true" : "false")
             if let after { w.raw("reconnect_after_ms", String(after.ternMilliseconds)) }
+        case .gap(let topic, let position, let reason):
+            w.string("push", "gap")
+            w.string("topic", topic)
+            w.string("epoch", position.epoch)
+            w.raw("offset", String(position.offset))
+            w.string("reason", reason.rawValue)
         }
         return w.finish()
     }

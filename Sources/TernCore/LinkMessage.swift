@@ -1,0 +1,82 @@
+/// What one region says to a neighbour over an inter-region link.
+///
+/// The link codec (TernWire) turns batches of these into frames; the
+/// simulator passes them as values. Every data entry carries its topic,
+/// epoch and offset, so a receiver can always tell a duplicate or a gap.
+public enum LinkMessage: Sendable, Hashable {
+    /// A region's up links, flooded so every relay can compute routes and trees.
+    /// `incarnation` changes when the relay restarts; `sequence` orders one incarnation's reports.
+    case linkState(origin: String, incarnation: UInt64, sequence: UInt64, neighbours: [String])
+    /// The sender wants `topic` (it has subscribers or children); resume after `since`, or start at the current position.
+    case interest(topic: String, since: StreamPosition?)
+    /// The sender no longer wants `topic`.
+    case uninterest(topic: String)
+    /// A sequenced publication flowing down the topic's fan-out tree.
+    case data(Publication)
+    /// Catch-up is complete: the stream now stands at `position` for the receiver.
+    case caughtUp(topic: String, position: StreamPosition)
+    /// The sender cannot fill the receiver's gap: reset to `position` and tell clients to resync.
+    case gap(topic: String, position: StreamPosition, reason: RecoveryFailure)
+    /// The receiver fell too far behind: re-express interest from its own position.
+    case resync(topic: String)
+    /// A publish travelling towards the topic's home.
+    case publish(topic: String, id: String, data: String, user: String?, origin: String, ref: UInt64, acceptedAt: TernInstant)
+    /// The home's answer to a publish, travelling back to `origin`.
+    case ack(origin: String, ref: UInt64, topic: String, result: PublishResult)
+    /// The receiver processed `batches` batches; the sender may send that many more.
+    case credit(batches: Int)
+
+    /// Whether this message travels outside flow control (it is never acknowledged).
+    public var isControl: Bool {
+        if case .credit = self { return true }
+        return false
+    }
+
+    /// A rough size for batching limits (the codec's real size differs a little).
+    public var estimatedBytes: Int {
+        switch self {
+        case .linkState(let o, _, _, let n): 24 + o.utf8.count + n.reduce(0) { $0 + $1.utf8.count + 2 }
+        case .interest(let t, let s): 12 + t.utf8.count + (s?.epoch.utf8.count ?? 0)
+        case .uninterest(let t), .resync(let t): 4 + t.utf8.count
+        case .data(let p): 24 + p.topic.utf8.count + p.position.epoch.utf8.count + p.id.utf8.count + p.data.utf8.count + (p.user?.utf8.count ?? 0)
+        case .caughtUp(let t, let p), .gap(let t, let p, _): 12 + t.utf8.count + p.epoch.utf8.count
+        case .publish(let t, let i, let d, let u, let o, _, _): 24 + t.utf8.count + i.utf8.count + d.utf8.count + (u?.utf8.count ?? 0) + o.utf8.count
+        case .ack(let o, _, let t, _): 32 + o.utf8.count + t.utf8.count
+        case .credit: 5
+        }
+    }
+}
+
+/// The home's answer to a forwarded publish.
+public enum PublishResult: Sendable, Hashable {
+    /// Sequenced at `position`; `duplicate` when the idempotency id had been seen.
+    case accepted(position: StreamPosition, duplicate: Bool)
+    /// Refused, with the code and message the publisher gets.
+    case refused(code: ErrorCode, message: String)
+}
+
+/// How a relay takes part in a mesh: the graph and the link tuning.
+public struct MeshConfig: Sendable {
+    /// All regions and links.
+    public var graph: MeshGraph
+    /// Namespaces whose topics always live in one region.
+    public var pinnedHomes: [String: String]
+    /// A batch is sent once it holds this many bytes, even while earlier batches are unacknowledged.
+    public var maxBatchBytes: Int = 64 * 1024
+    /// A partial batch waits at most this long while earlier batches are unacknowledged.
+    public var maxBatchDelay: Duration = .milliseconds(5)
+    /// Unacknowledged batches allowed on a link (the receiver's credit).
+    public var sendWindowBatches: Int = 8
+    /// Bytes queued for a link before the slowest topics are switched to resync.
+    public var maxLinkQueueBytes: Int = 8 * 1024 * 1024
+    /// How long a region keeps its interest upstream after its last subscriber leaves.
+    public var interestLinger: Duration = .seconds(5)
+    /// How long a publish or a subscribe may wait for the topic's home.
+    public var homeTimeout: Duration = .seconds(10)
+
+    /// A mesh over `graph`.
+    public init(graph: MeshGraph, pinnedHomes: [String: String] = [:]) {
+        self.graph = graph
+        self.pinnedHomes = pinnedHomes
+    }
+}

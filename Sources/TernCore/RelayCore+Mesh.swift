@@ -1,0 +1,543 @@
+/// Link state one region reports: its up links, per incarnation.
+struct LinkStateAdvert: Sendable, Hashable {
+    var incarnation: UInt64
+    var sequence: UInt64
+    var neighbours: Set<String>
+}
+
+/// The messages waiting for one link, and its flow-control window.
+struct LinkOutbox: Sendable {
+    var queue: [LinkMessage] = []
+    var queuedBytes = 0
+    var unacknowledged = 0
+    var oldestQueuedAt: TernInstant?
+    var flushScheduled = false
+}
+
+/// Where a publish came from, so its acknowledgement finds its way back.
+enum PublishOrigin: Sendable, Hashable {
+    case client(ClientID, ref: UInt64?)
+    case api(request: UInt64)
+}
+
+/// A publish this region forwarded towards a home and has not heard back about.
+struct PendingPublish: Sendable {
+    var origin: PublishOrigin
+    var topic: String
+    var id: String
+    var data: String
+    var user: String?
+    var acceptedAt: TernInstant
+    var sentVia: String?
+}
+
+/// A child region's standing for one topic.
+enum ChildState: Sendable, Hashable {
+    /// Receiving live data.
+    case live
+    /// Its link fell behind; it gets nothing until it asks again from its own position.
+    case resyncing
+}
+
+/// Counters for one link, exported as metrics.
+public struct LinkCounters: Sendable, Hashable {
+    /// Batches sent.
+    public var batches = 0
+    /// Messages sent, all kinds.
+    public var messages = 0
+    /// Publications sent (data entries).
+    public var dataEntries = 0
+    /// Times the link's queue overflowed and topics were switched to resync.
+    public var overflows = 0
+}
+
+/// Everything a relay knows about the mesh around it.
+struct MeshState: Sendable {
+    var config: MeshConfig
+    var incarnation: UInt64
+    var sequence: UInt64 = 0
+    var up: Set<String> = []
+    var adverts: [String: LinkStateAdvert] = [:]
+    var routes: ShortestPaths
+    var trees: [String: ShortestPaths] = [:]
+    var links: [String: LinkOutbox] = [:]
+    var upstream: [String: String] = [:]
+    var children: [String: IndexedMap<String, ChildState>] = [:]
+    var awaitingSync: [String: [(child: String, since: StreamPosition?)]] = [:]
+    var lingering: Set<String> = []
+    var nextRef: UInt64 = 1
+    var pending: [UInt64: PendingPublish] = [:]
+    var dirty: Set<String> = []
+    var counters: [String: LinkCounters] = [:]
+}
+
+extension RelayCore {
+    /// Per-link counters, by neighbour.
+    public var linkCounters: [String: LinkCounters] { mesh?.counters ?? [:] }
+
+    /// The neighbours whose links are up.
+    public var upLinks: [String] { mesh?.up.sorted() ?? [] }
+
+    /// The region that sequences `topic`: pinned by namespace, else first by rendezvous order.
+    public func home(of topic: String) -> String {
+        guard let mesh else { return config.region }
+        if let ns = TopicName.namespace(of: topic), let pinned = mesh.config.pinnedHomes[String(ns)] { return pinned }
+        return Rendezvous.ranking(topic: topic, regions: mesh.config.graph.regions).first ?? config.region
+    }
+
+    func isHome(_ topic: String) -> Bool { mesh == nil || home(of: topic) == config.region }
+
+    // MARK: Link events
+
+    mutating func linkUp(_ peer: String, now: TernInstant) {
+        guard mesh != nil, mesh!.config.graph.neighbours(of: config.region).contains(peer) else { return }
+        mesh!.up.insert(peer)
+        mesh!.links[peer] = LinkOutbox()
+        for origin in mesh!.adverts.keys.sorted() {
+            let a = mesh!.adverts[origin]!
+            enqueueLink(peer, .linkState(origin: origin, incarnation: a.incarnation, sequence: a.sequence, neighbours: a.neighbours.sorted()))
+        }
+        advertiseOwnLinks()
+        topologyChanged(now: now)
+    }
+
+    mutating func linkDown(_ peer: String, now: TernInstant) {
+        guard mesh != nil, mesh!.up.remove(peer) != nil else { return }
+        mesh!.links[peer] = nil
+        mesh!.dirty.remove(peer)
+        for topic in mesh!.children.keys.sorted() where mesh!.children[topic]?.contains(peer) == true {
+            mesh!.children[topic]!.removeValue(forKey: peer)
+            if mesh!.children[topic]!.isEmpty { mesh!.children[topic] = nil }
+        }
+        for topic in mesh!.awaitingSync.keys.sorted() {
+            mesh!.awaitingSync[topic]!.removeAll { $0.child == peer }
+        }
+        for topic in mesh!.upstream.keys.sorted() where mesh!.upstream[topic] == peer {
+            mesh!.upstream[topic] = nil
+        }
+        for ref in mesh!.pending.keys.sorted() where mesh!.pending[ref]!.sentVia == peer {
+            mesh!.pending[ref]!.sentVia = nil
+        }
+        advertiseOwnLinks()
+        topologyChanged(now: now)
+    }
+
+    /// Handles one batch from `peer`, then grants it credit for another.
+    mutating func linkBatch(_ peer: String, _ messages: [LinkMessage], now: TernInstant) {
+        guard mesh != nil, mesh!.up.contains(peer) else { return }
+        var needsCredit = false
+        for message in messages {
+            if !message.isControl { needsCredit = true }
+            linkMessage(peer, message, now: now)
+        }
+        if needsCredit { enqueueLink(peer, .credit(batches: 1)) }
+    }
+
+    mutating func linkMessage(_ peer: String, _ message: LinkMessage, now: TernInstant) {
+        switch message {
+        case .linkState(let origin, let incarnation, let sequence, let neighbours):
+            receiveAdvert(from: peer, origin: origin, LinkStateAdvert(incarnation: incarnation, sequence: sequence, neighbours: Set(neighbours)), now: now)
+        case .interest(let topic, let since):
+            childInterest(peer, topic: topic, since: since, now: now)
+        case .uninterest(let topic):
+            mesh!.children[topic]?.removeValue(forKey: peer)
+            if mesh!.children[topic]?.isEmpty == true { mesh!.children[topic] = nil }
+            mesh!.awaitingSync[topic]?.removeAll { $0.child == peer }
+            reconcileInterest(topic, now: now)
+            sweepIfIdle(topic, now: now)
+        case .data(let publication):
+            receiveData(publication, from: peer)
+        case .caughtUp(let topic, let position):
+            receiveCaughtUp(topic, position, now: now)
+        case .gap(let topic, let position, let reason):
+            receiveGap(topic, position, reason, now: now)
+        case .resync(let topic):
+            if var t = topics[topic], mesh!.upstream[topic] == peer {
+                t.resyncing = true
+                topics[topic] = t
+                enqueueLink(peer, .interest(topic: topic, since: t.synced ? t.position : nil))
+            }
+        case .publish(let topic, let id, let data, let user, let origin, let ref, let acceptedAt):
+            receivePublish(topic: topic, id: id, data: data, user: user, origin: origin, ref: ref, acceptedAt: acceptedAt, now: now)
+        case .ack(let origin, let ref, let topic, let result):
+            receiveAck(origin: origin, ref: ref, topic: topic, result: result)
+        case .credit(let batches):
+            let outstanding = mesh!.links[peer]?.unacknowledged ?? 0
+            mesh!.links[peer]?.unacknowledged = max(0, outstanding - batches)
+            mesh!.dirty.insert(peer)
+        }
+    }
+
+    // MARK: Link state and routes
+
+    mutating func advertiseOwnLinks() {
+        mesh!.sequence += 1
+        let advert = LinkStateAdvert(incarnation: mesh!.incarnation, sequence: mesh!.sequence, neighbours: mesh!.up)
+        mesh!.adverts[config.region] = advert
+        for peer in mesh!.up.sorted() {
+            enqueueLink(peer, .linkState(origin: config.region, incarnation: advert.incarnation, sequence: advert.sequence, neighbours: advert.neighbours.sorted()))
+        }
+    }
+
+    mutating func receiveAdvert(from peer: String, origin: String, _ advert: LinkStateAdvert, now: TernInstant) {
+        guard origin != config.region else { return }
+        if let known = mesh!.adverts[origin], known.incarnation == advert.incarnation, known.sequence >= advert.sequence { return }
+        mesh!.adverts[origin] = advert
+        for next in mesh!.up.sorted() where next != peer {
+            enqueueLink(next, .linkState(origin: origin, incarnation: advert.incarnation, sequence: advert.sequence, neighbours: advert.neighbours.sorted()))
+        }
+        topologyChanged(now: now)
+    }
+
+    func edgeIsUp(_ a: String, _ b: String) -> Bool {
+        guard let mesh else { return false }
+        if a == config.region { return mesh.up.contains(b) }
+        if b == config.region { return mesh.up.contains(a) }
+        return mesh.adverts[a]?.neighbours.contains(b) == true && mesh.adverts[b]?.neighbours.contains(a) == true
+    }
+
+    mutating func topologyChanged(now: TernInstant) {
+        let me = self
+        mesh!.routes = mesh!.config.graph.shortestPaths(from: config.region, isUp: me.edgeIsUp)
+        mesh!.trees = [:]
+        for topic in topics.keys.sorted() { reconcileInterest(topic, now: now) }
+        for ref in mesh!.pending.keys.sorted() where mesh!.pending[ref]!.sentVia == nil {
+            forwardPending(ref)
+        }
+    }
+
+    mutating func tree(rootedAt home: String) -> ShortestPaths {
+        if let t = mesh!.trees[home] { return t }
+        let me = self
+        let t = mesh!.config.graph.shortestPaths(from: home, isUp: me.edgeIsUp)
+        mesh!.trees[home] = t
+        return t
+    }
+
+    /// This region's parent in `topic`'s fan-out tree, if the home is reachable.
+    mutating func parent(of topic: String) -> String? {
+        tree(rootedAt: home(of: topic)).parent[config.region]
+    }
+
+    /// Regions that cannot reach a topic's home skip it; this answers whether one can.
+    func canReach(_ region: String) -> Bool { region == config.region || mesh?.routes.reaches(region) == true }
+
+    // MARK: Interest
+
+    func hasInterest(_ topic: String) -> Bool {
+        guard let t = topics[topic] else { return false }
+        return !t.subscribers.isEmpty || !t.pollWaiters.isEmpty || !(mesh?.children[topic]?.isEmpty ?? true)
+            || !t.pendingSubscribes.isEmpty
+    }
+
+    /// Subscribes upstream when the first local subscriber or child appears, moves
+    /// the subscription when the tree changes, and lets it go after a linger.
+    mutating func reconcileInterest(_ topic: String, now: TernInstant) {
+        guard mesh != nil, topics[topic] != nil else { return }
+        let wanted = !isHome(topic) && hasInterest(topic)
+        if wanted {
+            mesh!.lingering.remove(topic)
+            let parent = self.parent(of: topic)
+            let current = mesh!.upstream[topic]
+            guard current != parent else { return }
+            if let old = current, mesh!.up.contains(old) { enqueueLink(old, .uninterest(topic: topic)) }
+            mesh!.upstream[topic] = parent
+            if let parent {
+                let t = topics[topic]!
+                topics[topic]!.resyncing = t.synced
+                enqueueLink(parent, .interest(topic: topic, since: t.synced ? t.position : nil))
+            }
+        } else if let current = mesh!.upstream[topic] {
+            if isHome(topic) {
+                if mesh!.up.contains(current) { enqueueLink(current, .uninterest(topic: topic)) }
+                mesh!.upstream[topic] = nil
+            } else if !mesh!.lingering.contains(topic) {
+                mesh!.lingering.insert(topic)
+                schedule(now + mesh!.config.interestLinger, .interestLinger(topic))
+            }
+        }
+    }
+
+    mutating func interestLingerEnded(_ topic: String, now: TernInstant) {
+        guard mesh != nil, mesh!.lingering.remove(topic) != nil, !hasInterest(topic) else { return }
+        if let current = mesh!.upstream.removeValue(forKey: topic), mesh!.up.contains(current) {
+            enqueueLink(current, .uninterest(topic: topic))
+        }
+        sweepIfIdle(topic, now: now)
+    }
+
+    /// A child region wants `topic`: serve it from this region's stream, or wait until this region has one.
+    mutating func childInterest(_ child: String, topic: String, since: StreamPosition?, now: TernInstant) {
+        guard case .success(let options) = namespaceOptions(for: topic) else { return }
+        ensureTopic(topic, options, now: now)
+        topics[topic]!.lastActivity = now
+        if mesh!.children[topic] == nil { mesh!.children[topic] = IndexedMap() }
+        mesh!.children[topic]![child] = .resyncing
+        if topics[topic]!.synced {
+            serveChild(child, topic: topic, since: since, now: now)
+        } else {
+            mesh!.awaitingSync[topic, default: []].removeAll { $0.child == child }
+            mesh!.awaitingSync[topic, default: []].append((child, since))
+            reconcileInterest(topic, now: now)
+        }
+    }
+
+    /// Sends a child what it missed after `since` (or a gap marker), then live data.
+    mutating func serveChild(_ child: String, topic: String, since: StreamPosition?, now: TernInstant) {
+        let current = topics[topic]!.position
+        if let since {
+            switch topics[topic]!.history.publications(after: since, current: current, now: now) {
+            case .recovered(let publications):
+                for p in publications { sendData(child, p) }
+                enqueueLink(child, .caughtUp(topic: topic, position: current))
+            case .failed(let reason):
+                enqueueLink(child, .gap(topic: topic, position: current, reason: reason))
+            }
+        } else {
+            enqueueLink(child, .caughtUp(topic: topic, position: current))
+        }
+        mesh!.children[topic]?[child] = .live
+    }
+
+    mutating func sendData(_ child: String, _ publication: Publication) {
+        enqueueLink(child, .data(publication))
+        mesh!.counters[child, default: LinkCounters()].dataEntries += 1
+    }
+
+    // MARK: Data from upstream
+
+    mutating func receiveData(_ publication: Publication, from peer: String) {
+        let topic = publication.topic
+        guard var t = topics[topic], t.synced, mesh!.upstream[topic] == peer else { return }
+        guard publication.position.epoch == t.epoch, publication.position.offset == t.offset + 1 else {
+            let stale = publication.position.epoch == t.epoch && publication.position.offset <= t.offset
+            if !stale && !t.resyncing {
+                t.resyncing = true
+                topics[topic] = t
+                enqueueLink(peer, .interest(topic: topic, since: t.position))
+            }
+            return
+        }
+        t.offset = publication.position.offset
+        t.history.append(publication)
+        topics[topic] = t
+        stats.relayedPublications += 1
+        deliver(publication)
+    }
+
+    mutating func receiveCaughtUp(_ topic: String, _ position: StreamPosition, now: TernInstant) {
+        guard var t = topics[topic] else { return }
+        if t.synced && (position.epoch != t.epoch || position.offset != t.offset) {
+            receiveGap(topic, position, .evicted, now: now)
+            return
+        }
+        t.epoch = position.epoch
+        t.offset = position.offset
+        t.synced = true
+        t.resyncing = false
+        topics[topic] = t
+        becameSynced(topic, now: now)
+    }
+
+    /// The upstream cannot fill this region's gap: reset the regional cache and tell everyone downstream.
+    mutating func receiveGap(_ topic: String, _ position: StreamPosition, _ reason: RecoveryFailure, now: TernInstant) {
+        guard var t = topics[topic] else { return }
+        let wasSynced = t.synced
+        t.history = HistoryRing(capacity: t.options.historySize, ttl: t.options.historyTTL)
+        t.epoch = position.epoch
+        t.offset = position.offset
+        t.synced = true
+        t.resyncing = false
+        topics[topic] = t
+        if wasSynced {
+            broadcast(topic, .gap(topic: topic, position: position, reason: reason), volatileKey: nil)
+            for child in mesh!.children[topic]?.orderedKeys ?? [] where mesh!.children[topic]?[child] == .live {
+                enqueueLink(child, .gap(topic: topic, position: position, reason: reason))
+            }
+            for client in t.pollWaiters.orderedKeys { completePoll(client) }
+        }
+        becameSynced(topic, now: now)
+    }
+
+    mutating func becameSynced(_ topic: String, now: TernInstant) {
+        for (child, since) in mesh!.awaitingSync.removeValue(forKey: topic) ?? [] where mesh!.up.contains(child) {
+            serveChild(child, topic: topic, since: since, now: now)
+        }
+        let waiting = topics[topic]!.pendingSubscribes
+        topics[topic]!.pendingSubscribes = []
+        for pending in waiting where clients[pending.client]?.subscriptions.contains(topic) == true {
+            let reply = subscribeReply(topic, since: pending.since, now: now)
+            sendSubscribed(pending.client, ref: pending.ref, reply, now: now)
+        }
+        for client in topics[topic]!.pollWaiters.orderedKeys where clients[client]?.pollNeedsSync.contains(topic) == true {
+            completePoll(client)
+        }
+    }
+
+    // MARK: Publishing across regions
+
+    /// Sends a publish towards its home, or sequences it here when this region is the home.
+    mutating func routePublish(_ origin: PublishOrigin, topic: String, id: String, data: String, user: String?, now: TernInstant) {
+        if isHome(topic) {
+            let result = publish(topic: topic, id: id, data: data, user: user, volatile: false, now: now)
+            answer(origin, result)
+            return
+        }
+        let ref = mesh!.nextRef
+        mesh!.nextRef += 1
+        let id = id.isEmpty ? "\(config.region)~\(String(mesh!.incarnation & 0xFFFF_FFFF, radix: 16))~\(ref)" : id
+        mesh!.pending[ref] = PendingPublish(origin: origin, topic: topic, id: id, data: data, user: user, acceptedAt: now, sentVia: nil)
+        schedule(now + mesh!.config.homeTimeout, .publishTimeout(ref))
+        forwardPending(ref)
+    }
+
+    mutating func forwardPending(_ ref: UInt64) {
+        guard let p = mesh!.pending[ref] else { return }
+        let home = self.home(of: p.topic)
+        guard let hop = mesh!.routes.firstHop(to: home) else { return }
+        mesh!.pending[ref]!.sentVia = hop
+        enqueueLink(hop, .publish(topic: p.topic, id: p.id, data: p.data, user: p.user, origin: config.region, ref: ref, acceptedAt: p.acceptedAt))
+    }
+
+    mutating func receivePublish(topic: String, id: String, data: String, user: String?, origin: String, ref: UInt64, acceptedAt: TernInstant, now: TernInstant) {
+        let home = self.home(of: topic)
+        if home != config.region {
+            if let hop = mesh!.routes.firstHop(to: home) {
+                enqueueLink(hop, .publish(topic: topic, id: id, data: data, user: user, origin: origin, ref: ref, acceptedAt: acceptedAt))
+            }
+            return
+        }
+        let result: PublishResult
+        switch publish(topic: topic, id: id, data: data, user: user, volatile: false, now: now) {
+        case .success(.published(_, let position?, let duplicate)):
+            result = .accepted(position: position, duplicate: duplicate)
+        case .success:
+            result = .refused(code: .internalError, message: "the home did not sequence the publication")
+        case .failure(let error):
+            result = .refused(code: error.code, message: error.message)
+        }
+        receiveAck(origin: origin, ref: ref, topic: topic, result: result)
+    }
+
+    mutating func receiveAck(origin: String, ref: UInt64, topic: String, result: PublishResult) {
+        if origin != config.region {
+            if let hop = mesh!.routes.firstHop(to: origin) { enqueueLink(hop, .ack(origin: origin, ref: ref, topic: topic, result: result)) }
+            return
+        }
+        guard let pending = mesh!.pending.removeValue(forKey: ref) else { return }
+        switch result {
+        case .accepted(let position, let duplicate):
+            answer(pending.origin, .success(.published(topic: topic, position: position, duplicate: duplicate)))
+        case .refused(let code, let message):
+            answer(pending.origin, .failure(TernError(code, message)))
+        }
+    }
+
+    mutating func publishTimedOut(_ ref: UInt64) {
+        guard let pending = mesh?.pending.removeValue(forKey: ref) else { return }
+        answer(pending.origin, .failure(TernError(.internalError,
+            "the home of '\(pending.topic)' (\(home(of: pending.topic))) did not answer in time; retry with the same id")))
+    }
+
+    mutating func answer(_ origin: PublishOrigin, _ result: Result<ReplyBody, TernError>) {
+        switch origin {
+        case .client(let client, let ref):
+            switch result {
+            case .success(let body): send(client, .reply(ref: ref, body))
+            case .failure(let error): send(client, .error(ref: ref, error))
+            }
+        case .api(let request):
+            actions.append(.apiReply(request: request, result))
+        }
+    }
+
+    mutating func subscribeTimedOut(_ topic: String, now: TernInstant) {
+        guard let t = topics[topic], !t.synced else { return }
+        topics[topic]!.pendingSubscribes = []
+        for pending in t.pendingSubscribes where clients[pending.client]?.subscriptions.contains(topic) == true {
+            clients[pending.client]?.subscriptions.removeValue(forKey: topic)
+            removeSubscriber(pending.client, from: topic, now: now)
+            send(pending.client, .error(ref: pending.ref, TernError(.internalError,
+                "the home of '\(topic)' (\(home(of: topic))) cannot be reached from \(config.region); retry")))
+        }
+    }
+
+    // MARK: Link output
+
+    mutating func enqueueLink(_ peer: String, _ message: LinkMessage) {
+        guard mesh != nil, mesh!.up.contains(peer) else { return }
+        mesh!.links[peer, default: LinkOutbox()].queue.append(message)
+        mesh!.links[peer]!.queuedBytes += message.estimatedBytes
+        if mesh!.links[peer]!.oldestQueuedAt == nil { mesh!.links[peer]!.oldestQueuedAt = clock }
+        mesh!.dirty.insert(peer)
+    }
+
+    /// Sends what each link may send: at once when idle, otherwise when a batch
+    /// is full or has waited `maxBatchDelay`, within the receiver's credit.
+    mutating func flushLinks(now: TernInstant) {
+        guard mesh != nil, !mesh!.dirty.isEmpty else { return }
+        let dirty = mesh!.dirty.sorted()
+        mesh!.dirty.removeAll()
+        let config = mesh!.config
+        for peer in dirty {
+            guard var link = mesh!.links[peer] else { continue }
+            // Credit messages travel at once and outside the window.
+            let control = link.queue.filter(\.isControl)
+            if !control.isEmpty {
+                link.queue.removeAll(where: \.isControl)
+                link.queuedBytes -= control.reduce(0) { $0 + $1.estimatedBytes }
+                actions.append(.sendLink(peer, control))
+                mesh!.counters[peer, default: LinkCounters()].batches += 1
+                mesh!.counters[peer, default: LinkCounters()].messages += control.count
+            }
+            if link.queuedBytes > config.maxLinkQueueBytes { link = shedLink(peer, link) }
+            while !link.queue.isEmpty, link.unacknowledged < config.sendWindowBatches {
+                let due = link.unacknowledged == 0 || link.queuedBytes >= config.maxBatchBytes
+                    || (link.oldestQueuedAt.map { $0 + config.maxBatchDelay <= now } ?? false)
+                guard due else { break }
+                var batch: [LinkMessage] = []
+                var bytes = 0
+                while let first = link.queue.first, batch.isEmpty || bytes + first.estimatedBytes <= config.maxBatchBytes {
+                    bytes += first.estimatedBytes
+                    batch.append(link.queue.removeFirst())
+                }
+                link.queuedBytes -= bytes
+                link.unacknowledged += 1
+                link.oldestQueuedAt = link.queue.isEmpty ? nil : now
+                actions.append(.sendLink(peer, batch))
+                mesh!.counters[peer, default: LinkCounters()].batches += 1
+                mesh!.counters[peer, default: LinkCounters()].messages += batch.count
+            }
+            if !link.queue.isEmpty, link.unacknowledged < config.sendWindowBatches, !link.flushScheduled {
+                link.flushScheduled = true
+                schedule((link.oldestQueuedAt ?? now) + config.maxBatchDelay, .linkFlush(peer))
+            }
+            mesh!.links[peer] = link
+        }
+    }
+
+    /// A link's queue is over its limit: drop its queued publications and switch
+    /// their topics to resync, so the child asks again from its own position.
+    mutating func shedLink(_ peer: String, _ link: LinkOutbox) -> LinkOutbox {
+        var link = link
+        var topicsToResync: [String] = []
+        link.queue.removeAll { message in
+            guard case .data(let p) = message else { return false }
+            if !topicsToResync.contains(p.topic) { topicsToResync.append(p.topic) }
+            return true
+        }
+        for topic in topicsToResync {
+            mesh!.children[topic]?[peer] = .resyncing
+            link.queue.append(.resync(topic: topic))
+        }
+        link.queuedBytes = link.queue.reduce(0) { $0 + $1.estimatedBytes }
+        mesh!.counters[peer, default: LinkCounters()].overflows += 1
+        return link
+    }
+
+    mutating func linkFlushDue(_ peer: String, now: TernInstant) {
+        guard mesh != nil, mesh!.links[peer] != nil else { return }
+        mesh!.links[peer]!.flushScheduled = false
+        mesh!.dirty.insert(peer)
+    }
+}

@@ -1,0 +1,208 @@
+import Testing
+import TernCore
+
+@Suite("Mesh logic in the core, over in-memory links")
+struct MeshCoreTests {
+    @Test("rendezvous ranking is stable and spreads topics over regions")
+    func rendezvous() {
+        let regions = ["a", "b", "c", "d", "e"]
+        #expect(Rendezvous.ranking(topic: "room:x", regions: regions) == Rendezvous.ranking(topic: "room:x", regions: regions.reversed()))
+        var homes: [String: Int] = [:]
+        for i in 0..<1000 { homes[Rendezvous.ranking(topic: "room:\(i)", regions: regions)[0], default: 0] += 1 }
+        #expect(homes.count == 5)
+        #expect(homes.values.allSatisfy { $0 > 120 })
+        // Removing one region moves only that region's topics.
+        var moved = 0
+        for i in 0..<1000 {
+            let before = Rendezvous.ranking(topic: "room:\(i)", regions: regions)[0]
+            let after = Rendezvous.ranking(topic: "room:\(i)", regions: regions.filter { $0 != "c" })[0]
+            if before != after { moved += 1; #expect(before == "c") }
+        }
+        #expect(moved == homes["c"])
+    }
+
+    @Test("the fan-out tree follows the shortest latency paths")
+    func tree() {
+        let g = MeshGraph(regions: ["a", "b", "c", "d"], links: [("a", "b", .milliseconds(10)), ("b", "c", .milliseconds(10)),
+                                                               ("a", "c", .milliseconds(50)), ("c", "d", .milliseconds(5))])
+        let t = g.shortestPaths(from: "a")
+        #expect(t.parent == ["b": "a", "c": "b", "d": "c"])
+        #expect(t.firstHop(to: "d") == "b")
+        let without = g.shortestPaths(from: "a", isUp: { x, y in !(Set([x, y]) == ["b", "c"]) })
+        #expect(without.parent["c"] == "a")
+    }
+
+    func topic(homedAt home: String, namespace: String = "news", regions: [String] = ["a", "b", "c"]) -> String {
+        (0..<1000).map { "\(namespace):t\($0)" }.first { Rendezvous.ranking(topic: $0, regions: regions)[0] == home }!
+    }
+
+    @Test("a publish in one region reaches subscribers in every region once, in the same order")
+    func delivery() {
+        var m = MeshHarness()
+        let t = topic(homedAt: "a")
+        var subs: [(String, ClientID)] = []
+        for (i, r) in ["a", "b", "c"].enumerated() {
+            let c = m.connectClient(r, UInt64(10 + i))
+            m.handle(r, .command(c, ref: 1, .subscribe(topic: t, since: nil)))
+            subs.append((r, c))
+        }
+        m.settle()
+        for (r, c) in subs {
+            guard case .reply(1, .subscribed(let reply))? = m.received(r, c).first else {
+                Issue.record("\(r) got no subscribe reply")
+                continue
+            }
+            #expect(reply.position.epoch.hasPrefix("a."))
+        }
+        for i in 1...20 { m.apiPublish(["b", "c", "a"][i % 3], UInt64(i), t, "\(i)", id: "m\(i)") }
+        m.settle()
+        var orders: [[String]] = []
+        for (r, c) in subs {
+            let pubs = m.received(r, c).compactMap { if case .publication(let p) = $0 { p.id } else { nil } }
+            #expect(pubs.count == 20, "\(r)")
+            orders.append(pubs)
+        }
+        #expect(Set(orders).count == 1)
+        #expect(m.apiReplies.count == 20)
+        #expect(m.apiReplies.values.allSatisfy { if case .success(.published(_, _?, false)) = $0 { true } else { false } })
+    }
+
+    @Test("each publication crosses each tree edge exactly once, whatever the subscriber count")
+    func celebrity() {
+        var m = MeshHarness()
+        let t = topic(homedAt: "a")
+        var id: UInt64 = 100
+        for r in ["a", "b", "c"] {
+            for _ in 0..<25 {
+                id += 1
+                let c = m.connectClient(r, id)
+                m.handle(r, .command(c, ref: 1, .subscribe(topic: t, since: nil)))
+            }
+        }
+        m.settle()
+        m.dataEntriesByLink = [:]
+        for i in 1...40 { m.apiPublish("a", UInt64(i), t, "\(i)") }
+        m.settle()
+        // Tree rooted at a: a→b (10ms), b→c (10ms) beats a→c (30ms).
+        #expect(m.dataEntriesByLink == ["a>b": 40, "b>c": 40])
+    }
+
+    @Test("a link cut mid-stream resumes with nothing lost and nothing duplicated")
+    func resume() {
+        var m = MeshHarness()
+        let t = topic(homedAt: "a")
+        let c = m.connectClient("c", 1)
+        m.handle("c", .command(c, ref: 1, .subscribe(topic: t, since: nil)))
+        m.settle()
+        _ = m.received("c", c)
+        var got: [String] = []
+        for i in 1...10 { m.apiPublish("a", UInt64(i), t, "\(i)") }
+        // Deliver only part of the stream, then break b–c with batches in flight.
+        for _ in 0..<3 {
+            if let k = m.wires.keys.sorted().first(where: { !(m.wires[$0]?.isEmpty ?? true) }) {
+                let batch = m.wires[k]!.removeFirst()
+                let parts = k.split(separator: ">").map(String.init)
+                m.handle(parts[1], .linkBatch(parts[0], batch))
+            }
+        }
+        m.cut("b", "c")
+        for i in 11...15 { m.apiPublish("a", UInt64(i), t, "\(i)") }
+        m.settle()
+        m.connect("b", "c")
+        m.settle()
+        for i in 16...20 { m.apiPublish("a", UInt64(i), t, "\(i)") }
+        m.settle()
+        got = m.received("c", c).compactMap { if case .publication(let p) = $0 { p.data } else { nil } }
+        #expect(got == (1...20).map(String.init))
+    }
+
+    @Test("when the upstream ring cannot fill a gap, subscribers are told to resync")
+    func gapMarker() {
+        var m = MeshHarness(links: [("a", "b", 10), ("b", "c", 10)])
+        let t = topic(homedAt: "a")
+        let c = m.connectClient("c", 1)
+        m.handle("c", .command(c, ref: 1, .subscribe(topic: t, since: nil)))
+        m.settle()
+        _ = m.received("c", c)
+        m.cut("b", "c")
+        // news history holds 20; 30 publications while c is cut off.
+        for i in 1...30 { m.apiPublish("a", UInt64(i), t, "\(i)") }
+        m.settle()
+        m.connect("b", "c")
+        m.settle()
+        let messages = m.received("c", c)
+        let gaps = messages.compactMap { if case .gap(_, let p, let reason) = $0 { (p, reason) } else { nil } }
+        #expect(gaps.count == 1)
+        #expect(gaps.first?.0.offset == 30)
+        #expect(gaps.first?.1 == .evicted)
+        m.apiPublish("a", 99, t, "after")
+        m.settle()
+        #expect(m.received("c", c).compactMap { if case .publication(let p) = $0 { p.data } else { nil } } == ["after"])
+    }
+
+    @Test("a region with no subscribers left drops its interest after the linger, and no data flows to it")
+    func interestLinger() {
+        var m = MeshHarness(tune: { $0.interestLinger = .seconds(2) })
+        let t = topic(homedAt: "a")
+        let c = m.connectClient("c", 1)
+        m.handle("c", .command(c, ref: 1, .subscribe(topic: t, since: nil)))
+        m.settle()
+        m.handle("c", .closed(c))
+        m.settle()
+        m.apiPublish("a", 1, t, "1")
+        m.settle()
+        #expect(m.dataEntriesByLink["b>c"] == 1)
+        // c lets go after its linger; then b, which has nobody left, after its own.
+        m.advance(.seconds(5))
+        m.dataEntriesByLink = [:]
+        m.apiPublish("a", 2, t, "2")
+        m.settle()
+        #expect(m.dataEntriesByLink.isEmpty)
+    }
+
+    @Test("recovering clients are served from their own region's cache")
+    func regionalRecovery() {
+        var m = MeshHarness()
+        let t = topic(homedAt: "a")
+        let c = m.connectClient("c", 1)
+        m.handle("c", .command(c, ref: 1, .subscribe(topic: t, since: nil)))
+        m.settle()
+        for i in 1...5 { m.apiPublish("a", UInt64(i), t, "\(i)") }
+        m.settle()
+        let pubs = m.received("c", c).compactMap { if case .publication(let p) = $0 { p } else { nil } }
+        let second = pubs[1].position
+        m.dataEntriesByLink = [:]
+        let late = m.connectClient("c", 2)
+        m.handle("c", .command(late, ref: 2, .subscribe(topic: t, since: second)))
+        guard case .reply(2, .subscribed(let reply))? = m.received("c", late).first else {
+            Issue.record("no immediate reply from the regional cache")
+            return
+        }
+        #expect(reply.recovered == true)
+        #expect(reply.publications.map(\.data) == ["3", "4", "5"])
+        m.settle()
+        #expect(m.dataEntriesByLink.values.reduce(0, +) == 0)
+    }
+
+    @Test("a client publish in a far region is acknowledged with the home's position")
+    func forwardedAck() {
+        var m = MeshHarness()
+        let t = topic(homedAt: "a", namespace: "room")
+        #expect(Rendezvous.ranking(topic: t, regions: ["a", "b", "c"])[0] == "a")
+        let c = m.connectClient("c", 1)
+        m.handle("c", .command(c, ref: 5, .publish(topic: t, id: "x1", data: "1", volatile: false)))
+        m.settle()
+        guard case .reply(5, .published(_, let position?, false))? = m.received("c", c).first else {
+            Issue.record("no forwarded ack")
+            return
+        }
+        #expect(position.epoch.hasPrefix("a."))
+        #expect(position.offset == 1)
+        m.handle("c", .command(c, ref: 6, .publish(topic: t, id: "x1", data: "1", volatile: false)))
+        m.settle()
+        guard case .reply(6, .published(_, _, true))? = m.received("c", c).first else {
+            Issue.record("retry not deduplicated")
+            return
+        }
+    }
+}
