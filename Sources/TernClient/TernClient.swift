@@ -91,7 +91,8 @@ public struct Backoff: Sendable {
 
     /// A random delay in [0, min(maximum, initial * 2^attempt)].
     public func delay(attempt: Int, using rng: inout some RandomNumberGenerator) -> Duration {
-        let cap = min(maximum.ternNanoseconds, initial.ternNanoseconds << min(attempt, 30))
+        let (scaled, overflow) = initial.ternNanoseconds.multipliedReportingOverflow(by: Int64(1) << min(attempt, 40))
+        let cap = overflow ? maximum.ternNanoseconds : min(maximum.ternNanoseconds, scaled)
         return .nanoseconds(Int64.random(in: 0...max(0, cap), using: &rng))
     }
 }
@@ -179,6 +180,8 @@ public final class TernClient: Sendable {
             sink.finish()
         }
         try await withThrowingTaskGroup(of: Void.self) { group in
+            // When reading stops, fail every request still waiting, so the handshake task cannot hang the group.
+            defer { failPending() }
             group.addTask {
                 for await text in outgoing { try await outbound.write(.text(text)) }
                 // The stream ends when `disconnect()` is called: close this connection so `run` reconnects.
@@ -194,6 +197,17 @@ public final class TernClient: Sendable {
             }
             group.cancelAll()
         }
+    }
+
+    private func failPending() {
+        let pending = state.withLock { s -> [CheckedContinuation<JSONReader.Value, any Error>] in
+            s.connected = false
+            s.outgoing?.finish()
+            s.outgoing = nil
+            defer { s.pending = [:] }
+            return s.pending.values.map(\.continuation)
+        }
+        for p in pending { p.resume(throwing: TernClientError.connectionLost) }
     }
 
     private func handshake() async throws {
@@ -223,11 +237,12 @@ public final class TernClient: Sendable {
     @discardableResult
     public func subscribe(_ topic: String) async throws -> StreamPosition {
         let (connected, since): (Bool, StreamPosition?) = state.withLock { s in
+            guard s.connected else { return (false, nil) }
             if s.subscriptions[topic] == nil {
                 s.subscriptions[topic] = .some(nil)
                 s.order.append(topic)
             }
-            return (s.connected, s.subscriptions[topic] ?? nil)
+            return (true, s.subscriptions[topic] ?? nil)
         }
         guard connected else { throw TernClientError.notConnected }
         return try await sendSubscribe(topic, since: since)

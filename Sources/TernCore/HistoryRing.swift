@@ -36,6 +36,8 @@ public enum RecoveryFailure: String, Sendable, Hashable {
     case positionAhead = "position_ahead"
     /// The namespace keeps no history.
     case noHistory = "no_history"
+    /// What was missed is more than one reply may carry; resync instead.
+    case tooLarge = "too_large"
 }
 
 /// The result of asking a history ring for everything after a position.

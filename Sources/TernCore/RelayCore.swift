@@ -22,6 +22,8 @@ public enum RelayEvent: Sendable {
     case badFrame(ClientID, ref: UInt64?, TernError)
     /// The transport connection is gone.
     case closed(ClientID)
+    /// An SSE client resumed with this cursor: keep every topic in its event ids, even ones that fail to subscribe.
+    case resumeCursor(ClientID, [String: StreamPosition])
     /// A backend published through the HTTP API; answered with `apiReply(request:)`.
     case apiPublish(request: UInt64, topic: String, id: String, data: String)
     /// An inter-region link to a neighbour completed its handshake.
@@ -129,6 +131,8 @@ public struct RelayCore: Sendable {
         var presence = PresenceTable()
         var pollWaiters = IndexedMap<ClientID, Void>()
         var lastActivity: TernInstant
+        /// When a sweep of this topic is already scheduled.
+        var sweepAt: TernInstant?
         /// False while a non-home region waits for its upstream to say where the stream stands.
         var synced = true
         /// True while this region has asked its upstream to fill a gap.
@@ -189,6 +193,9 @@ public struct RelayCore: Sendable {
         }
     }
 
+    /// Deadlines held, live or stale (bounded by compaction).
+    public var pendingDeadlines: Int { deadlines.count }
+
     /// When the driver must send `tick` next, if ever.
     public var nextDeadline: TernInstant? { deadlines.min?.at }
 
@@ -203,6 +210,8 @@ public struct RelayCore: Sendable {
         case .authenticationFailed(let client, let ref, let failure): authenticationFailed(client, ref: ref, failure)
         case .badFrame(let client, let ref, let error): send(client, .error(ref: ref, error))
         case .closed(let client): closed(client, now: now)
+        case .resumeCursor(let client, let cursor):
+            if clients[client]?.transport == .sse { clients[client]?.cursor.merge(cursor) { current, _ in current } }
         case .apiPublish(let request, let topic, let id, let data):
             if case .failure(let error) = namespaceOptions(for: topic) {
                 actions.append(.apiReply(request: request, .failure(error)))
@@ -411,13 +420,18 @@ public struct RelayCore: Sendable {
         guard state.subscribers.isEmpty, state.presence.count == 0, state.pollWaiters.isEmpty, state.pendingSubscribes.isEmpty else { return }
         if let mesh, mesh.children[topic] != nil || mesh.upstream[topic] != nil || mesh.awaitingSync[topic] != nil { return }
         state.history.expire(now: now)
-        let lingerEnds = state.lastActivity + config.limits.streamLinger
+        // Idempotency ids must outlive the stream's own linger, or a late retry would be delivered twice.
+        let lingerEnds = state.lastActivity + max(config.limits.streamLinger, config.limits.idempotencyWindow)
         if state.history.isEmpty, lingerEnds <= now {
             topics[topic] = nil
             stats.topics -= 1
         } else {
+            let at = max(lingerEnds, state.history.nextExpiry ?? lingerEnds)
+            if state.sweepAt == nil || state.sweepAt! > at {
+                state.sweepAt = at
+                schedule(at, .topicSweep(topic))
+            }
             topics[topic] = state
-            schedule(max(lingerEnds, state.history.nextExpiry ?? lingerEnds), .topicSweep(topic))
         }
     }
 
@@ -464,8 +478,15 @@ public struct RelayCore: Sendable {
         if let since {
             switch topics[topic]!.history.publications(after: since, current: current, now: now) {
             case .recovered(let publications):
-                reply.recovered = true
-                reply.publications = publications
+                // The reply must fit the client's send queue, or the client would be closed on every retry.
+                let bytes = publications.reduce(0) { $0 + $1.data.utf8.count + $1.topic.utf8.count + 96 }
+                if bytes > config.limits.maxQueueBytes / 2 {
+                    reply.recovered = false
+                    reply.failure = .tooLarge
+                } else {
+                    reply.recovered = true
+                    reply.publications = publications
+                }
             case .failed(let failure):
                 reply.recovered = false
                 reply.failure = failure
@@ -642,19 +663,23 @@ public struct RelayCore: Sendable {
         clients[client]?.identity = identity
         var reply = PollReply(publications: [], topics: [], error: nil)
         var mustAnswer = false
-        for (topic, since) in wanted {
-            let options: NamespaceOptions
+        // Check every topic before creating any, so a refused poll leaves nothing behind.
+        var optionsByTopic: [String: NamespaceOptions] = [:]
+        for (topic, _) in wanted {
             switch namespaceOptions(for: topic) {
-            case .success(let o): options = o
+            case .success(let o): optionsByTopic[topic] = o
             case .failure(let e):
                 completePoll(client, error: e)
                 return
             }
-            let permitted = options.anonymous || (!identity.isAnonymous && ClientIdentity.allowed(identity.subscribe, topic))
+            let permitted = optionsByTopic[topic]!.anonymous || (!identity.isAnonymous && ClientIdentity.allowed(identity.subscribe, topic))
             guard permitted else {
                 completePoll(client, error: TernError(.permissionDenied, "not allowed to subscribe to '\(topic)'"))
                 return
             }
+        }
+        for (topic, since) in wanted {
+            let options = optionsByTopic[topic]!
             ensureTopic(topic, options, now: now)
             topics[topic]!.lastActivity = now
             if !topics[topic]!.synced {
@@ -715,6 +740,7 @@ public struct RelayCore: Sendable {
             reply.topics.append(.init(topic: topic, position: position, recovered: !lost, failure: lost ? .evicted : nil))
         }
         actions.append(.pollReply(client, reply))
+        for t in reply.topics { sweepIfIdle(t.topic, now: clock) }
     }
 
     // MARK: - Deadlines
@@ -722,6 +748,21 @@ public struct RelayCore: Sendable {
     mutating func schedule(_ at: TernInstant, _ kind: Deadline.Kind) {
         deadlineSequence += 1
         deadlines.insert(Deadline(at: at, sequence: deadlineSequence, kind: kind))
+        if deadlines.count > 4 * (clients.count + topics.count) + 1024 { compactDeadlines() }
+    }
+
+    /// Drops deadlines whose client or topic is gone (for example the token
+    /// expiry of a client that disconnected), so the heap stays proportional to live state.
+    mutating func compactDeadlines() {
+        let live = deadlines.unordered.filter { d in
+            switch d.kind {
+            case .connectTimeout(let c), .tokenExpiry(let c), .pollTimeout(let c): clients[c] != nil
+            case .topicSweep(let t), .interestLinger(let t), .subscribeTimeout(let t): topics[t] != nil
+            case .publishTimeout(let ref): mesh?.pending[ref] != nil
+            case .linkFlush(let peer): mesh?.links[peer] != nil
+            }
+        }
+        deadlines = Heap(live)
     }
 
     mutating func fireDeadlines(now: TernInstant) {
@@ -740,6 +781,7 @@ public struct RelayCore: Sendable {
             case .pollTimeout(let client):
                 if clients[client]?.transport == .poll { completePoll(client) }
             case .topicSweep(let topic):
+                if topics[topic]?.sweepAt == next.at { topics[topic]!.sweepAt = nil }
                 sweepIfIdle(topic, now: now)
             case .interestLinger(let topic):
                 interestLingerEnded(topic, now: now)

@@ -123,7 +123,7 @@ public struct Authenticator: Sendable {
             let permissions = claims.tern ?? TernPermissionsClaim()
             return .success(ClientIdentity(
                 user: claims.sub.value,
-                expiresAt: now + .milliseconds(Int64(max(0, remaining) * 1000)),
+                expiresAt: now + .milliseconds(Int64(min(max(0, remaining), 10 * 365 * 86_400) * 1000)),
                 subscribe: (permissions.subscribe ?? []).map(TopicPattern.init),
                 publish: (permissions.publish ?? []).map(TopicPattern.init),
                 presence: (permissions.presence ?? []).map(TopicPattern.init)

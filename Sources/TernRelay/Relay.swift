@@ -104,7 +104,7 @@ public final class Relay: Service, Sendable {
         router.ws("/ws") { [self] inbound, outbound, context in
             await webSocketSession(inbound: inbound, outbound: outbound, channel: context.requestContext.channel)
         }
-        router.get("/sse") { [self] request, _ in try await sse(request) }
+        router.get("/sse") { [self] request, context in try await sse(request, channel: context.channel) }
         router.get("/poll") { [self] request, _ in try await poll(request) }
         router.post("/api/publish") { [self] request, _ in try await apiPublish(request) }
         router.get("/health") { [self] _, _ in
@@ -203,6 +203,11 @@ public final class Relay: Service, Sendable {
     /// Writes a close frame behind whatever is buffered and closes the TCP
     /// connection once it is written or after a grace period.
     static func forceClose(_ channel: any Channel, _ code: CloseCode) {
+        guard code == .slowConsumer else {
+            // The writer sends the close frame; this only bounds how long a peer that stopped reading can hold on.
+            channel.eventLoop.scheduleTask(in: .seconds(5)) { channel.close(promise: nil) }
+            return
+        }
         var payload = channel.allocator.buffer(capacity: 2 + code.reason.utf8.count)
         payload.writeInteger(UInt16(code.rawValue))
         payload.writeString(code.reason)
@@ -231,7 +236,7 @@ public final class Relay: Service, Sendable {
         return topics.filter { seen.insert($0).inserted }
     }
 
-    private func sse(_ request: Request) async throws -> Response {
+    private func sse(_ request: Request, channel: any Channel) async throws -> Response {
         let topics = self.topics(of: request)
         guard !topics.isEmpty else {
             return errorResponse(TernError(.badRequest, "name at least one topic: /sse?topic=news:world"))
@@ -253,9 +258,17 @@ public final class Relay: Service, Sendable {
         let resume = cursor
         let headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-cache", .init("X-Accel-Buffering")!: "no"]
         return Response(status: .ok, headers: headers, body: ResponseBody { writer in
-            let (client, signals) = runtime.register()
+            let (client, signals) = runtime.register(forceClose: { code in
+                // The writer may be stuck behind a full socket: end the connection from the event loop.
+                if code == .slowConsumer {
+                    channel.close(promise: nil)
+                } else {
+                    channel.eventLoop.scheduleTask(in: .seconds(5)) { channel.close(promise: nil) }
+                }
+            })
             runtime.handle(.opened(client, .sse))
             runtime.handle(.authenticated(client, ref: nil, identity))
+            if !resume.isEmpty { runtime.handle(.resumeCursor(client, resume)) }
             for topic in topics {
                 runtime.handle(.command(client, ref: nil, .subscribe(topic: topic, since: resume[topic])))
             }
@@ -318,7 +331,8 @@ public final class Relay: Service, Sendable {
             guard let seconds = Double(t), seconds >= 0, seconds.isFinite else {
                 return errorResponse(TernError(.badRequest, "'timeout' must be a number of seconds"))
             }
-            timeout = .milliseconds(Int64(seconds * 1000))
+            // The core caps it at max_poll_timeout; clamp first so the conversion cannot overflow.
+            timeout = .milliseconds(Int64(min(seconds, 86_400) * 1000))
         }
         let identity: ClientIdentity
         switch await self.identity(for: request) {

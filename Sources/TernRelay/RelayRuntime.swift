@@ -78,6 +78,8 @@ final class RelayRuntime: Sendable {
     @discardableResult
     func handle(_ event: RelayEvent) -> [RelayAction] {
         let now = self.now()
+        var closes: [(@Sendable (CloseCode) -> Void, CloseCode)] = []
+        defer { for (close, code) in closes { close(code) } }
         return state.withLock { state in
             let actions = state.core.handle(event, now: now)
             var callerActions: [RelayAction] = []
@@ -87,7 +89,7 @@ final class RelayRuntime: Sendable {
                     state.sinks[client]?.yield(.flush)
                 case .close(let client, let code):
                     state.sinks[client]?.yield(.close(code))
-                    if code == .slowConsumer { state.forceClosers[client]?(code) }
+                    if let close = state.forceClosers[client] { closes.append((close, code)) }
                 case .pollReply(let client, let reply):
                     state.sinks[client]?.yield(.poll(reply))
                 case .verifyToken, .apiReply, .sendLink:
@@ -114,7 +116,11 @@ final class RelayRuntime: Sendable {
 
     /// Takes the frames queued for a connection.
     func takeOutbound(_ client: ClientID) -> [OutboundFrame] {
-        state.withLock { $0.core.takeOutbound(client) }
+        state.withLock { state in
+            let frames = state.core.takeOutbound(client)
+            metrics.queueBytes.set(Int64(state.core.queuedBytes))
+            return frames
+        }
     }
 
     /// Records that frames were written, for delivery metrics.

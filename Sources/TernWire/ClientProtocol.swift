@@ -64,7 +64,7 @@ public enum ClientMessageDecoder {
         case "presence":
             var limit: Int?
             if let l = root["limit"] {
-                guard let n = uint(l), n <= UInt64(Int.max) else { throw TernError(.badRequest, "'limit' must be a positive integer") }
+                guard let n = uint(l), n >= 1, n <= UInt64(Int.max) else { throw TernError(.badRequest, "'limit' must be a positive integer") }
                 limit = Int(n)
             }
             return .presence(topic: try requiredString(root, "topic"), limit: limit)

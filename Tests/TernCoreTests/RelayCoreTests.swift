@@ -373,6 +373,27 @@ struct RelayCoreTests {
         #expect(h.core.stats.connections == 0)
     }
 
+    @Test("a refused long-poll leaves no topic behind, and an answered one is swept after the linger")
+    func pollLeavesNothing() {
+        var h = CoreHarness()
+        h.send(.poll(ClientID(1), .anonymous, topics: [("news:a", nil), ("nope:b", nil)], timeout: .seconds(5)))
+        #expect(h.core.stats.topics == 0)
+        h.send(.poll(ClientID(2), .anonymous, topics: [("news:c", nil)], timeout: .seconds(5)))
+        #expect(h.core.stats.topics == 1)
+        h.advance(RelayLimits().streamLinger)
+        #expect(h.core.stats.topics == 0)
+    }
+
+    @Test("deadlines of departed clients do not pile up")
+    func deadlineCompaction() {
+        var h = CoreHarness()
+        for i in 1...20_000 {
+            let c = h.connect(UInt64(i), as: CoreHarness.user("u", expiresAt: h.now + .seconds(86_400)))
+            h.send(.closed(c))
+        }
+        #expect(h.core.pendingDeadlines < 5_000)
+    }
+
     @Test("a closed client leaves no subscriptions or presence behind, and its idle topic goes after the linger")
     func cleanup() {
         var ns = CoreHarness.defaultNamespaces

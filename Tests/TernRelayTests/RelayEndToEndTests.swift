@@ -109,6 +109,9 @@ struct RelayEndToEndTests {
             #expect(none.isEmpty)
             let bad = try await relay.curl(["\(relay.httpURL)/poll?topic=news:lp&cursor=nonsense"])
             #expect(bad.status == 400)
+            let huge = try await relay.curl(["\(relay.httpURL)/poll?topic=news:lp&timeout=1e17"])
+            #expect(huge.status == 200)
+            #expect(try await relay.curl(["\(relay.httpURL)/health"]).status == 200)
         }
     }
 

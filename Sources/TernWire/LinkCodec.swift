@@ -1,0 +1,389 @@
+import NIOCore
+import TernCore
+
+/// One frame on an inter-region link.
+///
+/// Every frame is `u32 length | u8 type | payload`, big-endian. Both sides
+/// send `hello` first; everything after is `batch` frames (or a `reject`
+/// that explains why the link is being closed).
+public enum LinkFrame: Sendable, Equatable {
+    /// Who is speaking, in which protocol version and topology.
+    case hello(LinkHello)
+    /// The peer refuses the link; the reason is for both sides' logs.
+    case reject(reason: String)
+    /// A batch of link messages.
+    case batch([LinkMessage])
+}
+
+/// The handshake each side sends first.
+public struct LinkHello: Sendable, Equatable {
+    /// The link protocol version spoken.
+    public var version: UInt16
+    /// The mesh's name.
+    public var mesh: String
+    /// The sender's region.
+    public var region: String
+    /// The topology hash (`Topology.hash`); both ends must agree.
+    public var topologyHash: String
+
+    public init(version: UInt16 = LinkCodec.version, mesh: String, region: String, topologyHash: String) {
+        self.version = version
+        self.mesh = mesh
+        self.region = region
+        self.topologyHash = topologyHash
+    }
+}
+
+/// Why bytes from a link could not be read. The link is reset; nothing else is touched.
+public struct LinkProtocolError: Error, Equatable, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Encodes and decodes link frames for one connection. Topic names are
+/// interned per direction and batches are LZ4-compressed across the
+/// connection's lifetime, so each connection needs a fresh codec.
+public final class LinkCodec {
+    /// The link protocol version this build speaks.
+    public static let version: UInt16 = 1
+
+    enum FrameType: UInt8 {
+        case hello = 1
+        case reject = 2
+        case batch = 3
+    }
+
+    enum Kind: UInt8 {
+        case topic = 0, linkState, interest, uninterest, data, caughtUp, gap, resync, publish, ack, credit
+    }
+
+    /// The largest frame accepted, in bytes.
+    public let maxFrameBytes: Int
+    /// Whether batches are compressed.
+    public let compress: Bool
+
+    private var compressor = LZ4StreamCompressor()
+    private var decompressor = LZ4StreamDecompressor()
+    private var sentTopics: [String: UInt32] = [:]
+    private var receivedTopics: [UInt32: String] = [:]
+
+    /// Bytes of batch bodies before compression, for metrics.
+    public private(set) var rawBytesSent = 0
+    /// Bytes of batch frames as sent, for metrics.
+    public private(set) var wireBytesSent = 0
+
+    /// A codec for one connection.
+    public init(maxFrameBytes: Int = 8 * 1024 * 1024, compress: Bool = true) {
+        self.maxFrameBytes = maxFrameBytes
+        self.compress = compress
+    }
+
+    // MARK: Encoding
+
+    /// Appends one frame to `out`.
+    public func encode(_ frame: LinkFrame, into out: inout ByteBuffer) {
+        let lengthIndex = out.writerIndex
+        out.writeInteger(UInt32(0))
+        switch frame {
+        case .hello(let h):
+            out.writeInteger(FrameType.hello.rawValue)
+            out.writeInteger(h.version)
+            writeString(h.mesh, &out)
+            writeString(h.region, &out)
+            writeString(h.topologyHash, &out)
+        case .reject(let reason):
+            out.writeInteger(FrameType.reject.rawValue)
+            writeString(reason, &out)
+        case .batch(let messages):
+            out.writeInteger(FrameType.batch.rawValue)
+            var body = ByteBuffer()
+            body.writeInteger(UInt32(messages.count))
+            for m in messages { encodeMessage(m, into: &body) }
+            let raw = Array(body.readableBytesView)
+            rawBytesSent += raw.count
+            if compress, let packed = compressor.compress(raw) {
+                out.writeInteger(UInt8(1))
+                out.writeInteger(UInt32(raw.count))
+                out.writeBytes(packed)
+            } else {
+                out.writeInteger(UInt8(0))
+                out.writeBytes(raw)
+            }
+        }
+        let length = out.writerIndex - lengthIndex - 4
+        out.setInteger(UInt32(length), at: lengthIndex)
+        if case .batch = frame { wireBytesSent += length + 4 }
+    }
+
+    private func topicID(_ topic: String, _ out: inout ByteBuffer) -> UInt32 {
+        if let id = sentTopics[topic] { return id }
+        let id = UInt32(sentTopics.count + 1)
+        sentTopics[topic] = id
+        out.writeInteger(Kind.topic.rawValue)
+        out.writeInteger(id)
+        writeString(topic, &out)
+        return id
+    }
+
+    private func encodeMessage(_ message: LinkMessage, into out: inout ByteBuffer) {
+        switch message {
+        case .linkState(let origin, let incarnation, let sequence, let neighbours):
+            out.writeInteger(Kind.linkState.rawValue)
+            writeString(origin, &out)
+            out.writeInteger(incarnation)
+            out.writeInteger(sequence)
+            out.writeInteger(UInt32(neighbours.count))
+            for n in neighbours { writeString(n, &out) }
+        case .interest(let topic, let since):
+            let id = topicID(topic, &out)
+            out.writeInteger(Kind.interest.rawValue)
+            out.writeInteger(id)
+            writePosition(since, &out)
+        case .uninterest(let topic):
+            let id = topicID(topic, &out)
+            out.writeInteger(Kind.uninterest.rawValue)
+            out.writeInteger(id)
+        case .data(let p):
+            let id = topicID(p.topic, &out)
+            out.writeInteger(Kind.data.rawValue)
+            out.writeInteger(id)
+            writePosition(p.position, &out)
+            writeString(p.id, &out)
+            writeOptional(p.user, &out)
+            writeString(p.data, &out)
+            out.writeInteger(p.acceptedAt.nanoseconds)
+        case .caughtUp(let topic, let position):
+            let id = topicID(topic, &out)
+            out.writeInteger(Kind.caughtUp.rawValue)
+            out.writeInteger(id)
+            writePosition(position, &out)
+        case .gap(let topic, let position, let reason):
+            let id = topicID(topic, &out)
+            out.writeInteger(Kind.gap.rawValue)
+            out.writeInteger(id)
+            writePosition(position, &out)
+            writeString(reason.rawValue, &out)
+        case .resync(let topic):
+            let id = topicID(topic, &out)
+            out.writeInteger(Kind.resync.rawValue)
+            out.writeInteger(id)
+        case .publish(let topic, let pid, let data, let user, let origin, let ref, let acceptedAt):
+            let id = topicID(topic, &out)
+            out.writeInteger(Kind.publish.rawValue)
+            out.writeInteger(id)
+            writeString(pid, &out)
+            writeString(data, &out)
+            writeOptional(user, &out)
+            writeString(origin, &out)
+            out.writeInteger(ref)
+            out.writeInteger(acceptedAt.nanoseconds)
+        case .ack(let origin, let ref, let topic, let result):
+            let id = topicID(topic, &out)
+            out.writeInteger(Kind.ack.rawValue)
+            writeString(origin, &out)
+            out.writeInteger(ref)
+            out.writeInteger(id)
+            switch result {
+            case .accepted(let position, let duplicate):
+                out.writeInteger(UInt8(0))
+                writePosition(position, &out)
+                out.writeInteger(UInt8(duplicate ? 1 : 0))
+            case .refused(let code, let message):
+                out.writeInteger(UInt8(1))
+                out.writeInteger(UInt16(code.rawValue))
+                writeString(message, &out)
+            }
+        case .credit(let batches):
+            out.writeInteger(Kind.credit.rawValue)
+            out.writeInteger(UInt32(clamping: batches))
+        }
+    }
+
+    private func writeString(_ s: String, _ out: inout ByteBuffer) {
+        out.writeInteger(UInt32(s.utf8.count))
+        out.writeString(s)
+    }
+
+    private func writeOptional(_ s: String?, _ out: inout ByteBuffer) {
+        if let s {
+            out.writeInteger(UInt8(1))
+            writeString(s, &out)
+        } else {
+            out.writeInteger(UInt8(0))
+        }
+    }
+
+    private func writePosition(_ p: StreamPosition?, _ out: inout ByteBuffer) {
+        guard let p else {
+            out.writeInteger(UInt8(0))
+            return
+        }
+        out.writeInteger(UInt8(1))
+        writeString(p.epoch, &out)
+        out.writeInteger(p.offset)
+    }
+
+    private func writePosition(_ p: StreamPosition, _ out: inout ByteBuffer) {
+        writeString(p.epoch, &out)
+        out.writeInteger(p.offset)
+    }
+
+    // MARK: Decoding
+
+    /// Reads one whole frame from `buffer`, or returns nil (consuming nothing) when more bytes are needed.
+    public func decode(_ buffer: inout ByteBuffer) throws(LinkProtocolError) -> LinkFrame? {
+        guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return nil }
+        guard length >= 1, Int(length) <= maxFrameBytes else {
+            throw LinkProtocolError("frame of \(length) bytes is outside 1...\(maxFrameBytes)")
+        }
+        guard buffer.readableBytes >= 4 + Int(length) else { return nil }
+        buffer.moveReaderIndex(forwardBy: 4)
+        var frame = buffer.readSlice(length: Int(length))!
+        let typeByte: UInt8 = try read(&frame)
+        guard let type = FrameType(rawValue: typeByte) else { throw LinkProtocolError("unknown frame type \(typeByte)") }
+        let result: LinkFrame
+        switch type {
+        case .hello:
+            let version: UInt16 = try read(&frame)
+            result = .hello(LinkHello(version: version, mesh: try readString(&frame), region: try readString(&frame), topologyHash: try readString(&frame)))
+        case .reject:
+            result = .reject(reason: try readString(&frame))
+        case .batch:
+            let flags: UInt8 = try read(&frame)
+            var body: ByteBuffer
+            if flags & 1 == 1 {
+                let rawLength: UInt32 = try read(&frame)
+                guard Int(rawLength) <= maxFrameBytes * 4 else { throw LinkProtocolError("batch claims \(rawLength) bytes uncompressed") }
+                do {
+                    body = ByteBuffer(bytes: try decompressor.decompress(Array(frame.readableBytesView), rawLength: Int(rawLength)))
+                } catch {
+                    throw LinkProtocolError("batch does not decompress: \(error)")
+                }
+                frame.moveReaderIndex(to: frame.writerIndex)
+            } else {
+                body = frame
+                decompressor.acceptRaw(Array(frame.readableBytesView))
+                frame.moveReaderIndex(to: frame.writerIndex)
+            }
+            result = .batch(try decodeBatch(&body))
+        }
+        guard frame.readableBytes == 0 else { throw LinkProtocolError("\(frame.readableBytes) stray bytes after a \(type) frame") }
+        return result
+    }
+
+    private func decodeBatch(_ body: inout ByteBuffer) throws(LinkProtocolError) -> [LinkMessage] {
+        let count: UInt32 = try read(&body)
+        guard Int(count) <= body.readableBytes else { throw LinkProtocolError("batch claims \(count) entries in \(body.readableBytes) bytes") }
+        var messages: [LinkMessage] = []
+        messages.reserveCapacity(Int(count))
+        while messages.count < Int(count) {
+            let kindByte: UInt8 = try read(&body)
+            guard let kind = Kind(rawValue: kindByte) else { throw LinkProtocolError("unknown entry kind \(kindByte)") }
+            switch kind {
+            case .topic:
+                let id: UInt32 = try read(&body)
+                let name = try readString(&body)
+                if let problem = TopicName.problem(with: name) { throw LinkProtocolError("bad topic: \(problem)") }
+                receivedTopics[id] = name
+            case .linkState:
+                let origin = try readString(&body)
+                let incarnation: UInt64 = try read(&body)
+                let sequence: UInt64 = try read(&body)
+                let n: UInt32 = try read(&body)
+                guard n <= 10_000 else { throw LinkProtocolError("link state lists \(n) neighbours") }
+                var neighbours: [String] = []
+                for _ in 0..<n { neighbours.append(try readString(&body)) }
+                messages.append(.linkState(origin: origin, incarnation: incarnation, sequence: sequence, neighbours: neighbours))
+            case .interest:
+                let topic = try readTopic(&body)
+                messages.append(.interest(topic: topic, since: try readOptionalPosition(&body)))
+            case .uninterest:
+                messages.append(.uninterest(topic: try readTopic(&body)))
+            case .data:
+                let topic = try readTopic(&body)
+                let position = try readPosition(&body)
+                let id = try readString(&body)
+                let user = try readOptional(&body)
+                let data = try readString(&body)
+                let accepted: Int64 = try read(&body)
+                messages.append(.data(Publication(topic: topic, position: position, id: id, data: data, user: user,
+                                                  acceptedAt: TernInstant(nanoseconds: accepted))))
+            case .caughtUp:
+                let topic = try readTopic(&body)
+                messages.append(.caughtUp(topic: topic, position: try readPosition(&body)))
+            case .gap:
+                let topic = try readTopic(&body)
+                let position = try readPosition(&body)
+                let reasonText = try readString(&body)
+                guard let reason = RecoveryFailure(rawValue: reasonText) else { throw LinkProtocolError("unknown gap reason '\(reasonText)'") }
+                messages.append(.gap(topic: topic, position: position, reason: reason))
+            case .resync:
+                messages.append(.resync(topic: try readTopic(&body)))
+            case .publish:
+                let topic = try readTopic(&body)
+                let id = try readString(&body)
+                let data = try readString(&body)
+                let user = try readOptional(&body)
+                let origin = try readString(&body)
+                let ref: UInt64 = try read(&body)
+                let accepted: Int64 = try read(&body)
+                messages.append(.publish(topic: topic, id: id, data: data, user: user, origin: origin, ref: ref,
+                                         acceptedAt: TernInstant(nanoseconds: accepted)))
+            case .ack:
+                let origin = try readString(&body)
+                let ref: UInt64 = try read(&body)
+                let topic = try readTopic(&body)
+                let which: UInt8 = try read(&body)
+                let result: PublishResult
+                if which == 0 {
+                    let position = try readPosition(&body)
+                    let duplicate: UInt8 = try read(&body)
+                    result = .accepted(position: position, duplicate: duplicate == 1)
+                } else {
+                    let codeValue: UInt16 = try read(&body)
+                    guard let code = ErrorCode(rawValue: Int(codeValue)) else { throw LinkProtocolError("unknown error code \(codeValue)") }
+                    result = .refused(code: code, message: try readString(&body))
+                }
+                messages.append(.ack(origin: origin, ref: ref, topic: topic, result: result))
+            case .credit:
+                let n: UInt32 = try read(&body)
+                messages.append(.credit(batches: Int(n)))
+            }
+        }
+        guard body.readableBytes == 0 else { throw LinkProtocolError("\(body.readableBytes) stray bytes after a batch") }
+        return messages
+    }
+
+    private func read<T: FixedWidthInteger>(_ b: inout ByteBuffer) throws(LinkProtocolError) -> T {
+        guard let v = b.readInteger(as: T.self) else { throw LinkProtocolError("frame ends inside a field") }
+        return v
+    }
+
+    private func readString(_ b: inout ByteBuffer) throws(LinkProtocolError) -> String {
+        let n: UInt32 = try read(&b)
+        guard Int(n) <= b.readableBytes, let s = b.readString(length: Int(n)) else { throw LinkProtocolError("string runs past the frame") }
+        return s
+    }
+
+    private func readOptional(_ b: inout ByteBuffer) throws(LinkProtocolError) -> String? {
+        let present: UInt8 = try read(&b)
+        return present == 0 ? nil : try readString(&b)
+    }
+
+    private func readPosition(_ b: inout ByteBuffer) throws(LinkProtocolError) -> StreamPosition {
+        let epoch = try readString(&b)
+        let offset: UInt64 = try read(&b)
+        return StreamPosition(epoch: epoch, offset: offset)
+    }
+
+    private func readOptionalPosition(_ b: inout ByteBuffer) throws(LinkProtocolError) -> StreamPosition? {
+        let present: UInt8 = try read(&b)
+        return present == 0 ? nil : try readPosition(&b)
+    }
+
+    private func readTopic(_ b: inout ByteBuffer) throws(LinkProtocolError) -> String {
+        let id: UInt32 = try read(&b)
+        guard let topic = receivedTopics[id] else { throw LinkProtocolError("topic id \(id) was never defined on this link") }
+        return topic
+    }
+}
