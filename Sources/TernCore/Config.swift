@@ -14,6 +14,8 @@ public struct NamespaceOptions: Hashable, Sendable {
     public var clientPublish: Bool = true
     /// The most subscribers one topic accepts in this region (0 means no limit).
     public var maxSubscribers: Int = 0
+    /// The region every topic of this namespace lives in, instead of one chosen by rendezvous hashing.
+    public var home: String?
 
     /// Defaults: no presence, no history, tokens required.
     public init() {}

@@ -38,11 +38,11 @@ public final class Relay: Service, Sendable {
     let logger: Logger
     private let address: HostPort
     private let listening = Mutex<(port: Int?, waiters: [CheckedContinuation<Int, Never>])>((nil, []))
-    private let apiRequests = Atomic<UInt64>(1)
+    let links: LinkService?
 
     /// A relay for `region` of `topology`, listening on the region's client address unless `listenOn` overrides it.
     public init(topology: Topology, region: String, secrets: SecretResolver = SecretResolver(),
-                listenOn: HostPort? = nil, seed: UInt64? = nil, logger: Logger? = nil) async throws {
+                listenOn: HostPort? = nil, linkListenOn: HostPort? = nil, seed: UInt64? = nil, logger: Logger? = nil) async throws {
         guard let r = topology.region(named: region) else {
             let names = topology.regions.map(\.name).joined(separator: ", ")
             throw RelayConfigError("region '\(region)' is not in \(topology.file); choose one of: \(names)")
@@ -55,7 +55,28 @@ public final class Relay: Service, Sendable {
         self.metrics = RelayMetrics(region: region)
         self.authenticator = try await Authenticator(auth: topology.auth, secrets: secrets)
         self.runtime = RelayRuntime(config: topology.coreConfig(for: region), seed: seed ?? UInt64.random(in: .min ... .max), metrics: metrics)
+        if topology.links(of: region).isEmpty {
+            self.links = nil
+        } else {
+            self.links = try LinkService(topology: topology, region: r, runtime: runtime, registry: metrics.registry,
+                                         logger: logger, listenOn: linkListenOn)
+        }
     }
+
+    /// The port the link listener is bound to, once it is listening (nil without links).
+    public func waitUntilLinksListening() async -> Int? { await links?.waitUntilListening() }
+
+    /// Neighbours whose links are up.
+    public var upLinks: [String] { runtime.upLinks }
+
+    /// The home region of `topic` as this relay sees it.
+    public func home(of topic: String) -> String { runtime.home(of: topic) }
+
+    /// Publications sent on each link, by neighbour (from the core's counters).
+    public var linkDataEntries: [String: Int] { runtime.linkCounters.mapValues(\.dataEntries) }
+
+    /// Closes every link connection at once, as a network fault would.
+    public func dropLinks() { links?.dropAllLinks() }
 
     /// The port the relay listens on, once it is listening.
     public func waitUntilListening() async -> Int {
@@ -92,8 +113,12 @@ public final class Relay: Service, Sendable {
             },
             logger: logger
         )
+        // Shutdown runs in reverse: drain the clients, then close the links, then stop the listener.
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: app)]
+        if let links { services.append(.init(service: links)) }
+        services.append(.init(service: DrainService(runtime: runtime, logger: logger)))
         let group = ServiceGroup(configuration: .init(
-            services: [.init(service: app), .init(service: DrainService(runtime: runtime, logger: logger))],
+            services: services,
             gracefulShutdownSignals: [],
             logger: logger))
         try await group.run()
@@ -375,15 +400,10 @@ public final class Relay: Service, Sendable {
         case .success(let p): publish = p
         case .failure(let e): return errorResponse(e)
         }
-        let requestID = apiRequests.wrappingAdd(1, ordering: .relaxed).oldValue
-        let actions = runtime.handle(.apiPublish(request: requestID, topic: publish.topic, id: publish.id, data: publish.data))
-        for case .apiReply(requestID, let result) in actions {
-            switch result {
-            case .success(let body): return jsonResponse(.ok, JSONServerEncoder.replyJSON(body))
-            case .failure(let error): return errorResponse(error)
-            }
+        switch await runtime.apiPublish(topic: publish.topic, id: publish.id, data: publish.data) {
+        case .success(let body): return jsonResponse(.ok, JSONServerEncoder.replyJSON(body))
+        case .failure(let error): return errorResponse(error)
         }
-        return errorResponse(TernError(.internalError, "publish was not answered"))
     }
 
     static func authError(_ failure: AuthFailure) -> TernError {

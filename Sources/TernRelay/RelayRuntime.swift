@@ -21,6 +21,9 @@ final class RelayRuntime: Sendable {
         var core: RelayCore
         var sinks: [ClientID: AsyncStream<ClientSignal>.Continuation] = [:]
         var forceClosers: [ClientID: @Sendable (CloseCode) -> Void] = [:]
+        var linkSenders: [String: @Sendable ([LinkMessage]) -> Void] = [:]
+        var apiWaiters: [UInt64: CheckedContinuation<Result<ReplyBody, TernError>, Never>] = [:]
+        var nextAPIRequest: UInt64 = 1
         var nextClient: UInt64 = 1
         var lastStats = RelayStats()
     }
@@ -61,6 +64,37 @@ final class RelayRuntime: Sendable {
         return (id, stream)
     }
 
+    /// Publishes for a backend; the answer may come from another region.
+    func apiPublish(topic: String, id: String, data: String) async -> Result<ReplyBody, TernError> {
+        await withCheckedContinuation { continuation in
+            let request = state.withLock { s in
+                defer { s.nextAPIRequest += 1 }
+                s.apiWaiters[s.nextAPIRequest] = continuation
+                return s.nextAPIRequest
+            }
+            handle(.apiPublish(request: request, topic: topic, id: id, data: data))
+        }
+    }
+
+    /// Routes the core's batches for `peer` to a link connection.
+    func attachLink(_ peer: String, send: @escaping @Sendable ([LinkMessage]) -> Void) {
+        state.withLock { $0.linkSenders[peer] = send }
+    }
+
+    /// Stops routing batches to `peer`.
+    func detachLink(_ peer: String) {
+        state.withLock { _ = $0.linkSenders.removeValue(forKey: peer) }
+    }
+
+    /// Link counters from the core, by neighbour.
+    var linkCounters: [String: LinkCounters] { state.withLock { $0.core.linkCounters } }
+
+    /// The core's home for a topic.
+    func home(of topic: String) -> String { state.withLock { $0.core.home(of: topic) } }
+
+    /// Neighbours with an up link.
+    var upLinks: [String] { state.withLock { $0.core.upLinks } }
+
     /// Sends a signal to one connection's task.
     func signal(_ client: ClientID, _ signal: ClientSignal) {
         state.withLock { _ = $0.sinks[client]?.yield(signal) }
@@ -92,7 +126,12 @@ final class RelayRuntime: Sendable {
                     if let close = state.forceClosers[client] { closes.append((close, code)) }
                 case .pollReply(let client, let reply):
                     state.sinks[client]?.yield(.poll(reply))
-                case .verifyToken, .apiReply, .sendLink:
+                case .sendLink(let peer, let batch):
+                    // Sent under the lock so batches reach the channel in the order the core produced them.
+                    state.linkSenders[peer]?(batch)
+                case .apiReply(let request, let result):
+                    state.apiWaiters.removeValue(forKey: request)?.resume(returning: result)
+                case .verifyToken:
                     callerActions.append(action)
                 }
             }

@@ -88,6 +88,37 @@ public struct AuthConfig: Hashable, Sendable {
     public init() {}
 }
 
+/// Files for mutual TLS on inter-region links. `{region}` in a path is
+/// replaced by the relay's region, so one topology serves every relay.
+public struct LinkTLSConfig: Hashable, Sendable {
+    /// The CA certificate that signs every region's certificate (PEM).
+    public var caFile: String
+    /// This region's certificate (PEM); its subject alternative name is the region name.
+    public var certificateFile: String
+    /// This region's private key (PEM).
+    public var keyFile: String
+
+    /// The paths for `region`.
+    public func resolved(for region: String) -> LinkTLSConfig {
+        LinkTLSConfig(caFile: caFile.replacingOccurrences(of: "{region}", with: region),
+                      certificateFile: certificateFile.replacingOccurrences(of: "{region}", with: region),
+                      keyFile: keyFile.replacingOccurrences(of: "{region}", with: region))
+    }
+}
+
+/// Tuning for inter-region links and the mesh protocol.
+public struct MeshTuning: Hashable, Sendable {
+    public var maxBatchBytes = 64 * 1024
+    public var maxBatchDelay: Duration = .milliseconds(5)
+    public var sendWindowBatches = 8
+    public var maxLinkQueueBytes = 8 * 1024 * 1024
+    public var interestLinger: Duration = .seconds(5)
+    public var homeTimeout: Duration = .seconds(10)
+    public var reconnectMin: Duration = .milliseconds(100)
+    public var reconnectMax: Duration = .seconds(5)
+    public init() {}
+}
+
 /// One region: a place with exactly one relay.
 public struct Region: Hashable, Sendable {
     /// The region's name, e.g. `eu-west`.
@@ -147,13 +178,40 @@ public struct Topology: Sendable {
     public var limits: RelayLimits
     /// Authentication settings.
     public var auth: AuthConfig
+    /// Link TLS files; required unless every link is plaintext.
+    public var linkTLS: LinkTLSConfig?
+    /// Link batching and mesh timing.
+    public var tuning = MeshTuning()
 
     /// The region named `name`.
     public func region(named name: String) -> Region? { regions.first { $0.name == name } }
 
-    /// The core config for one region's relay.
+    /// The core config for one region's relay (with its mesh when the topology has links).
     public func coreConfig(for region: String) -> RelayCoreConfig {
-        RelayCoreConfig(region: region, namespaces: namespaces, limits: limits)
+        RelayCoreConfig(region: region, namespaces: namespaces, limits: limits, mesh: regions.count > 1 ? meshConfig : nil)
+    }
+
+    /// The graph and tuning every relay of this topology shares.
+    public var meshConfig: MeshConfig {
+        var mesh = MeshConfig(
+            graph: MeshGraph(regions: regions.map(\.name), links: links.map { ($0.between.0, $0.between.1, $0.latency) }),
+            pinnedHomes: namespaces.compactMapValues(\.home))
+        mesh.maxBatchBytes = tuning.maxBatchBytes
+        mesh.maxBatchDelay = tuning.maxBatchDelay
+        mesh.sendWindowBatches = tuning.sendWindowBatches
+        mesh.maxLinkQueueBytes = tuning.maxLinkQueueBytes
+        mesh.interestLinger = tuning.interestLinger
+        mesh.homeTimeout = tuning.homeTimeout
+        return mesh
+    }
+
+    /// The links `region` takes part in, with the neighbour's name.
+    public func links(of region: String) -> [(peer: Region, link: Link)] {
+        links.compactMap { l in
+            if l.between.0 == region, let r = self.region(named: l.between.1) { return (r, l) }
+            if l.between.1 == region, let r = self.region(named: l.between.0) { return (r, l) }
+            return nil
+        }
     }
 
     /// A stable 64-bit FNV-1a hash of everything two relays must agree on (regions and links).

@@ -166,7 +166,7 @@ private struct Reader {
     }
 
     mutating func topology(_ root: Node) -> Topology? {
-        guard let top = mapping(root, what: "the topology", known: ["mesh", "regions", "links", "namespaces", "limits", "auth"]) else {
+        guard let top = mapping(root, what: "the topology", known: ["mesh", "regions", "links", "namespaces", "limits", "auth", "link_tls", "mesh_tuning"]) else {
             return nil
         }
         let mesh = top["mesh"].flatMap { string($0, "mesh") }
@@ -181,12 +181,25 @@ private struct Reader {
         let namespaces = top["namespaces"].map { self.namespaces($0) } ?? [:]
         let limits = top["limits"].map { self.limits($0) } ?? RelayLimits()
         let auth = top["auth"].map { self.auth($0) } ?? AuthConfig()
+        let linkTLS = top["link_tls"].flatMap { self.linkTLS($0) }
+        let tuning = top["mesh_tuning"].map { self.tuning($0) } ?? MeshTuning()
+        for (name, options) in namespaces.sorted(by: { $0.key < $1.key }) {
+            if let home = options.home, !declaredRegions.contains(home) {
+                fail(top["namespaces"], "namespace '\(name)' pins its home to '\(home)', which is not a region; use one of \(declaredRegions.joined(separator: ", "))")
+            }
+        }
+        if linkTLS == nil, let tlsLink = links.first(where: { !$0.plaintext }) {
+            fail(top["links"] ?? root, "the link between \(tlsLink.between.0) and \(tlsLink.between.1) uses TLS (line \(tlsLink.line)), so add 'link_tls: {ca: ..., cert: ..., key: ...}' or mark it 'plaintext: true' for loopback development")
+        }
         if namespaces.isEmpty {
             fail(top["namespaces"] ?? root, "no namespaces: add at least one, e.g. 'namespaces: {room: {presence: true}}'")
         }
         if diagnostics.isEmpty { checkConnected(regions, links, node: top["links"] ?? root) }
         guard let mesh else { return nil }
-        return Topology(file: file, mesh: mesh, regions: regions, links: links, namespaces: namespaces, limits: limits, auth: auth)
+        var topology = Topology(file: file, mesh: mesh, regions: regions, links: links, namespaces: namespaces, limits: limits, auth: auth)
+        topology.linkTLS = linkTLS
+        topology.tuning = tuning
+        return topology
     }
 
     mutating func regions(_ node: Node) -> [Region] {
@@ -305,7 +318,7 @@ private struct Reader {
             fail(node, "'namespaces' must map namespace names to options")
             return [:]
         }
-        let known = ["presence", "join_leave", "history_size", "history_ttl", "anonymous", "client_publish", "max_subscribers"]
+        let known = ["presence", "join_leave", "history_size", "history_ttl", "anonymous", "client_publish", "max_subscribers", "home"]
         var out: [String: NamespaceOptions] = [:]
         for (k, v) in m {
             guard let name = k.string, !name.isEmpty,
@@ -326,6 +339,7 @@ private struct Reader {
             if let n = o["anonymous"], let b = bool(n, "anonymous") { options.anonymous = b }
             if let n = o["client_publish"], let b = bool(n, "client_publish") { options.clientPublish = b }
             if let n = o["max_subscribers"], let i = int(n, "max_subscribers") { options.maxSubscribers = i }
+            if let n = o["home"], let h = string(n, "home") { options.home = h }
             if options.joinLeave && !options.presence {
                 fail(o["join_leave"], "join_leave needs presence: set 'presence: true' in namespace '\(name)'")
             }
@@ -373,6 +387,33 @@ private struct Reader {
         if let e = m["env"], let name = string(e, "env") { return .environment(name) }
         if let f = m["file"], let path = string(f, "file") { return .file(path) }
         return nil
+    }
+
+    mutating func linkTLS(_ node: Node) -> LinkTLSConfig? {
+        guard let m = mapping(node, what: "link_tls", known: ["ca", "cert", "key"]) else { return nil }
+        guard let ca = m["ca"].flatMap({ string($0, "link_tls.ca") }),
+              let cert = m["cert"].flatMap({ string($0, "link_tls.cert") }),
+              let key = m["key"].flatMap({ string($0, "link_tls.key") }) else {
+            fail(node, "link_tls needs 'ca', 'cert' and 'key' (paths; {region} is replaced by the region name)")
+            return nil
+        }
+        return LinkTLSConfig(caFile: ca, certificateFile: cert, keyFile: key)
+    }
+
+    mutating func tuning(_ node: Node) -> MeshTuning {
+        var t = MeshTuning()
+        let known = ["max_batch_bytes", "max_batch_delay", "send_window_batches", "max_link_queue_bytes",
+                     "interest_linger", "home_timeout", "reconnect_min", "reconnect_max"]
+        guard let m = mapping(node, what: "mesh_tuning", known: known) else { return t }
+        if let n = m["max_batch_bytes"], let v = int(n, "max_batch_bytes", min: 512) { t.maxBatchBytes = v }
+        if let n = m["max_batch_delay"], let v = duration(n, "max_batch_delay") { t.maxBatchDelay = v }
+        if let n = m["send_window_batches"], let v = int(n, "send_window_batches", min: 1) { t.sendWindowBatches = v }
+        if let n = m["max_link_queue_bytes"], let v = int(n, "max_link_queue_bytes", min: 65536) { t.maxLinkQueueBytes = v }
+        if let n = m["interest_linger"], let v = duration(n, "interest_linger") { t.interestLinger = v }
+        if let n = m["home_timeout"], let v = duration(n, "home_timeout") { t.homeTimeout = v }
+        if let n = m["reconnect_min"], let v = duration(n, "reconnect_min") { t.reconnectMin = v }
+        if let n = m["reconnect_max"], let v = duration(n, "reconnect_max") { t.reconnectMax = v }
+        return t
     }
 
     mutating func auth(_ node: Node) -> AuthConfig {

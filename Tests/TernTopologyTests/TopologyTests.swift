@@ -46,6 +46,7 @@ struct TopologyTests {
             latency_ms: 10
         namespaces:
           room: {presence: true}
+        link_tls: {ca: certs/ca.pem, cert: "certs/{region}.pem", key: "certs/{region}-key.pem"}
         """
 
     @Test("a valid file parses with its options")
@@ -97,6 +98,16 @@ struct TopologyTests {
         #expect(d.map(\.line) == [13])
         #expect(d.first?.message.contains("unknown option 'histroy_size'") == true)
         #expect(d.first?.message.contains("history_size") == true)
+    }
+
+    @Test("TLS links need link_tls, and pinned homes must be regions")
+    func tlsAndHomes() {
+        let noTLS = Self.valid.replacingOccurrences(of: "link_tls: {ca: certs/ca.pem, cert: \"certs/{region}.pem\", key: \"certs/{region}-key.pem\"}", with: "")
+        #expect(diagnostics(noTLS).first?.message.contains("add 'link_tls") == true)
+        let pinned = Self.valid.replacingOccurrences(of: "{presence: true}", with: "{presence: true, home: mars}")
+        #expect(diagnostics(pinned).first?.message.contains("pins its home to 'mars'") == true)
+        let t = try? TopologyLoader.parse(Self.valid, file: "ok.yaml")
+        #expect(t?.linkTLS?.resolved(for: "a").certificateFile == "certs/a.pem")
     }
 
     @Test("inline secrets are refused")
