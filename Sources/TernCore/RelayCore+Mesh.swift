@@ -114,6 +114,8 @@ extension RelayCore {
         }
         for topic in mesh!.upstream.keys.sorted() where mesh!.upstream[topic] == peer {
             mesh!.upstream[topic] = nil
+            // The cache may fall behind until a new upstream catches it up; children must wait for that.
+            topics[topic]?.resyncing = true
         }
         for ref in mesh!.pending.keys.sorted() where mesh!.pending[ref]!.sentVia == peer {
             mesh!.pending[ref]!.sentVia = nil
@@ -273,7 +275,9 @@ extension RelayCore {
         topics[topic]!.lastActivity = now
         if mesh!.children[topic] == nil { mesh!.children[topic] = IndexedMap() }
         mesh!.children[topic]![child] = .resyncing
-        if topics[topic]!.synced {
+        // Serve from this region's stream only when it is current: the home always is; a cache is
+        // once its upstream has caught it up. A child may be ahead of a cache that is catching up.
+        if isHome(topic) || (topics[topic]!.synced && !topics[topic]!.resyncing) {
             serveChild(child, topic: topic, since: since, now: now)
         } else {
             mesh!.awaitingSync[topic, default: []].removeAll { $0.child == child }

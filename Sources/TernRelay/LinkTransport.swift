@@ -261,7 +261,12 @@ final class LinkService: Service, Sendable {
             runtime.handle(.linkDown(peer))
             replaced.close(promise: nil)
         }
-        runtime.attachLink(peer) { batch in channel.writeAndFlush(LinkFrame.batch(batch), promise: nil) }
+        // Called under the runtime's lock: always hop through the event loop's queue so the write never
+        // runs inline (a failing write would close the channel and re-enter the runtime), while the
+        // queue keeps batches in the order the core produced them.
+        runtime.attachLink(peer) { batch in
+            channel.eventLoop.execute { channel.writeAndFlush(LinkFrame.batch(batch), promise: nil) }
+        }
         logger.info("link up", metadata: ["peer": "\(peer)", "tls": "\(!plaintextPeers.contains(peer))"])
         runtime.handle(.linkUp(peer))
     }

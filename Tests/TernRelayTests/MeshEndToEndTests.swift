@@ -1,0 +1,116 @@
+import Foundation
+import Testing
+import TernClient
+import TernCore
+import TernRelay
+
+@Suite("Three relays on loopback joined by links", .serialized)
+struct MeshEndToEndTests {
+    @Test("a publish in one region reaches subscribers in all three exactly once, in the same order")
+    func delivery() async throws {
+        try await withMesh { mesh in
+            try await mesh.waitForLinks()
+            let topic = mesh.topic(homedAt: "b", namespace: "room")
+            var subs: [ClientHarness] = []
+            for r in mesh.regions {
+                let c = ClientHarness(url: mesh.url(r), token: try await mesh.fixture(r).token("sub-\(r)"))
+                try await c.waitConnected()
+                try await c.client.subscribe(topic)
+                subs.append(c)
+            }
+            let publishers = try await mesh.regions.asyncMap { r in
+                let p = ClientHarness(url: mesh.url(r), token: try await mesh.fixture(r).token("pub-\(r)"))
+                try await p.waitConnected()
+                return p
+            }
+            for i in 1...30 {
+                let ack = try await publishers[i % 3].client.publish(topic, data: "\(i)", id: "d\(i)")
+                #expect(ack.position?.epoch.hasPrefix("b.") == true)
+            }
+            for s in subs { try await s.waitPublications(30) }
+            try await Task.sleep(for: .milliseconds(200))
+            let orders = subs.map { $0.publications.map(\.id) }
+            #expect(orders.allSatisfy { $0.count == 30 })
+            #expect(Set(orders.map { $0.joined(separator: ",") }).count == 1)
+            #expect(Set(orders[0]).count == 30)
+        }
+    }
+
+    @Test("each message crosses each tree edge exactly once, whatever the subscriber count")
+    func celebrity() async throws {
+        try await withMesh { mesh in
+            try await mesh.waitForLinks()
+            let topic = mesh.topic(homedAt: "a")
+            var subs: [ClientHarness] = []
+            for r in mesh.regions {
+                for _ in 0..<8 {
+                    let c = ClientHarness(url: mesh.url(r), token: nil)
+                    try await c.waitConnected()
+                    try await c.client.subscribe(topic)
+                    subs.append(c)
+                }
+            }
+            let before = mesh.regions.map { mesh.relays[$0]!.linkDataEntries }
+            for i in 1...25 { _ = try await mesh.fixture("a").apiPublish(topic, "\(i)", id: "c\(i)") }
+            for s in subs { try await s.waitPublications(25) }
+            let after = mesh.regions.map { mesh.relays[$0]!.linkDataEntries }
+            func sent(_ i: Int, _ peer: String) -> Int { (after[i][peer] ?? 0) - (before[i][peer] ?? 0) }
+            // Tree from a: a→b (10 ms), b→c (10 ms); the 30 ms a–c link carries nothing.
+            #expect(sent(0, "b") == 25)
+            #expect(sent(1, "c") == 25)
+            #expect(sent(0, "c") == 0)
+            #expect(sent(1, "a") == 0)
+            #expect(sent(2, "a") == 0)
+            #expect(sent(2, "b") == 0)
+            let metrics = try await mesh.fixture("a").curl(["http://127.0.0.1:\(mesh.clientPorts["a"]!)/metrics"])
+            #expect(metrics.body.contains("tern_link_data_entries_total{region=\"a\",peer=\"b\"}"))
+            #expect(metrics.body.contains("tern_link_wire_bytes_total"))
+        }
+    }
+
+    @Test("killing a link's TCP connection mid-stream loses and duplicates nothing")
+    func resume() async throws {
+        try await withMesh { mesh in
+            try await mesh.waitForLinks()
+            let topic = mesh.topic(homedAt: "a")
+            let sub = ClientHarness(url: mesh.url("c"), token: nil)
+            try await sub.waitConnected()
+            try await sub.client.subscribe(topic)
+            try await Task.sleep(for: .milliseconds(100))
+            for i in 1...20 { _ = try await mesh.fixture("a").apiPublish(topic, "\(i)", id: "r\(i)") }
+            mesh.relays["b"]!.dropLinks()
+            for i in 21...40 { _ = try await mesh.fixture("a").apiPublish(topic, "\(i)", id: "r\(i)") }
+            try await mesh.waitForLinks()
+            for i in 41...60 { _ = try await mesh.fixture("a").apiPublish(topic, "\(i)", id: "r\(i)") }
+            try await sub.waitPublications(60, timeout: .seconds(20))
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(sub.publications.map(\.data) == (1...60).map(String.init))
+            #expect(!sub.events.contains { if case .resyncRequired = $0 { true } else { false } })
+        }
+    }
+
+    @Test("a topology-hash mismatch is refused with a clear error on both sides")
+    func hashMismatch() async throws {
+        try await withMesh(topologyFor: { region, base in
+            region == "c" ? base.replacingOccurrences(of: "latency_ms: 30", with: "latency_ms: 31") : base
+        }) { mesh in
+            let deadline = ContinuousClock.now + .seconds(10)
+            while ContinuousClock.now < deadline, !mesh.capture.contains("topology hash mismatch") {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(mesh.capture.contains("link refused by peer"))
+            #expect(mesh.capture.lines.withLock { $0.contains { $0.contains("link refused") && $0.contains("topology hash mismatch") } })
+            #expect(mesh.relays["c"]!.upLinks.isEmpty)
+            #expect(mesh.relays["a"]!.upLinks == ["b"])
+        }
+    }
+}
+
+extension Sequence {
+    func asyncMap<T>(_ transform: (Element) async throws -> T) async rethrows -> [T] {
+        var out: [T] = []
+        for e in self { out.append(try await transform(e)) }
+        return out
+    }
+}

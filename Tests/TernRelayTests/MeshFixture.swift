@@ -1,0 +1,150 @@
+import Foundation
+import Logging
+import ServiceLifecycle
+import Synchronization
+import Testing
+import TernRelay
+import TernTopology
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A port the kernel just handed out on loopback (closed again, so a relay can bind it).
+func freePort() -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_port = 0
+    inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr)
+    _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+    return Int(UInt16(bigEndian: addr.sin_port))
+}
+
+/// Log lines captured from relays, for asserting on errors both sides log.
+final class LogCapture: Sendable {
+    let lines = Mutex<[String]>([])
+
+    func handler(label: String) -> any LogHandler { CapturingLogHandler(capture: self) }
+
+    func contains(_ text: String) -> Bool { lines.withLock { $0.contains { $0.contains(text) } } }
+}
+
+struct CapturingLogHandler: LogHandler {
+    let capture: LogCapture
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .info
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        let all = metadata.merging(event.metadata ?? [:]) { _, new in new }
+        let text = "\(event.level) \(event.message) \(all.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))"
+        capture.lines.withLock { $0.append(text) }
+    }
+}
+
+/// Three regions on loopback: a–b 10 ms, b–c 10 ms, a–c 30 ms, so the shortest tree from a runs a→b→c.
+struct MeshFixture {
+    var clientPorts: [String: Int] = [:]
+    var relays: [String: Relay] = [:]
+    let regions = ["a", "b", "c"]
+    let capture = LogCapture()
+
+    func yaml(linkPorts: [String: Int], clientPorts: [String: Int], tls: String? = nil, latencyAC: Int = 30) -> String {
+        let plaintext = tls == nil ? "\n    plaintext: true" : ""
+        return """
+            mesh: test-mesh
+            regions:
+            \(regions.map { "  - name: \($0)\n    client: 127.0.0.1:\(clientPorts[$0]!)\n    link: 127.0.0.1:\(linkPorts[$0]!)" }.joined(separator: "\n"))
+            links:
+              - between: [a, b]
+                latency_ms: 10\(plaintext)
+              - between: [b, c]
+                latency_ms: 10\(plaintext)
+              - between: [a, c]
+                latency_ms: \(latencyAC)\(plaintext)
+            namespaces:
+              room: {presence: true, join_leave: true, history_size: 500, history_ttl: 300s}
+              news: {history_size: 500, history_ttl: 300s, anonymous: true, client_publish: false}
+            limits:
+              publish_rate: 100000
+              publish_burst: 100000
+            mesh_tuning:
+              interest_linger: 2s
+              reconnect_min: 50ms
+              reconnect_max: 300ms
+            \(tls.map { "link_tls: \($0)" } ?? "")
+            auth:
+              jwt:
+                hs256_secret: {env: TEST_JWT_SECRET}
+              api_key: {env: TEST_API_KEY}
+            """
+    }
+}
+
+/// Starts three relays, runs `body`, then shuts them down.
+/// `topologyFor` lets a test give one region a different topology (hash mismatch, wrong certificate).
+func withMesh(tls: String? = nil, topologyFor: ((String, String) -> String)? = nil,
+              _ body: (MeshFixture) async throws -> Void) async throws {
+    var fixture = MeshFixture()
+    let linkPorts = Dictionary(uniqueKeysWithValues: fixture.regions.map { ($0, freePort()) })
+    fixture.clientPorts = Dictionary(uniqueKeysWithValues: fixture.regions.map { ($0, freePort()) })
+    let base = fixture.yaml(linkPorts: linkPorts, clientPorts: fixture.clientPorts, tls: tls)
+    let capture = fixture.capture
+    var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+    for r in fixture.regions {
+        let text = topologyFor?(r, base) ?? base
+        let topology = try TopologyLoader.parse(text, file: "mesh-\(r).yaml")
+        var logger = Logger(label: "mesh.\(r)", factory: capture.handler)
+        logger.logLevel = .info
+        let relay = try await Relay(topology: topology, region: r,
+                                    secrets: SecretResolver(environment: ["TEST_JWT_SECRET": jwtSecret, "TEST_API_KEY": apiKey]),
+                                    seed: UInt64(r.unicodeScalars.first!.value), logger: logger)
+        fixture.relays[r] = relay
+        services.append(.init(service: relay))
+    }
+    var groupLogger = Logger(label: "mesh")
+    groupLogger.logLevel = .warning
+    let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [], logger: groupLogger))
+    try await withThrowingTaskGroup(of: Void.self) { tasks in
+        tasks.addTask { try await group.run() }
+        for r in fixture.regions { _ = await fixture.relays[r]!.waitUntilListening() }
+        var failure: (any Error)?
+        do {
+            try await body(fixture)
+        } catch {
+            failure = error
+        }
+        await group.triggerGracefulShutdown()
+        try await tasks.waitForAll()
+        if let failure { throw failure }
+    }
+}
+
+extension MeshFixture {
+    func url(_ region: String) -> String { "ws://127.0.0.1:\(clientPorts[region]!)/ws" }
+
+    func fixture(_ region: String) -> RelayFixture { RelayFixture(port: clientPorts[region]!) }
+
+    /// Waits until every relay has all its links up.
+    func waitForLinks(timeout: Duration = .seconds(15)) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if regions.allSatisfy({ relays[$0]!.upLinks.count == 2 }) { return }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        Issue.record("links did not come up: \(regions.map { "\($0): \(relays[$0]!.upLinks)" })")
+        throw CancellationError()
+    }
+
+    /// A topic whose home is `region`.
+    func topic(homedAt region: String, namespace: String = "news") -> String {
+        (0..<10_000).map { "\(namespace):t\($0)" }.first { relays["a"]!.home(of: $0) == region }!
+    }
+}
