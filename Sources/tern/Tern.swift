@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import ServiceLifecycle
+import TernCore
 import TernRelay
 import TernTopology
 
@@ -172,8 +173,16 @@ struct TopologyCommand: ParsableCommand {
         @Argument(help: "The topology file.")
         var file: String
 
+        @Option(name: .long, help: "Also print this topic's home region and fan-out tree.")
+        var topic: String?
+
         func run() throws {
             let t = try loadTopology(file)
+            if let topic {
+                if let problem = TopicName.problem(with: topic) { throw ValidationError(problem) }
+                print(fanoutDescription(t, topic: topic))
+                return
+            }
             print("mesh \(t.mesh)  (hash \(t.hash))\n")
             print("regions:")
             for r in t.regions {
@@ -194,6 +203,24 @@ struct TopologyCommand: ParsableCommand {
             }
         }
     }
+}
+
+/// The home of `topic` and its shortest-latency fan-out tree, drawn as an indented outline.
+func fanoutDescription(_ t: Topology, topic: String) -> String {
+    let mesh = t.meshConfig
+    let ns = TopicName.namespace(of: topic).map(String.init) ?? ""
+    let pinned = mesh.pinnedHomes[ns]
+    let home = pinned ?? Rendezvous.ranking(topic: topic, regions: mesh.graph.regions)[0]
+    let tree = mesh.graph.shortestPaths(from: home)
+    var out = "topic \(topic)\nhome  \(home) (\(pinned == nil ? "rendezvous hashing" : "pinned by namespace \(ns)"))\n"
+    out += "failover order: \(Rendezvous.ranking(topic: topic, regions: mesh.graph.regions).joined(separator: " > "))\n\ntree:\n"
+    func walk(_ region: String, _ depth: Int) {
+        let ms = tree.distance[region] ?? 0
+        out += String(repeating: "  ", count: depth + 1) + region + (depth == 0 ? "" : "  (+\(ms) ms from home)") + "\n"
+        for child in tree.children(of: region) { walk(child, depth + 1) }
+    }
+    walk(home, 0)
+    return out
 }
 
 extension Duration {

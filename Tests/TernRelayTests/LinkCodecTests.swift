@@ -1,0 +1,79 @@
+import NIOCore
+import NIOTestUtils
+import Testing
+import TernCore
+import TernWire
+@testable import TernRelay
+
+@Suite("Link frames")
+struct LinkCodecTests {
+    static let messages: [LinkMessage] = [
+        .linkState(origin: "eu-west", incarnation: 7, sequence: 3, neighbours: ["us-east", "ap-south"]),
+        .interest(topic: "room:x", since: StreamPosition(epoch: "eu-west.1f", offset: 9)),
+        .interest(topic: "room:y", since: nil),
+        .data(Publication(topic: "room:x", position: StreamPosition(epoch: "eu-west.1f", offset: 10), id: "m1",
+                          data: #"{"text":"hello"}"#, user: "alice", acceptedAt: TernInstant(nanoseconds: 42))),
+        .data(Publication(topic: "room:x", position: StreamPosition(epoch: "eu-west.1f", offset: 11), id: "",
+                          data: #"{"text":"hello again"}"#, user: nil, acceptedAt: TernInstant(nanoseconds: 43))),
+        .caughtUp(topic: "room:x", position: StreamPosition(epoch: "eu-west.1f", offset: 11)),
+        .gap(topic: "room:y", position: StreamPosition(epoch: "us-east.2", offset: 4), reason: .evicted),
+        .resync(topic: "room:x"),
+        .publish(topic: "room:y", id: "p", data: "1", user: "bob", origin: "ap-south", ref: 5, acceptedAt: TernInstant(nanoseconds: 1)),
+        .ack(origin: "ap-south", ref: 5, topic: "room:y", result: .accepted(position: StreamPosition(epoch: "us-east.2", offset: 5), duplicate: false)),
+        .ack(origin: "ap-south", ref: 6, topic: "room:y", result: .refused(code: .permissionDenied, message: "no")),
+        .uninterest(topic: "room:y"),
+        .credit(batches: 2),
+    ]
+
+    static let frames: [LinkFrame] = [
+        .hello(LinkHello(mesh: "m", region: "eu-west", topologyHash: "0123456789abcdef")),
+        .batch(Array(messages.prefix(6))),
+        .batch(Array(messages.dropFirst(6))),
+        .batch(Array(repeating: messages[3], count: 20)),
+        .reject(reason: "bye"),
+    ]
+
+    @Test("the decoder yields the same frames however the bytes are split, one byte at a time included")
+    func decoderVerifier() throws {
+        let encoder = LinkCodec()
+        var bytes = ByteBuffer()
+        for f in Self.frames { encoder.encode(f, into: &bytes) }
+        try ByteToMessageDecoderVerifier.verifyDecoder(
+            inputOutputPairs: [(bytes, Self.frames)],
+            decoderFactory: { LinkFrameDecoder(codec: LinkCodec()) })
+    }
+
+    @Test("batches of similar messages are compressed across frames")
+    func compression() {
+        let encoder = LinkCodec()
+        var bytes = ByteBuffer()
+        for _ in 0..<50 { encoder.encode(.batch([Self.messages[3]]), into: &bytes) }
+        #expect(encoder.wireBytesSent * 2 < encoder.rawBytesSent, "raw \(encoder.rawBytesSent), wire \(encoder.wireBytesSent)")
+    }
+
+    @Test("malformed and oversized frames are errors, never crashes")
+    func malformed() {
+        func decodes(_ bytes: [UInt8], max: Int = 1024) -> Bool {
+            var buffer = ByteBuffer(bytes: bytes)
+            do {
+                _ = try LinkCodec(maxFrameBytes: max).decode(&buffer)
+                return true
+            } catch {
+                return false
+            }
+        }
+        #expect(!decodes([0, 0, 0x10, 0, 3]))                      // longer than the limit
+        #expect(!decodes([0, 0, 0, 1, 99]))                         // unknown frame type
+        #expect(!decodes([0, 0, 0, 6, 3, 0, 0, 0, 0, 1]))           // a batch that claims an entry and ends
+        #expect(!decodes([0, 0, 0, 11, 3, 0, 0, 0, 0, 1, 3, 0, 0, 0, 9])) // an undefined topic id
+        #expect(!decodes([0, 0, 0, 0]))                             // empty frame
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<2000 {
+            let n = Int.random(in: 5...64, using: &rng)
+            var junk = (0..<n).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            junk[0] = 0; junk[1] = 0; junk[2] = 0; junk[3] = UInt8(n - 4)
+            junk[4] = UInt8.random(in: 1...3, using: &rng)
+            _ = decodes(junk)
+        }
+    }
+}
