@@ -102,7 +102,7 @@ final class LinkSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .hello(let hello):
             guard peer == nil else { return reject(context, "a second hello on an open link") }
             if let problem = links.problem(with: hello, expectedPeer: expectedPeer, certificateNames: certificateNames(context)) {
-                return reject(context, problem)
+                return reject(context, problem, claimed: hello.region)
             }
             peer = hello.region
             encoder.metrics = links.metrics(for: hello.region)
@@ -130,8 +130,8 @@ final class LinkSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.close(promise: nil)
     }
 
-    private func reject(_ context: ChannelHandlerContext, _ reason: String) {
-        links.logger.error("link refused", metadata: ["peer": "\(expectedPeer ?? "?")", "reason": "\(reason)"])
+    private func reject(_ context: ChannelHandlerContext, _ reason: String, claimed: String? = nil) {
+        links.logger.error("link refused", metadata: ["peer": "\(claimed ?? expectedPeer ?? "?")", "reason": "\(reason)"])
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(.reject(reason: reason))).whenComplete { _ in channel.close(promise: nil) }
     }
@@ -149,7 +149,8 @@ final class LinkSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
                 names.append(String(describing: attribute.value))
             }
         }
-        return names
+        var seen = Set<String>()
+        return names.filter { seen.insert($0).inserted }
     }
 }
 

@@ -114,3 +114,65 @@ extension Sequence {
         return out
     }
 }
+
+@Suite("Link mutual TLS", .serialized)
+struct LinkTLSTests {
+    /// Makes a CA and certificates for a, b and c with the project's script.
+    func makeCertificates() async throws -> URL {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tern-certs-\(UUID())")
+        let script = repoRootURL.appendingPathComponent("scripts/dev-certs.sh").path
+        _ = try await runProcess("/bin/bash", [script, "-", dir.path, "a", "b", "c"])
+        #expect(FileManager.default.fileExists(atPath: dir.appendingPathComponent("c-key.pem").path))
+        return dir
+    }
+
+    func tlsConfig(_ dir: URL) -> String {
+        "{ca: \(dir.path)/ca.pem, cert: \"\(dir.path)/{region}.pem\", key: \"\(dir.path)/{region}-key.pem\"}"
+    }
+
+    @Test("links come up over mutual TLS and carry publications")
+    func tlsMesh() async throws {
+        let dir = try await makeCertificates()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try await withMesh(tls: tlsConfig(dir)) { mesh in
+            try await mesh.waitForLinks()
+            #expect(mesh.capture.contains("tls=true"))
+            let topic = mesh.topic(homedAt: "a")
+            let sub = ClientHarness(url: mesh.url("c"), token: nil)
+            try await sub.waitConnected()
+            try await sub.client.subscribe(topic)
+            for i in 1...5 { _ = try await mesh.fixture("b").apiPublish(topic, "\(i)") }
+            try await sub.waitPublications(5)
+            #expect(sub.publications.map(\.data) == ["1", "2", "3", "4", "5"])
+        }
+    }
+
+    @Test("a link presenting another region's certificate is refused")
+    func wrongCertificate() async throws {
+        let dir = try await makeCertificates()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        // Region a presents b's certificate and key.
+        let wrong = dir.appendingPathComponent("wrong")
+        try FileManager.default.createDirectory(at: wrong, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(at: dir.appendingPathComponent("b.pem"), to: wrong.appendingPathComponent("a.pem"))
+        try FileManager.default.copyItem(at: dir.appendingPathComponent("b-key.pem"), to: wrong.appendingPathComponent("a-key.pem"))
+        let good = tlsConfig(dir)
+        let bad = "{ca: \(dir.path)/ca.pem, cert: \"\(wrong.path)/{region}.pem\", key: \"\(wrong.path)/{region}-key.pem\"}"
+        try await withMesh(tls: good, topologyFor: { region, base in
+            region == "a" ? base.replacingOccurrences(of: good, with: bad) : base
+        }) { mesh in
+            let deadline = ContinuousClock.now + .seconds(10)
+            while ContinuousClock.now < deadline, !mesh.capture.contains("certificate names b, not region a") {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            #expect(mesh.capture.contains("certificate names b, not region a"), "\(mesh.capture.lines.withLock { $0.filter { $0.contains("link") }.prefix(6) })")
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(mesh.capture.contains("link refused by peer"))
+            #expect(mesh.relays["a"]!.upLinks.isEmpty)
+            #expect(mesh.relays["b"]!.upLinks == ["c"])
+        }
+    }
+}
+
+/// The repository root, from this file's path.
+let repoRootURL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
