@@ -25,6 +25,9 @@ public enum LinkMessage: Sendable, Hashable {
     case ack(origin: String, ref: UInt64, topic: String, result: PublishResult)
     /// The receiver processed `batches` batches; the sender may send that many more.
     case credit(batches: Int)
+    /// A change to the presence entries `owner` holds for `topic`, numbered per owner incarnation.
+    /// It travels up to the topic's home (`towardsHome`), which fans it out down the tree.
+    case presence(topic: String, owner: String, incarnation: UInt64, sequence: UInt64, change: PresenceChange, towardsHome: Bool)
 
     /// Whether this message travels outside flow control (it is never acknowledged).
     public var isControl: Bool {
@@ -43,8 +46,24 @@ public enum LinkMessage: Sendable, Hashable {
         case .publish(let t, let i, let d, let u, let o, _, _): 24 + t.utf8.count + i.utf8.count + d.utf8.count + (u?.utf8.count ?? 0) + o.utf8.count
         case .ack(let o, _, let t, _): 32 + o.utf8.count + t.utf8.count
         case .credit: 5
+        case .presence(let t, let o, _, _, let change, _):
+            switch change {
+            case .join(let e): 40 + t.utf8.count + o.utf8.count + e.user.utf8.count
+            case .leave: 40 + t.utf8.count + o.utf8.count
+            case .snapshot(let entries): 40 + t.utf8.count + o.utf8.count + entries.reduce(0) { $0 + 12 + $1.user.utf8.count }
+            }
         }
     }
+}
+
+/// One change to a region's presence entries for a topic.
+public enum PresenceChange: Sendable, Hashable {
+    /// A connection joined.
+    case join(PresenceEntry)
+    /// A connection left.
+    case leave(ClientID)
+    /// Everything the owner holds (a full state exchange).
+    case snapshot([PresenceEntry])
 }
 
 /// The home's answer to a forwarded publish.
@@ -73,6 +92,8 @@ public struct MeshConfig: Sendable {
     public var interestLinger: Duration = .seconds(5)
     /// How long a publish or a subscribe may wait for the topic's home.
     public var homeTimeout: Duration = .seconds(10)
+    /// How long presence entries of an unreachable region are kept (marked stale) before they are dropped.
+    public var presenceTimeout: Duration = .seconds(30)
 
     /// A mesh over `graph`.
     public init(graph: MeshGraph, pinnedHomes: [String: String] = [:]) {

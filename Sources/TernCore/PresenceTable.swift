@@ -1,7 +1,20 @@
-/// Who is in one topic in this region, with O(1) join, leave and counts.
+/// Identifies one presence entry across the mesh: the owning region and its connection.
+public struct PresenceKey: Hashable, Sendable {
+    public var region: String
+    public var client: ClientID
+
+    public init(region: String, client: ClientID) {
+        self.region = region
+        self.client = client
+    }
+}
+
+/// Who is in one topic, across the regions this relay knows about, with O(1)
+/// join, leave and counts.
 public struct PresenceTable: Sendable {
-    private var entries = IndexedMap<ClientID, PresenceEntry>()
+    private var entries = IndexedMap<PresenceKey, PresenceEntry>()
     private var connectionsPerUser: [String: Int] = [:]
+    private var perRegion: [String: Int] = [:]
 
     /// An empty table.
     public init() {}
@@ -11,20 +24,47 @@ public struct PresenceTable: Sendable {
     /// The number of distinct users present.
     public var userCount: Int { connectionsPerUser.count }
 
-    /// Adds or replaces the entry for its client.
-    public mutating func insert(_ entry: PresenceEntry) {
-        if let old = entries[entry.client] { release(old.user) }
-        entries[entry.client] = entry
+    /// The number of entries owned by `region`.
+    public func count(in region: String) -> Int { perRegion[region] ?? 0 }
+
+    /// Adds or replaces the entry for its region and client; returns whether it is new.
+    @discardableResult
+    public mutating func insert(_ entry: PresenceEntry) -> Bool {
+        let key = PresenceKey(region: entry.region, client: entry.client)
+        let old = entries[key]
+        if let old { release(old) }
+        entries[key] = entry
         connectionsPerUser[entry.user, default: 0] += 1
+        perRegion[entry.region, default: 0] += 1
+        return old == nil
     }
 
-    /// Removes a client's entry and returns it.
+    /// Removes an entry and returns it.
     @discardableResult
-    public mutating func remove(_ client: ClientID) -> PresenceEntry? {
-        guard let old = entries.removeValue(forKey: client) else { return nil }
-        release(old.user)
+    public mutating func remove(_ key: PresenceKey) -> PresenceEntry? {
+        guard let old = entries.removeValue(forKey: key) else { return nil }
+        release(old)
         return old
     }
+
+    /// Removes a local connection's entry.
+    @discardableResult
+    public mutating func remove(_ client: ClientID, region: String) -> PresenceEntry? {
+        remove(PresenceKey(region: region, client: client))
+    }
+
+    /// Every entry owned by `region`, in a stable order.
+    public func entries(of region: String) -> [PresenceEntry] {
+        var out: [PresenceEntry] = []
+        entries.forEach { key, entry in
+            if key.region == region { out.append(entry) }
+            return true
+        }
+        return out
+    }
+
+    /// The regions that own entries here, sorted.
+    public var regions: [String] { perRegion.keys.sorted() }
 
     /// At most `limit` entries, in a stable order.
     public func list(limit: Int) -> [PresenceEntry] {
@@ -37,11 +77,16 @@ public struct PresenceTable: Sendable {
         return out
     }
 
-    private mutating func release(_ user: String) {
-        if let n = connectionsPerUser[user], n > 1 {
-            connectionsPerUser[user] = n - 1
+    private mutating func release(_ entry: PresenceEntry) {
+        if let n = connectionsPerUser[entry.user], n > 1 {
+            connectionsPerUser[entry.user] = n - 1
         } else {
-            connectionsPerUser[user] = nil
+            connectionsPerUser[entry.user] = nil
+        }
+        if let n = perRegion[entry.region], n > 1 {
+            perRegion[entry.region] = n - 1
+        } else {
+            perRegion[entry.region] = nil
         }
     }
 }

@@ -69,6 +69,14 @@ struct MeshState: Sendable {
     var pending: [UInt64: PendingPublish] = [:]
     var dirty: Set<String> = []
     var counters: [String: LinkCounters] = [:]
+    /// Per topic: the sequence of this region's own presence changes.
+    var presenceSequence: [String: UInt64] = [:]
+    /// Per topic and owner: the newest (incarnation, sequence) applied.
+    var presenceSeen: [String: [String: (incarnation: UInt64, sequence: UInt64)]] = [:]
+    /// Per topic: the hop this region last sent its own presence snapshot through.
+    var presenceRoute: [String: String] = [:]
+    /// Per topic and owner: since when the owner has been unreachable.
+    var stalePresence: [String: [String: TernInstant]] = [:]
 }
 
 extension RelayCore {
@@ -163,6 +171,9 @@ extension RelayCore {
             receivePublish(topic: topic, id: id, data: data, user: user, origin: origin, ref: ref, acceptedAt: acceptedAt, now: now)
         case .ack(let origin, let ref, let topic, let result):
             receiveAck(origin: origin, ref: ref, topic: topic, result: result)
+        case .presence(let topic, let owner, let incarnation, let sequence, let change, let towardsHome):
+            receivePresence(topic: topic, owner: owner, incarnation: incarnation, sequence: sequence, change: change,
+                            towardsHome: towardsHome, now: now)
         case .credit(let batches):
             let outstanding = mesh!.links[peer]?.unacknowledged ?? 0
             mesh!.links[peer]?.unacknowledged = max(0, outstanding - batches)
@@ -206,6 +217,7 @@ extension RelayCore {
         for ref in mesh!.pending.keys.sorted() where mesh!.pending[ref]!.sentVia == nil {
             forwardPending(ref)
         }
+        refreshPresenceRoutes(now: now)
     }
 
     mutating func tree(rootedAt home: String) -> ShortestPaths {
@@ -301,6 +313,7 @@ extension RelayCore {
             enqueueLink(child, .caughtUp(topic: topic, position: current))
         }
         mesh!.children[topic]?[child] = .live
+        sendPresenceSnapshots(topic, to: child)
     }
 
     mutating func sendData(_ child: String, _ publication: Publication) {

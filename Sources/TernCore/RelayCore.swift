@@ -151,6 +151,7 @@ public struct RelayCore: Sendable {
             case publishTimeout(UInt64)
             case subscribeTimeout(String)
             case linkFlush(String)
+            case presenceTimeout(String, String)
         }
         var at: TernInstant
         var sequence: UInt64
@@ -504,16 +505,21 @@ public struct RelayCore: Sendable {
         let entry = PresenceEntry(client: client, user: identity.user, region: config.region)
         topics[topic]!.presence.insert(entry)
         if options.joinLeave {
-            broadcast(topic, .join(topic: topic, entry), volatileKey: "presence/\(topic)/\(client)")
+            broadcast(topic, .join(topic: topic, entry), volatileKey: "presence/\(topic)/\(config.region)/\(client)")
         }
+        localPresenceChanged(topic, .join(entry))
     }
 
     mutating func removeSubscriber(_ client: ClientID, from topic: String, now: TernInstant) {
         guard topics[topic]?.subscribers.removeValue(forKey: client) != nil else { return }
         topics[topic]!.lastActivity = now
         stats.subscriptions -= 1
-        if let entry = topics[topic]?.presence.remove(client), topics[topic]?.options.joinLeave == true {
-            broadcast(topic, .leave(topic: topic, entry), volatileKey: "presence/\(topic)/\(client)")
+        let region = config.region
+        if let entry = topics[topic]?.presence.remove(client, region: region) {
+            if topics[topic]?.options.joinLeave == true {
+                broadcast(topic, .leave(topic: topic, entry), volatileKey: "presence/\(topic)/\(config.region)/\(client)")
+            }
+            localPresenceChanged(topic, .leave(client))
         }
         reconcileInterest(topic, now: now)
         sweepIfIdle(topic, now: now)
@@ -757,7 +763,7 @@ public struct RelayCore: Sendable {
         let live = deadlines.unordered.filter { d in
             switch d.kind {
             case .connectTimeout(let c), .tokenExpiry(let c), .pollTimeout(let c): clients[c] != nil
-            case .topicSweep(let t), .interestLinger(let t), .subscribeTimeout(let t): topics[t] != nil
+            case .topicSweep(let t), .interestLinger(let t), .subscribeTimeout(let t), .presenceTimeout(let t, _): topics[t] != nil
             case .publishTimeout(let ref): mesh?.pending[ref] != nil
             case .linkFlush(let peer): mesh?.links[peer] != nil
             }
@@ -791,6 +797,8 @@ public struct RelayCore: Sendable {
                 subscribeTimedOut(topic, now: now)
             case .linkFlush(let peer):
                 linkFlushDue(peer, now: now)
+            case .presenceTimeout(let topic, let owner):
+                presenceTimedOut(topic, owner: owner, now: now)
             }
         }
     }

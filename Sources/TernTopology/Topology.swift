@@ -116,6 +116,7 @@ public struct MeshTuning: Hashable, Sendable {
     public var homeTimeout: Duration = .seconds(10)
     public var reconnectMin: Duration = .milliseconds(100)
     public var reconnectMax: Duration = .seconds(5)
+    public var presenceTimeout: Duration = .seconds(30)
     public init() {}
 }
 
@@ -202,6 +203,7 @@ public struct Topology: Sendable {
         mesh.maxLinkQueueBytes = tuning.maxLinkQueueBytes
         mesh.interestLinger = tuning.interestLinger
         mesh.homeTimeout = tuning.homeTimeout
+        mesh.presenceTimeout = tuning.presenceTimeout
         return mesh
     }
 

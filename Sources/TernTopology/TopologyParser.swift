@@ -403,7 +403,7 @@ private struct Reader {
     mutating func tuning(_ node: Node) -> MeshTuning {
         var t = MeshTuning()
         let known = ["max_batch_bytes", "max_batch_delay", "send_window_batches", "max_link_queue_bytes",
-                     "interest_linger", "home_timeout", "reconnect_min", "reconnect_max"]
+                     "interest_linger", "home_timeout", "reconnect_min", "reconnect_max", "presence_timeout"]
         guard let m = mapping(node, what: "mesh_tuning", known: known) else { return t }
         if let n = m["max_batch_bytes"], let v = int(n, "max_batch_bytes", min: 512) { t.maxBatchBytes = v }
         if let n = m["max_batch_delay"], let v = duration(n, "max_batch_delay") { t.maxBatchDelay = v }
@@ -413,6 +413,7 @@ private struct Reader {
         if let n = m["home_timeout"], let v = duration(n, "home_timeout") { t.homeTimeout = v }
         if let n = m["reconnect_min"], let v = duration(n, "reconnect_min") { t.reconnectMin = v }
         if let n = m["reconnect_max"], let v = duration(n, "reconnect_max") { t.reconnectMax = v }
+        if let n = m["presence_timeout"], let v = duration(n, "presence_timeout") { t.presenceTimeout = v }
         return t
     }
 

@@ -54,7 +54,7 @@ public final class LinkCodec {
     }
 
     enum Kind: UInt8 {
-        case topic = 0, linkState, interest, uninterest, data, caughtUp, gap, resync, publish, ack, credit
+        case topic = 0, linkState, interest, uninterest, data, caughtUp, gap, resync, publish, ack, credit, presence
     }
 
     /// The largest frame accepted, in bytes.
@@ -196,12 +196,43 @@ public final class LinkCodec {
         case .credit(let batches):
             out.writeInteger(Kind.credit.rawValue)
             out.writeInteger(UInt32(clamping: batches))
+        case .presence(let topic, let owner, let incarnation, let sequence, let change, let towardsHome):
+            let id = topicID(topic, &out)
+            out.writeInteger(Kind.presence.rawValue)
+            out.writeInteger(id)
+            writeString(owner, &out)
+            out.writeInteger(incarnation)
+            out.writeInteger(sequence)
+            out.writeInteger(UInt8(towardsHome ? 1 : 0))
+            switch change {
+            case .join(let e):
+                out.writeInteger(UInt8(0))
+                writeEntry(e, &out)
+            case .leave(let client):
+                out.writeInteger(UInt8(1))
+                out.writeInteger(client.raw)
+            case .snapshot(let entries):
+                out.writeInteger(UInt8(2))
+                out.writeInteger(UInt32(entries.count))
+                for e in entries { writeEntry(e, &out) }
+            }
         }
     }
 
     private func writeString(_ s: String, _ out: inout ByteBuffer) {
         out.writeInteger(UInt32(s.utf8.count))
         out.writeString(s)
+    }
+
+    private func writeEntry(_ e: PresenceEntry, _ out: inout ByteBuffer) {
+        out.writeInteger(e.client.raw)
+        writeString(e.user, &out)
+        writeString(e.region, &out)
+    }
+
+    private func readEntry(_ b: inout ByteBuffer) throws(LinkProtocolError) -> PresenceEntry {
+        let client: UInt64 = try read(&b)
+        return PresenceEntry(client: ClientID(client), user: try readString(&b), region: try readString(&b))
     }
 
     private func writeOptional(_ s: String?, _ out: inout ByteBuffer) {
@@ -348,6 +379,29 @@ public final class LinkCodec {
             case .credit:
                 let n: UInt32 = try read(&body)
                 messages.append(.credit(batches: Int(n)))
+            case .presence:
+                let topic = try readTopic(&body)
+                let owner = try readString(&body)
+                let incarnation: UInt64 = try read(&body)
+                let sequence: UInt64 = try read(&body)
+                let towards: UInt8 = try read(&body)
+                let which: UInt8 = try read(&body)
+                let change: PresenceChange
+                switch which {
+                case 0: change = .join(try readEntry(&body))
+                case 1:
+                    let client: UInt64 = try read(&body)
+                    change = .leave(ClientID(client))
+                case 2:
+                    let n: UInt32 = try read(&body)
+                    guard Int(n) <= body.readableBytes else { throw LinkProtocolError("presence snapshot claims \(n) entries") }
+                    var entries: [PresenceEntry] = []
+                    for _ in 0..<n { entries.append(try readEntry(&body)) }
+                    change = .snapshot(entries)
+                default: throw LinkProtocolError("unknown presence change \(which)")
+                }
+                messages.append(.presence(topic: topic, owner: owner, incarnation: incarnation, sequence: sequence,
+                                          change: change, towardsHome: towards == 1))
             }
         }
         guard body.readableBytes == 0 else { throw LinkProtocolError("\(body.readableBytes) stray bytes after a batch") }

@@ -206,3 +206,66 @@ struct MeshCoreTests {
         }
     }
 }
+
+@Suite("Presence across regions, over in-memory links")
+struct MeshPresenceTests {
+    func presence(_ m: inout MeshHarness, _ region: String, _ client: ClientID, _ topic: String) -> (Int, Int, [String]) {
+        m.handle(region, .command(client, ref: 40, .presenceStats(topic: topic)))
+        m.handle(region, .command(client, ref: 41, .presence(topic: topic, limit: 100)))
+        var stats = (0, 0)
+        var users: [String] = []
+        for message in m.received(region, client) {
+            if case .reply(40, .presenceStats(_, let c, let u)) = message { stats = (c, u) }
+            if case .reply(41, .presence(_, let entries, _)) = message { users = entries.map { "\($0.user)@\($0.region)" }.sorted() }
+        }
+        return (stats.0, stats.1, users)
+    }
+
+    @Test("a join in one region shows in the others, a leave clears it, and stats count the whole mesh")
+    func joinAndLeave() {
+        var m = MeshHarness()
+        let topic = "room:lobby"
+        let alice = m.connectClient("a", 1, user: "alice")
+        let carol = m.connectClient("c", 2, user: "carol")
+        m.handle("a", .command(alice, ref: 1, .subscribe(topic: topic, since: nil)))
+        m.settle()
+        m.handle("c", .command(carol, ref: 1, .subscribe(topic: topic, since: nil)))
+        m.settle()
+        let joins = m.received("a", alice).compactMap { if case .join(_, let e) = $0 { "\(e.user)@\(e.region)" } else { nil } }
+        #expect(joins.contains("carol@c"))
+        #expect(presence(&m, "a", alice, topic) == (2, 2, ["alice@a", "carol@c"]))
+        #expect(presence(&m, "c", carol, topic) == (2, 2, ["alice@a", "carol@c"]))
+        m.handle("c", .command(carol, ref: 2, .unsubscribe(topic: topic)))
+        m.settle()
+        let leaves = m.received("a", alice).compactMap { if case .leave(_, let e) = $0 { e.user } else { nil } }
+        #expect(leaves == ["carol"])
+        #expect(presence(&m, "a", alice, topic) == (1, 1, ["alice@a"]))
+    }
+
+    @Test("an unreachable region's entries go stale, are dropped after the timeout, and come back on reconnect")
+    func staleAndConverge() {
+        var m = MeshHarness(links: [("a", "b", 10), ("b", "c", 10)], tune: { $0.presenceTimeout = .seconds(5) })
+        let topic = "room:lobby"
+        let alice = m.connectClient("a", 1, user: "alice")
+        let carol = m.connectClient("c", 2, user: "carol")
+        m.handle("a", .command(alice, ref: 1, .subscribe(topic: topic, since: nil)))
+        m.handle("c", .command(carol, ref: 1, .subscribe(topic: topic, since: nil)))
+        m.settle()
+        #expect(presence(&m, "a", alice, topic).2 == ["alice@a", "carol@c"])
+        m.cut("b", "c")
+        m.settle()
+        #expect(m.cores["a"]!.stalePresenceRegions(topic) == ["c"])
+        #expect(presence(&m, "a", alice, topic).2 == ["alice@a", "carol@c"])
+        m.advance(.seconds(6))
+        #expect(presence(&m, "a", alice, topic).2 == ["alice@a"])
+        // While cut off, carol's friend dave joins in c; on reconnect a full state exchange brings both.
+        let dave = m.connectClient("c", 3, user: "dave")
+        m.handle("c", .command(dave, ref: 1, .subscribe(topic: topic, since: nil)))
+        m.settle()
+        m.connect("b", "c")
+        m.settle()
+        #expect(presence(&m, "a", alice, topic).2 == ["alice@a", "carol@c", "dave@c"])
+        #expect(presence(&m, "c", carol, topic).2 == ["alice@a", "carol@c", "dave@c"])
+        #expect(m.cores["a"]!.stalePresenceRegions(topic).isEmpty)
+    }
+}

@@ -23,6 +23,12 @@ struct LinkCodecTests {
         .ack(origin: "ap-south", ref: 6, topic: "room:y", result: .refused(code: .permissionDenied, message: "no")),
         .uninterest(topic: "room:y"),
         .credit(batches: 2),
+        .presence(topic: "room:x", owner: "ap-south", incarnation: 9, sequence: 3,
+                  change: .join(PresenceEntry(client: ClientID(4), user: "carol", region: "ap-south")), towardsHome: true),
+        .presence(topic: "room:x", owner: "ap-south", incarnation: 9, sequence: 4, change: .leave(ClientID(4)), towardsHome: false),
+        .presence(topic: "room:x", owner: "eu-west", incarnation: 1, sequence: 0,
+                  change: .snapshot([PresenceEntry(client: ClientID(1), user: "a", region: "eu-west"),
+                                     PresenceEntry(client: ClientID(2), user: "b", region: "eu-west")]), towardsHome: false),
     ]
 
     static let frames: [LinkFrame] = [

@@ -176,3 +176,27 @@ struct LinkTLSTests {
 
 /// The repository root, from this file's path.
 let repoRootURL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+@Suite("Presence across three relays", .serialized)
+struct MeshPresenceEndToEndTests {
+    @Test("a join in one region shows in another region's presence list, and a leave clears it")
+    func crossRegionPresence() async throws {
+        try await withMesh { mesh in
+            try await mesh.waitForLinks()
+            let topic = "room:lobby"
+            let alice = ClientHarness(url: mesh.url("a"), token: try await mesh.fixture("a").token("alice"))
+            let carol = ClientHarness(url: mesh.url("c"), token: try await mesh.fixture("c").token("carol"))
+            try await alice.waitConnected()
+            try await carol.waitConnected()
+            try await alice.client.subscribe(topic)
+            try await carol.client.subscribe(topic)
+            try await alice.waitFor("carol's join") { $0.contains { if case .join(_, "carol", _) = $0 { true } else { false } } }
+            let members = try await alice.client.presence(topic)
+            #expect(Set(members.map { "\($0.user)@\($0.region)" }) == ["alice@a", "carol@c"])
+            #expect(try await alice.client.presenceStats(topic) == PresenceStats(clients: 2, users: 2))
+            carol.stop()
+            try await alice.waitFor("carol's leave") { $0.contains { if case .leave(_, "carol", _) = $0 { true } else { false } } }
+            #expect(try await alice.client.presence(topic).map(\.user) == ["alice"])
+        }
+    }
+}

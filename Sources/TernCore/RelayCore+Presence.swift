@@ -1,0 +1,144 @@
+/// Presence across regions: each region owns its connections' entries and
+/// sends changes up to the topic's home, which fans them out down the tree
+/// like publications. A region that becomes unreachable has its entries
+/// marked stale, then dropped after `presenceTimeout`; snapshots on every
+/// (re)connection make all regions converge.
+extension RelayCore {
+    /// Presence entries for `topic` owned by regions this relay cannot reach, by region.
+    public func stalePresenceRegions(_ topic: String) -> [String] {
+        mesh?.stalePresence[topic]?.keys.sorted() ?? []
+    }
+
+    /// Records and announces a change to this region's own entries.
+    mutating func localPresenceChanged(_ topic: String, _ change: PresenceChange) {
+        guard mesh != nil else { return }
+        mesh!.presenceSequence[topic, default: 0] += 1
+        let message = LinkMessage.presence(topic: topic, owner: config.region, incarnation: mesh!.incarnation,
+                                           sequence: mesh!.presenceSequence[topic]!, change: change, towardsHome: false)
+        if isHome(topic) {
+            sendPresenceDown(topic, message)
+        } else if let hop = mesh!.routes.firstHop(to: home(of: topic)) {
+            mesh!.presenceRoute[topic] = hop
+            enqueueLink(hop, asTowardsHome(message))
+        }
+    }
+
+    func asTowardsHome(_ message: LinkMessage) -> LinkMessage {
+        guard case .presence(let t, let o, let i, let s, let c, _) = message else { return message }
+        return .presence(topic: t, owner: o, incarnation: i, sequence: s, change: c, towardsHome: true)
+    }
+
+    mutating func sendPresenceDown(_ topic: String, _ message: LinkMessage) {
+        guard let children = mesh!.children[topic] else { return }
+        for child in children.orderedKeys where children[child] == .live {
+            enqueueLink(child, message)
+        }
+    }
+
+    /// A full state exchange: everything this region knows for `topic`, owner by owner.
+    mutating func sendPresenceSnapshots(_ topic: String, to child: String) {
+        guard let table = topics[topic]?.presence, topics[topic]?.options.presence == true else { return }
+        var owners = Set(table.regions)
+        owners.insert(config.region)
+        for owner in owners.sorted() {
+            let seen = owner == config.region
+                ? (mesh!.incarnation, mesh!.presenceSequence[topic] ?? 0)
+                : mesh!.presenceSeen[topic]?[owner] ?? (0, 0)
+            enqueueLink(child, .presence(topic: topic, owner: owner, incarnation: seen.0, sequence: seen.1,
+                                         change: .snapshot(table.entries(of: owner)), towardsHome: false))
+        }
+    }
+
+    mutating func receivePresence(topic: String, owner: String, incarnation: UInt64, sequence: UInt64,
+                                  change: PresenceChange, towardsHome: Bool, now: TernInstant) {
+        guard case .success(let options) = namespaceOptions(for: topic), options.presence else { return }
+        let message = LinkMessage.presence(topic: topic, owner: owner, incarnation: incarnation, sequence: sequence,
+                                           change: change, towardsHome: false)
+        if towardsHome && !isHome(topic) {
+            if let hop = mesh!.routes.firstHop(to: home(of: topic)) { enqueueLink(hop, asTowardsHome(message)) }
+            return
+        }
+        guard owner != config.region else { return }
+        ensureTopic(topic, options, now: now)
+        if applyPresence(topic, owner: owner, incarnation: incarnation, sequence: sequence, change) {
+            sendPresenceDown(topic, message)
+        }
+    }
+
+    /// Applies a remote change unless it is older than what this region holds; returns whether it applied.
+    mutating func applyPresence(_ topic: String, owner: String, incarnation: UInt64, sequence: UInt64, _ change: PresenceChange) -> Bool {
+        let seen = mesh!.presenceSeen[topic]?[owner]
+        if case .snapshot = change {
+            if let seen, seen.incarnation == incarnation, seen.sequence > sequence { return false }
+        } else if let seen, seen.incarnation == incarnation, seen.sequence >= sequence {
+            return false
+        }
+        mesh!.presenceSeen[topic, default: [:]][owner] = (incarnation, sequence)
+        mesh!.stalePresence[topic]?[owner] = nil
+        let joinLeave = topics[topic]!.options.joinLeave
+        switch change {
+        case .join(let entry):
+            if topics[topic]!.presence.insert(entry), joinLeave {
+                broadcast(topic, .join(topic: topic, entry), volatileKey: "presence/\(topic)/\(owner)/\(entry.client)")
+            }
+        case .leave(let client):
+            if let entry = topics[topic]!.presence.remove(PresenceKey(region: owner, client: client)), joinLeave {
+                broadcast(topic, .leave(topic: topic, entry), volatileKey: "presence/\(topic)/\(owner)/\(client)")
+            }
+        case .snapshot(let entries):
+            let incoming = Set(entries.map(\.client))
+            for old in topics[topic]!.presence.entries(of: owner) where !incoming.contains(old.client) {
+                topics[topic]!.presence.remove(PresenceKey(region: owner, client: old.client))
+                if joinLeave { broadcast(topic, .leave(topic: topic, old), volatileKey: "presence/\(topic)/\(owner)/\(old.client)") }
+            }
+            for entry in entries where entry.region == owner {
+                if topics[topic]!.presence.insert(entry), joinLeave {
+                    broadcast(topic, .join(topic: topic, entry), volatileKey: "presence/\(topic)/\(owner)/\(entry.client)")
+                }
+            }
+        }
+        return true
+    }
+
+    /// After a topology change: resend this region's own entries along a new
+    /// route to each home, and mark or clear stale entries of regions that
+    /// became unreachable or reachable.
+    mutating func refreshPresenceRoutes(now: TernInstant) {
+        for topic in topics.keys.sorted() where topics[topic]!.options.presence {
+            let table = topics[topic]!.presence
+            if !isHome(topic), table.count(in: config.region) > 0 || mesh!.presenceRoute[topic] != nil {
+                let hop = mesh!.routes.firstHop(to: home(of: topic))
+                if let hop, hop != mesh!.presenceRoute[topic] {
+                    mesh!.presenceRoute[topic] = hop
+                    enqueueLink(hop, .presence(topic: topic, owner: config.region, incarnation: mesh!.incarnation,
+                                               sequence: mesh!.presenceSequence[topic] ?? 0,
+                                               change: .snapshot(table.entries(of: config.region)), towardsHome: true))
+                } else if hop == nil {
+                    mesh!.presenceRoute[topic] = nil
+                }
+            }
+            for owner in table.regions where owner != config.region {
+                if canReach(owner) {
+                    mesh!.stalePresence[topic]?[owner] = nil
+                } else if mesh!.stalePresence[topic]?[owner] == nil {
+                    mesh!.stalePresence[topic, default: [:]][owner] = now
+                    schedule(now + mesh!.config.presenceTimeout, .presenceTimeout(topic, owner))
+                }
+            }
+        }
+    }
+
+    /// Drops the entries of a region that stayed unreachable for `presenceTimeout`.
+    mutating func presenceTimedOut(_ topic: String, owner: String, now: TernInstant) {
+        guard let since = mesh?.stalePresence[topic]?[owner], since + mesh!.config.presenceTimeout <= now,
+              !canReach(owner), topics[topic] != nil else { return }
+        mesh!.stalePresence[topic]![owner] = nil
+        mesh!.presenceSeen[topic]?[owner] = nil
+        let joinLeave = topics[topic]!.options.joinLeave
+        for entry in topics[topic]!.presence.entries(of: owner) {
+            topics[topic]!.presence.remove(PresenceKey(region: owner, client: entry.client))
+            if joinLeave { broadcast(topic, .leave(topic: topic, entry), volatileKey: "presence/\(topic)/\(owner)/\(entry.client)") }
+        }
+        sweepIfIdle(topic, now: now)
+    }
+}
