@@ -28,6 +28,8 @@ public enum TernClientEvent: Sendable, Hashable {
     case publication(ClientPublication)
     /// History could not fill a gap: reload this topic's state from its source of truth.
     case resyncRequired(topic: String, reason: String)
+    /// The stream continues in another epoch (a failover or its heal); nothing was lost.
+    case epochChanged(topic: String, position: StreamPosition)
     /// Someone joined a topic.
     case join(topic: String, user: String, client: String)
     /// Someone left a topic.
@@ -346,6 +348,12 @@ public final class TernClient: Sendable {
         case "volatile":
             guard case .string(let topic)? = value["topic"], let data = value["data"] else { return }
             eventSink.yield(.volatile(topic: topic, data: data.rawText))
+        case "epoch":
+            guard case .string(let topic)? = value["topic"], let position = Self.position(value) else { return }
+            state.withLock { s in
+                if s.subscriptions[topic] != nil { s.subscriptions[topic] = .some(position) }
+            }
+            eventSink.yield(.epochChanged(topic: topic, position: position))
         case "gap":
             guard case .string(let topic)? = value["topic"], let position = Self.position(value) else { return }
             var reason = "unknown"

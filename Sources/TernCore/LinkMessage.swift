@@ -8,7 +8,10 @@ public enum LinkMessage: Sendable, Hashable {
     /// `incarnation` changes when the relay restarts; `sequence` orders one incarnation's reports.
     case linkState(origin: String, incarnation: UInt64, sequence: UInt64, neighbours: [String])
     /// The sender wants `topic` (it has subscribers or children); resume after `since`, or start at the current position.
-    case interest(topic: String, since: StreamPosition?)
+    /// `fork` is where the sender left the canonical stream when a failover moved it to another epoch.
+    case interest(topic: String, since: StreamPosition?, fork: StreamPosition?)
+    /// The stream continues in another epoch: the receiver, at `from`, moves to `to`; data after `to` follows.
+    case epochSwitch(topic: String, from: StreamPosition, to: StreamPosition)
     /// The sender no longer wants `topic`.
     case uninterest(topic: String)
     /// A sequenced publication flowing down the topic's fan-out tree.
@@ -39,7 +42,8 @@ public enum LinkMessage: Sendable, Hashable {
     public var estimatedBytes: Int {
         switch self {
         case .linkState(let o, _, _, let n): 24 + o.utf8.count + n.reduce(0) { $0 + $1.utf8.count + 2 }
-        case .interest(let t, let s): 12 + t.utf8.count + (s?.epoch.utf8.count ?? 0)
+        case .interest(let t, let s, let f): 20 + t.utf8.count + (s?.epoch.utf8.count ?? 0) + (f?.epoch.utf8.count ?? 0)
+        case .epochSwitch(let t, let f, let to): 24 + t.utf8.count + f.epoch.utf8.count + to.epoch.utf8.count
         case .uninterest(let t), .resync(let t): 4 + t.utf8.count
         case .data(let p): 24 + p.topic.utf8.count + p.position.epoch.utf8.count + p.id.utf8.count + p.data.utf8.count + (p.user?.utf8.count ?? 0)
         case .caughtUp(let t, let p), .gap(let t, let p, _): 12 + t.utf8.count + p.epoch.utf8.count
@@ -94,6 +98,8 @@ public struct MeshConfig: Sendable {
     public var homeTimeout: Duration = .seconds(10)
     /// How long presence entries of an unreachable region are kept (marked stale) before they are dropped.
     public var presenceTimeout: Duration = .seconds(30)
+    /// How long a region must stay unreachable before its topics move to the next region by rendezvous order.
+    public var failoverAfter: Duration = .seconds(5)
 
     /// A mesh over `graph`.
     public init(graph: MeshGraph, pinnedHomes: [String: String] = [:]) {

@@ -168,6 +168,9 @@ public enum ServerMessage: Hashable, Sendable {
     case disconnect(code: CloseCode, reconnectAfter: Duration?)
     /// The stream jumped to `position` and what came between is lost: reload the topic, then continue.
     case gap(topic: String, position: StreamPosition, reason: RecoveryFailure)
+    /// The stream continues in another epoch from `position` (a failover or its heal); nothing is lost,
+    /// and publications already delivered are not delivered again.
+    case epochChanged(topic: String, position: StreamPosition)
 }
 
 /// Turns server messages into transport frames. TernWire implements it.

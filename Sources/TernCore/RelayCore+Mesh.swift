@@ -18,6 +18,8 @@ struct LinkOutbox: Sendable {
 enum PublishOrigin: Sendable, Hashable {
     case client(ClientID, ref: UInt64?)
     case api(request: UInt64)
+    /// A publication of a failover epoch on its way to the canonical home; nobody waits for the answer.
+    case resequence
 }
 
 /// A publish this region forwarded towards a home and has not heard back about.
@@ -29,6 +31,7 @@ struct PendingPublish: Sendable {
     var user: String?
     var acceptedAt: TernInstant
     var sentVia: String?
+    var sentTo: String?
 }
 
 /// A child region's standing for one topic.
@@ -63,7 +66,7 @@ struct MeshState: Sendable {
     var links: [String: LinkOutbox] = [:]
     var upstream: [String: String] = [:]
     var children: [String: IndexedMap<String, ChildState>] = [:]
-    var awaitingSync: [String: [(child: String, since: StreamPosition?)]] = [:]
+    var awaitingSync: [String: [(child: String, since: StreamPosition?, fork: StreamPosition?)]] = [:]
     var lingering: Set<String> = []
     var nextRef: UInt64 = 1
     var pending: [UInt64: PendingPublish] = [:]
@@ -77,6 +80,10 @@ struct MeshState: Sendable {
     var presenceRoute: [String: String] = [:]
     /// Per topic and owner: since when the owner has been unreachable.
     var stalePresence: [String: [String: TernInstant]] = [:]
+    /// Since when each unreachable region has been unreachable.
+    var unreachableSince: [String: TernInstant] = [:]
+    /// The home each topic had at the last topology change.
+    var lastHome: [String: String] = [:]
 }
 
 extension RelayCore {
@@ -90,7 +97,12 @@ extension RelayCore {
     public func home(of topic: String) -> String {
         guard let mesh else { return config.region }
         if let ns = TopicName.namespace(of: topic), let pinned = mesh.config.pinnedHomes[String(ns)] { return pinned }
-        return Rendezvous.ranking(topic: topic, regions: mesh.config.graph.regions).first ?? config.region
+        // Regions unreachable for longer than failover_after are passed over; the next by rendezvous order takes over.
+        let alive = mesh.config.graph.regions.filter { r in
+            guard let since = mesh.unreachableSince[r] else { return true }
+            return since + mesh.config.failoverAfter > clock
+        }
+        return Rendezvous.ranking(topic: topic, regions: alive).first ?? config.region
     }
 
     func isHome(_ topic: String) -> Bool { mesh == nil || home(of: topic) == config.region }
@@ -147,8 +159,10 @@ extension RelayCore {
         switch message {
         case .linkState(let origin, let incarnation, let sequence, let neighbours):
             receiveAdvert(from: peer, origin: origin, LinkStateAdvert(incarnation: incarnation, sequence: sequence, neighbours: Set(neighbours)), now: now)
-        case .interest(let topic, let since):
-            childInterest(peer, topic: topic, since: since, now: now)
+        case .interest(let topic, let since, let fork):
+            childInterest(peer, topic: topic, since: since, fork: fork, now: now)
+        case .epochSwitch(let topic, let from, let to):
+            receiveEpochSwitch(topic, from: from, to: to, from: peer, now: now)
         case .uninterest(let topic):
             mesh!.children[topic]?.removeValue(forKey: peer)
             if mesh!.children[topic]?.isEmpty == true { mesh!.children[topic] = nil }
@@ -158,14 +172,15 @@ extension RelayCore {
         case .data(let publication):
             receiveData(publication, from: peer)
         case .caughtUp(let topic, let position):
-            receiveCaughtUp(topic, position, now: now)
+            // Only the current upstream speaks for the stream; a former parent's late words are ignored.
+            if mesh!.upstream[topic] == peer { receiveCaughtUp(topic, position, now: now) }
         case .gap(let topic, let position, let reason):
-            receiveGap(topic, position, reason, now: now)
+            if mesh!.upstream[topic] == peer { receiveGap(topic, position, reason, now: now) }
         case .resync(let topic):
             if var t = topics[topic], mesh!.upstream[topic] == peer {
                 t.resyncing = true
                 topics[topic] = t
-                enqueueLink(peer, .interest(topic: topic, since: t.synced ? t.position : nil))
+                enqueueLink(peer, .interest(topic: topic, since: t.synced ? t.position : nil, fork: t.fork))
             }
         case .publish(let topic, let id, let data, let user, let origin, let ref, let acceptedAt):
             receivePublish(topic: topic, id: id, data: data, user: user, origin: origin, ref: ref, acceptedAt: acceptedAt, now: now)
@@ -213,11 +228,99 @@ extension RelayCore {
         let me = self
         mesh!.routes = mesh!.config.graph.shortestPaths(from: config.region, isUp: me.edgeIsUp)
         mesh!.trees = [:]
-        for topic in topics.keys.sorted() { reconcileInterest(topic, now: now) }
-        for ref in mesh!.pending.keys.sorted() where mesh!.pending[ref]!.sentVia == nil {
-            forwardPending(ref)
+        for r in mesh!.config.graph.regions where r != config.region {
+            if mesh!.routes.reaches(r) {
+                mesh!.unreachableSince[r] = nil
+            } else if mesh!.unreachableSince[r] == nil {
+                mesh!.unreachableSince[r] = now
+                schedule(now + mesh!.config.failoverAfter, .failoverCheck)
+            }
+        }
+        for topic in topics.keys.sorted() {
+            let home = self.home(of: topic)
+            if let last = mesh!.lastHome[topic], last != home { homeChanged(topic, from: last, to: home, now: now) }
+            mesh!.lastHome[topic] = home
+            reconcileInterest(topic, now: now)
+        }
+        for ref in mesh!.pending.keys.sorted() {
+            let p = mesh!.pending[ref]!
+            if p.sentVia == nil || p.sentTo != home(of: p.topic) { forwardPending(ref) }
         }
         refreshPresenceRoutes(now: now)
+    }
+
+    /// A failover or a heal moved `topic`'s home.
+    mutating func homeChanged(_ topic: String, from old: String, to new: String, now: TernInstant) {
+        guard var t = topics[topic] else { return }
+        if new == config.region {
+            // This region takes over: continue in a new epoch of its own, remembering where the old one was left.
+            let left = t.position
+            if t.synced, !t.epoch.isEmpty { t.fork = t.fork ?? left }
+            t.priorHistory = t.synced ? t.history : nil
+            t.history = HistoryRing(capacity: t.options.historySize, ttl: t.options.historyTTL)
+            t.epoch = "\(config.region).\(String(rng.next() & 0xFFFF_FFFF, radix: 16))"
+            t.offset = 0
+            t.failoverLog = []
+            t.forkIDs = []
+            let wasSynced = t.synced
+            t.synced = true
+            t.resyncing = false
+            topics[topic] = t
+            let to = t.position
+            if wasSynced {
+                broadcast(topic, .epochChanged(topic: topic, position: to), volatileKey: nil)
+                for child in mesh!.children[topic]?.orderedKeys ?? [] where mesh!.children[topic]?[child] == .live {
+                    enqueueLink(child, .epochSwitch(topic: topic, from: left, to: to))
+                }
+            }
+            if let upstream = mesh!.upstream.removeValue(forKey: topic), mesh!.up.contains(upstream) {
+                enqueueLink(upstream, .uninterest(topic: topic))
+            }
+            becameSynced(topic, now: now)
+        } else if old == config.region {
+            // The canonical home is back: follow it; once it has caught this region up, hand it what
+            // this region accepted meanwhile (`resequenceFailoverLog`).
+            topics[topic]!.resyncing = true
+        }
+    }
+
+    /// Sends the publications this region accepted as a failover home to the canonical home,
+    /// which sequences them again, deduplicated by id.
+    mutating func resequenceFailoverLog(_ topic: String, now: TernInstant) {
+        guard let log = topics[topic]?.failoverLog, !log.isEmpty, !isHome(topic) else { return }
+        topics[topic]!.failoverLog = []
+        for p in log { routePublish(.resequence, topic: topic, id: p.id, data: p.data, user: p.user, now: now) }
+    }
+
+    /// The upstream moved this region's stream to another epoch (a failover, or the merge after a heal).
+    mutating func receiveEpochSwitch(_ topic: String, from: StreamPosition, to: StreamPosition, from peer: String, now: TernInstant) {
+        guard var t = topics[topic], t.synced, mesh!.upstream[topic] == peer else { return }
+        guard t.position == from else {
+            if !t.resyncing {
+                topics[topic]!.resyncing = true
+                enqueueLink(peer, .interest(topic: topic, since: t.position, fork: t.fork))
+            }
+            return
+        }
+        if let fork = t.fork, fork.epoch == to.epoch {
+            // Back on the canonical epoch: what it brings that was delivered here in the failover epoch is skipped.
+            t.mergingIDs = t.forkIDs
+            t.mergeUntil = now + config.limits.idempotencyWindow
+            t.fork = nil
+            t.forkIDs = []
+        } else {
+            t.fork = t.fork ?? from
+            t.forkIDs = []
+        }
+        t.priorHistory = t.history
+        t.history = HistoryRing(capacity: t.options.historySize, ttl: t.options.historyTTL)
+        t.epoch = to.epoch
+        t.offset = to.offset
+        topics[topic] = t
+        broadcast(topic, .epochChanged(topic: topic, position: to), volatileKey: nil)
+        for child in mesh!.children[topic]?.orderedKeys ?? [] where mesh!.children[topic]?[child] == .live {
+            enqueueLink(child, .epochSwitch(topic: topic, from: from, to: to))
+        }
     }
 
     mutating func tree(rootedAt home: String) -> ShortestPaths {
@@ -259,7 +362,7 @@ extension RelayCore {
             if let parent {
                 let t = topics[topic]!
                 topics[topic]!.resyncing = t.synced
-                enqueueLink(parent, .interest(topic: topic, since: t.synced ? t.position : nil))
+                enqueueLink(parent, .interest(topic: topic, since: t.synced ? t.position : nil, fork: t.fork))
             }
         } else if let current = mesh!.upstream[topic] {
             if isHome(topic) {
@@ -281,7 +384,7 @@ extension RelayCore {
     }
 
     /// A child region wants `topic`: serve it from this region's stream, or wait until this region has one.
-    mutating func childInterest(_ child: String, topic: String, since: StreamPosition?, now: TernInstant) {
+    mutating func childInterest(_ child: String, topic: String, since: StreamPosition?, fork: StreamPosition?, now: TernInstant) {
         guard case .success(let options) = namespaceOptions(for: topic) else { return }
         ensureTopic(topic, options, now: now)
         topics[topic]!.lastActivity = now
@@ -290,17 +393,52 @@ extension RelayCore {
         // Serve from this region's stream only when it is current: the home always is; a cache is
         // once its upstream has caught it up. A child may be ahead of a cache that is catching up.
         if isHome(topic) || (topics[topic]!.synced && !topics[topic]!.resyncing) {
-            serveChild(child, topic: topic, since: since, now: now)
+            serveChild(child, topic: topic, since: since, fork: fork, now: now)
         } else {
             mesh!.awaitingSync[topic, default: []].removeAll { $0.child == child }
-            mesh!.awaitingSync[topic, default: []].append((child, since))
+            mesh!.awaitingSync[topic, default: []].append((child, since, fork))
             reconcileInterest(topic, now: now)
         }
     }
 
     /// Sends a child what it missed after `since` (or a gap marker), then live data.
-    mutating func serveChild(_ child: String, topic: String, since: StreamPosition?, now: TernInstant) {
+    /// A child on another epoch is moved across with an epoch switch where the
+    /// rings allow: back to the canonical epoch from its fork after a heal, or
+    /// from the old epoch into this failover epoch.
+    mutating func serveChild(_ child: String, topic: String, since: StreamPosition?, fork: StreamPosition? = nil, now: TernInstant) {
+        if isHome(topic), topics[topic]!.fresh,
+           let held = [fork, since].compactMap({ $0 }).first(where: { $0.epoch.hasPrefix(config.region + ".") }) {
+            // This home restarted and lost the stream, but a child still holds this region's epoch:
+            // continue that epoch from where the child stands instead of starting a new one.
+            topics[topic]!.epoch = held.epoch
+            topics[topic]!.offset = held.offset
+        }
+        topics[topic]!.fresh = false
         let current = topics[topic]!.position
+        if let since, since.epoch != current.epoch {
+            if let fork, fork.epoch == current.epoch, fork.offset <= current.offset,
+               case .recovered(let publications) = topics[topic]!.history.publications(after: fork, current: current, now: now) {
+                enqueueLink(child, .epochSwitch(topic: topic, from: since, to: fork))
+                for p in publications { sendData(child, p) }
+                enqueueLink(child, .caughtUp(topic: topic, position: current))
+                mesh!.children[topic]?[child] = .live
+                sendPresenceSnapshots(topic, to: child)
+                return
+            }
+            if let myFork = topics[topic]!.fork, since.epoch == myFork.epoch, since.offset <= myFork.offset,
+               var prior = topics[topic]!.priorHistory,
+               case .recovered(let old) = prior.publications(after: since, current: myFork, now: now),
+               case .recovered(let publications) = topics[topic]!.history.publications(
+                   after: StreamPosition(epoch: current.epoch, offset: 0), current: current, now: now) {
+                for p in old { sendData(child, p) }
+                enqueueLink(child, .epochSwitch(topic: topic, from: myFork, to: StreamPosition(epoch: current.epoch, offset: 0)))
+                for p in publications { sendData(child, p) }
+                enqueueLink(child, .caughtUp(topic: topic, position: current))
+                mesh!.children[topic]?[child] = .live
+                sendPresenceSnapshots(topic, to: child)
+                return
+            }
+        }
         if let since {
             switch topics[topic]!.history.publications(after: since, current: current, now: now) {
             case .recovered(let publications):
@@ -331,7 +469,7 @@ extension RelayCore {
             if !stale && !t.resyncing {
                 t.resyncing = true
                 topics[topic] = t
-                enqueueLink(peer, .interest(topic: topic, since: t.position))
+                enqueueLink(peer, .interest(topic: topic, since: t.position, fork: t.fork))
             }
             return
         }
@@ -377,8 +515,9 @@ extension RelayCore {
     }
 
     mutating func becameSynced(_ topic: String, now: TernInstant) {
-        for (child, since) in mesh!.awaitingSync.removeValue(forKey: topic) ?? [] where mesh!.up.contains(child) {
-            serveChild(child, topic: topic, since: since, now: now)
+        resequenceFailoverLog(topic, now: now)
+        for (child, since, fork) in mesh!.awaitingSync.removeValue(forKey: topic) ?? [] where mesh!.up.contains(child) {
+            serveChild(child, topic: topic, since: since, fork: fork, now: now)
         }
         let waiting = topics[topic]!.pendingSubscribes
         topics[topic]!.pendingSubscribes = []
@@ -411,8 +550,18 @@ extension RelayCore {
     mutating func forwardPending(_ ref: UInt64) {
         guard let p = mesh!.pending[ref] else { return }
         let home = self.home(of: p.topic)
-        guard let hop = mesh!.routes.firstHop(to: home) else { return }
+        if home == config.region {
+            // A failover made this region the home while the publish was on its way.
+            mesh!.pending.removeValue(forKey: ref)
+            answer(p.origin, publish(topic: p.topic, id: p.id, data: p.data, user: p.user, volatile: false, now: clock))
+            return
+        }
+        guard let hop = mesh!.routes.firstHop(to: home) else {
+            mesh!.pending[ref]!.sentVia = nil
+            return
+        }
         mesh!.pending[ref]!.sentVia = hop
+        mesh!.pending[ref]!.sentTo = home
         enqueueLink(hop, .publish(topic: p.topic, id: p.id, data: p.data, user: p.user, origin: config.region, ref: ref, acceptedAt: p.acceptedAt))
     }
 
@@ -465,6 +614,8 @@ extension RelayCore {
             }
         case .api(let request):
             actions.append(.apiReply(request: request, result))
+        case .resequence:
+            break
         }
     }
 

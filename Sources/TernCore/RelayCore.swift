@@ -138,6 +138,20 @@ public struct RelayCore: Sendable {
         /// True while this region has asked its upstream to fill a gap.
         var resyncing = false
         var pendingSubscribes: [(client: ClientID, ref: UInt64?, since: StreamPosition?)] = []
+        /// Where this region left the canonical epoch when a failover moved the topic to another one.
+        var fork: StreamPosition?
+        /// Idempotency ids delivered here since the fork, so the merge after heal skips them.
+        var forkIDs: Set<String> = []
+        /// Ids not to deliver again while the canonical stream catches this region up after a heal.
+        var mergingIDs: Set<String> = []
+        var mergeUntil: TernInstant?
+        /// The ring of the epoch before the last switch, to catch up children still in it.
+        var priorHistory: HistoryRing?
+        /// Publications this region sequenced as a failover home, to re-sequence at the canonical home.
+        var failoverLog: [Publication] = []
+        /// True for a home's stream that nothing has been sequenced in or served from yet: a restarted
+        /// home may adopt the epoch its children still hold instead of starting a new one.
+        var fresh = false
         var position: StreamPosition { StreamPosition(epoch: epoch, offset: offset) }
     }
 
@@ -152,6 +166,7 @@ public struct RelayCore: Sendable {
             case subscribeTimeout(String)
             case linkFlush(String)
             case presenceTimeout(String, String)
+            case failoverCheck
         }
         var at: TernInstant
         var sequence: UInt64
@@ -409,6 +424,8 @@ public struct RelayCore: Sendable {
             // A regional cache: its epoch and offset come from upstream.
             topics[topic]!.synced = false
             topics[topic]!.epoch = ""
+        } else {
+            topics[topic]!.fresh = mesh != nil
         }
         stats.topics += 1
     }
@@ -474,6 +491,7 @@ public struct RelayCore: Sendable {
 
     /// The stream's position and, when asked, everything after `since` from this region's ring.
     mutating func subscribeReply(_ topic: String, since: StreamPosition?, now: TernInstant) -> SubscribeReply {
+        topics[topic]!.fresh = false
         let current = topics[topic]!.position
         var reply = SubscribeReply(topic: topic, position: current, recovered: nil, failure: nil, publications: [])
         if let since {
@@ -568,15 +586,22 @@ public struct RelayCore: Sendable {
             return .success(.published(topic: topic, position: nil, duplicate: false))
         }
         ensureTopic(topic, options, now: now)
+        var id = id
+        if topics[topic]!.fork != nil, id.isEmpty, let mesh {
+            // Publications of a failover epoch are re-sequenced after the heal, deduplicated by id: give each one.
+            id = "\(config.region)~\(String(mesh.incarnation & 0xFFFF_FFFF, radix: 16))~f\(topics[topic]!.offset + 1)"
+        }
         if !id.isEmpty, let earlier = topics[topic]!.idempotency.lookup(id, now: now) {
             stats.duplicatePublishes += 1
             return .success(.published(topic: topic, position: earlier, duplicate: true))
         }
         topics[topic]!.offset += 1
+        topics[topic]!.fresh = false
         topics[topic]!.lastActivity = now
         let publication = Publication(topic: topic, position: topics[topic]!.position, id: id, data: data, user: user, acceptedAt: now)
         topics[topic]!.history.append(publication)
         if !id.isEmpty { topics[topic]!.idempotency.remember(id, position: publication.position, now: now) }
+        if topics[topic]!.fork != nil, topics[topic]!.failoverLog.count < 100_000 { topics[topic]!.failoverLog.append(publication) }
         stats.publications += 1
         deliver(publication)
         sweepIfIdle(topic, now: now)
@@ -587,6 +612,14 @@ public struct RelayCore: Sendable {
     mutating func deliver(_ publication: Publication) {
         let topic = publication.topic
         guard let state = topics[topic] else { return }
+        if mesh != nil, let children = mesh!.children[topic] {
+            for child in children.orderedKeys where children[child] == .live { sendData(child, publication) }
+        }
+        if !publication.id.isEmpty {
+            // After a heal, publications this region already delivered in the failover epoch come again: skip them.
+            if let until = state.mergeUntil, clock < until, state.mergingIDs.contains(publication.id) { return }
+            if state.fork != nil, state.forkIDs.count < 100_000 { topics[topic]!.forkIDs.insert(publication.id) }
+        }
         let shared = OutboundFrame(bytes: encoder.encode(.publication(publication)), acceptedAt: publication.acceptedAt)
         for client in state.subscribers.orderedKeys {
             guard let transport = clients[client]?.transport else { continue }
@@ -598,9 +631,6 @@ public struct RelayCore: Sendable {
         }
         for client in state.pollWaiters.orderedKeys {
             completePoll(client, publications: [publication])
-        }
-        if mesh != nil, let children = mesh!.children[topic] {
-            for child in children.orderedKeys where children[child] == .live { sendData(child, publication) }
         }
     }
 
@@ -766,6 +796,7 @@ public struct RelayCore: Sendable {
             case .topicSweep(let t), .interestLinger(let t), .subscribeTimeout(let t), .presenceTimeout(let t, _): topics[t] != nil
             case .publishTimeout(let ref): mesh?.pending[ref] != nil
             case .linkFlush(let peer): mesh?.links[peer] != nil
+            case .failoverCheck: true
             }
         }
         deadlines = Heap(live)
@@ -799,6 +830,8 @@ public struct RelayCore: Sendable {
                 linkFlushDue(peer, now: now)
             case .presenceTimeout(let topic, let owner):
                 presenceTimedOut(topic, owner: owner, now: now)
+            case .failoverCheck:
+                if mesh != nil { topologyChanged(now: now) }
             }
         }
     }

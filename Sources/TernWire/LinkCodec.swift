@@ -54,7 +54,7 @@ public final class LinkCodec {
     }
 
     enum Kind: UInt8 {
-        case topic = 0, linkState, interest, uninterest, data, caughtUp, gap, resync, publish, ack, credit, presence
+        case topic = 0, linkState, interest, uninterest, data, caughtUp, gap, resync, publish, ack, credit, presence, epochSwitch
     }
 
     /// The largest frame accepted, in bytes.
@@ -134,11 +134,18 @@ public final class LinkCodec {
             out.writeInteger(sequence)
             out.writeInteger(UInt32(neighbours.count))
             for n in neighbours { writeString(n, &out) }
-        case .interest(let topic, let since):
+        case .interest(let topic, let since, let fork):
             let id = topicID(topic, &out)
             out.writeInteger(Kind.interest.rawValue)
             out.writeInteger(id)
             writePosition(since, &out)
+            writePosition(fork, &out)
+        case .epochSwitch(let topic, let from, let to):
+            let id = topicID(topic, &out)
+            out.writeInteger(Kind.epochSwitch.rawValue)
+            out.writeInteger(id)
+            writePosition(from, &out)
+            writePosition(to, &out)
         case .uninterest(let topic):
             let id = topicID(topic, &out)
             out.writeInteger(Kind.uninterest.rawValue)
@@ -327,7 +334,12 @@ public final class LinkCodec {
                 messages.append(.linkState(origin: origin, incarnation: incarnation, sequence: sequence, neighbours: neighbours))
             case .interest:
                 let topic = try readTopic(&body)
-                messages.append(.interest(topic: topic, since: try readOptionalPosition(&body)))
+                let since = try readOptionalPosition(&body)
+                messages.append(.interest(topic: topic, since: since, fork: try readOptionalPosition(&body)))
+            case .epochSwitch:
+                let topic = try readTopic(&body)
+                let from = try readPosition(&body)
+                messages.append(.epochSwitch(topic: topic, from: from, to: try readPosition(&body)))
             case .uninterest:
                 messages.append(.uninterest(topic: try readTopic(&body)))
             case .data:

@@ -15,9 +15,9 @@ public struct JSONServerEncoder: ServerMessageEncoding {
         switch message {
         case .publication(let p):
             out += Self.sseEvent(publication: p, cursor: &cursor)
-        case .gap(let topic, let position, _):
+        case .gap(let topic, let position, _), .epochChanged(let topic, let position):
             cursor[topic] = position
-            out += "id: \(Cursor.encode(cursor))\nevent: gap\ndata: \(Self.json(message))\n\n"
+            out += "id: \(Cursor.encode(cursor))\nevent: \(Self.kind(message))\ndata: \(Self.json(message))\n\n"
         case .reply(_, .subscribed(let reply)):
             var head = reply
             head.publications = []
@@ -48,6 +48,7 @@ public struct JSONServerEncoder: ServerMessageEncoding {
         case .leave: "leave"
         case .disconnect: "disconnect"
         case .gap: "gap"
+        case .epochChanged: "epoch"
         }
     }
 
@@ -85,6 +86,11 @@ public struct JSONServerEncoder: ServerMessageEncoding {
             w.string("epoch", position.epoch)
             w.raw("offset", String(position.offset))
             w.string("reason", reason.rawValue)
+        case .epochChanged(let topic, let position):
+            w.string("push", "epoch")
+            w.string("topic", topic)
+            w.string("epoch", position.epoch)
+            w.raw("offset", String(position.offset))
         }
         return w.finish()
     }

@@ -269,3 +269,121 @@ struct MeshPresenceTests {
         #expect(m.cores["a"]!.stalePresenceRegions(topic).isEmpty)
     }
 }
+
+@Suite("Failover and heal, over in-memory links")
+struct MeshFailoverTests {
+    func ids(_ m: inout MeshHarness, _ region: String, _ c: ClientID) -> [String] {
+        m.received(region, c).compactMap { if case .publication(let p) = $0 { p.id } else { nil } }
+    }
+
+    @Test("when the home is cut off, the next region by rendezvous order takes over; on heal the streams merge with nothing lost or repeated",
+          arguments: [("a", 0), ("a", 1), ("b", 0), ("c", 0), ("c", 1)])
+    func partitionAndHeal(home: String, variant: Int) {
+        var m = MeshHarness(tune: { $0.failoverAfter = .seconds(2); $0.homeTimeout = .seconds(30) })
+        let others = ["a", "b", "c"].filter { $0 != home }
+        // Pick a topic homed at `home`; the variant picks one whose successor is the first or the second other region.
+        let t = (0..<5000).map { "news:f\($0)" }.first {
+            Rendezvous.ranking(topic: $0, regions: ["a", "b", "c"])[0] == home
+                && Rendezvous.ranking(topic: $0, regions: others)[0] == others[variant]
+        }!
+        let successor = others[variant]
+        let publisherInPartition = others[1 - variant]
+        var subs: [(String, ClientID)] = []
+        for (i, r) in ["a", "b", "c"].enumerated() {
+            let c = m.connectClient(r, UInt64(10 + i))
+            m.handle(r, .command(c, ref: 1, .subscribe(topic: t, since: nil)))
+            subs.append((r, c))
+        }
+        m.settle()
+        var seen: [String: [String]] = [:]
+        for (r, c) in subs { _ = m.received(r, c) }
+        for i in 1...5 { m.apiPublish(others[0], UInt64(i), t, "\(i)", id: "p\(i)") }
+        m.settle()
+        for (r, c) in subs { seen[r, default: []] += ids(&m, r, c) }
+
+        // Partition: the home alone | the other two.
+        for o in others { m.cut(home, o) }
+        m.settle()
+        for i in 6...8 { m.apiPublish(publisherInPartition, UInt64(i), t, "\(i)", id: "p\(i)") }
+        m.settle()
+        #expect(m.apiReplies[6] == nil, "acknowledged before the failover")
+        m.advance(.seconds(3))
+        #expect(m.cores[others[0]]!.home(of: t) == successor)
+        #expect(m.cores[others[1]]!.home(of: t) == successor)
+        #expect(m.cores[home]!.home(of: t) == home)
+        for i in 6...8 {
+            guard case .success(.published(_, let p?, false))? = m.apiReplies[UInt64(i)] else {
+                Issue.record("publish \(i) not acknowledged in the failover epoch: \(String(describing: m.apiReplies[UInt64(i)]))")
+                continue
+            }
+            #expect(p.epoch.hasPrefix("\(successor)."))
+        }
+        for i in 9...10 { m.apiPublish(home, UInt64(i), t, "\(i)", id: "p\(i)") }
+        m.settle()
+        #expect(m.apiReplies[9] != nil)
+        for (r, c) in subs {
+            let messages = m.received(r, c)
+            if r != home { #expect(messages.contains { if case .epochChanged = $0 { true } else { false } }, "\(r) not told of the epoch change") }
+            seen[r, default: []] += messages.compactMap { if case .publication(let p) = $0 { p.id } else { nil } }
+        }
+
+        // Heal.
+        for o in others { m.connect(home, o) }
+        m.settle()
+        m.advance(.seconds(1))
+        for (r, c) in subs {
+            let messages = m.received(r, c)
+            seen[r, default: []] += messages.compactMap { if case .publication(let p) = $0 { p.id } else { nil } }
+        }
+        let all = Set((1...10).map { "p\($0)" })
+        for (r, _) in subs {
+            #expect(Set(seen[r]!) == all, "\(r) missed \(all.subtracting(seen[r]!).sorted())")
+            #expect(seen[r]!.count == 10, "\(r) got duplicates: \(seen[r]!)")
+        }
+        // After the heal everyone is on a's epoch again and publishing goes on.
+        m.apiPublish(publisherInPartition, 99, t, "after", id: "after")
+        m.settle()
+        guard case .success(.published(_, let p?, _))? = m.apiReplies[99] else {
+            Issue.record("no ack after heal")
+            return
+        }
+        #expect(p.epoch.hasPrefix("\(home)."))
+        for (r, c) in subs { #expect(ids(&m, r, c) == ["after"], "\(r)") }
+    }
+
+    @Test("a home that crashes and restarts takes its topics back in the epoch its children still hold")
+    func crashAndRestart() {
+        var m = MeshHarness(tune: { $0.failoverAfter = .seconds(2); $0.homeTimeout = .seconds(30) })
+        let t = (0..<1000).map { "news:r\($0)" }.first { Rendezvous.ranking(topic: $0, regions: ["a", "b", "c"])[0] == "a" }!
+        var subs: [(String, ClientID)] = []
+        for (i, r) in ["b", "c"].enumerated() {
+            let c = m.connectClient(r, UInt64(20 + i))
+            m.handle(r, .command(c, ref: 1, .subscribe(topic: t, since: nil)))
+            subs.append((r, c))
+        }
+        m.settle()
+        for (r, c) in subs { _ = m.received(r, c) }
+        for i in 1...5 { m.apiPublish("b", UInt64(i), t, "\(i)", id: "p\(i)") }
+        m.settle()
+        let original = m.cores["b"]!.position(of: t)!.epoch
+        m.crashAndRestart("a", seed: 99, links: ["b", "c"])
+        for i in 6...8 { m.apiPublish("c", UInt64(i), t, "\(i)", id: "p\(i)") }
+        m.advance(.seconds(3))
+        #expect((6...8).allSatisfy { if case .success? = m.apiReplies[UInt64($0)] { true } else { false } })
+        m.connect("a", "b")
+        m.connect("a", "c")
+        m.advance(.seconds(1))
+        m.apiPublish("b", 9, t, "9", id: "p9")
+        m.settle()
+        guard case .success(.published(_, let p?, _))? = m.apiReplies[9] else {
+            Issue.record("no ack after the restart")
+            return
+        }
+        #expect(p.epoch == original)
+        #expect(p.offset == 9)
+        for (r, c) in subs {
+            let got = m.received(r, c).compactMap { if case .publication(let p) = $0 { p.id } else { nil } }
+            #expect(got == (1...9).map { "p\($0)" }, "\(r)")
+        }
+    }
+}

@@ -13,6 +13,7 @@ struct MeshHarness {
     var apiReplies: [UInt64: Result<ReplyBody, TernError>] = [:]
     var dataEntriesByLink: [String: Int] = [:]
     let graph: MeshGraph
+    var trace = false
 
     static let namespaces: [String: NamespaceOptions] = [
         "room": NamespaceOptions(presence: true, joinLeave: true, historySize: 50, historyTTL: .seconds(300), anonymous: false),
@@ -44,6 +45,7 @@ struct MeshHarness {
                 let k = Self.key(region, peer)
                 guard up.contains(k) else { continue }
                 wires[k, default: []].append(batch)
+                if trace { print("TRACE \(k): \(batch.filter { if case .linkState = $0 { false } else if case .credit = $0 { false } else { true } })") }
                 let entries = batch.filter { if case .data = $0 { true } else { false } }.count
                 if entries > 0 { dataEntriesByLink[k, default: 0] += entries }
             case .apiReply(let request, let result):
@@ -52,6 +54,18 @@ struct MeshHarness {
                 break
             }
         }
+    }
+
+    /// Replaces a region's relay with a fresh one, as a crash and restart would: every link drops first.
+    mutating func crashAndRestart(_ region: String, seed: UInt64, links: [String]) {
+        for peer in links { cut(region, peer) }
+        var mesh = MeshConfig(graph: graph, pinnedHomes: [:])
+        mesh.failoverAfter = cores[region]!.config.mesh!.failoverAfter
+        mesh.homeTimeout = cores[region]!.config.mesh!.homeTimeout
+        let encoder = RecordingEncoder()
+        encoders[region] = encoder
+        cores[region] = RelayCore(config: RelayCoreConfig(region: region, namespaces: Self.namespaces, mesh: mesh),
+                                  encoder: encoder, seed: seed, now: now)
     }
 
     mutating func connect(_ a: String, _ b: String) {

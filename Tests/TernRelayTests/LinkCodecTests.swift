@@ -9,8 +9,9 @@ import TernWire
 struct LinkCodecTests {
     static let messages: [LinkMessage] = [
         .linkState(origin: "eu-west", incarnation: 7, sequence: 3, neighbours: ["us-east", "ap-south"]),
-        .interest(topic: "room:x", since: StreamPosition(epoch: "eu-west.1f", offset: 9)),
-        .interest(topic: "room:y", since: nil),
+        .interest(topic: "room:x", since: StreamPosition(epoch: "eu-west.1f", offset: 9), fork: nil),
+        .interest(topic: "room:y", since: StreamPosition(epoch: "us-east.9", offset: 2), fork: StreamPosition(epoch: "eu-west.1f", offset: 7)),
+        .epochSwitch(topic: "room:y", from: StreamPosition(epoch: "us-east.9", offset: 2), to: StreamPosition(epoch: "eu-west.1f", offset: 7)),
         .data(Publication(topic: "room:x", position: StreamPosition(epoch: "eu-west.1f", offset: 10), id: "m1",
                           data: #"{"text":"hello"}"#, user: "alice", acceptedAt: TernInstant(nanoseconds: 42))),
         .data(Publication(topic: "room:x", position: StreamPosition(epoch: "eu-west.1f", offset: 11), id: "",
