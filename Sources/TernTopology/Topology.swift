@@ -117,6 +117,7 @@ public struct MeshTuning: Hashable, Sendable {
     public var reconnectMin: Duration = .milliseconds(100)
     public var reconnectMax: Duration = .seconds(5)
     public var presenceTimeout: Duration = .seconds(30)
+    public var failoverAfter: Duration = .seconds(5)
     public init() {}
 }
 
@@ -204,6 +205,7 @@ public struct Topology: Sendable {
         mesh.interestLinger = tuning.interestLinger
         mesh.homeTimeout = tuning.homeTimeout
         mesh.presenceTimeout = tuning.presenceTimeout
+        mesh.failoverAfter = tuning.failoverAfter
         return mesh
     }
 

@@ -403,7 +403,7 @@ private struct Reader {
     mutating func tuning(_ node: Node) -> MeshTuning {
         var t = MeshTuning()
         let known = ["max_batch_bytes", "max_batch_delay", "send_window_batches", "max_link_queue_bytes",
-                     "interest_linger", "home_timeout", "reconnect_min", "reconnect_max", "presence_timeout"]
+                     "interest_linger", "home_timeout", "reconnect_min", "reconnect_max", "presence_timeout", "failover_after"]
         guard let m = mapping(node, what: "mesh_tuning", known: known) else { return t }
         if let n = m["max_batch_bytes"], let v = int(n, "max_batch_bytes", min: 512) { t.maxBatchBytes = v }
         if let n = m["max_batch_delay"], let v = duration(n, "max_batch_delay") { t.maxBatchDelay = v }
@@ -414,6 +414,7 @@ private struct Reader {
         if let n = m["reconnect_min"], let v = duration(n, "reconnect_min") { t.reconnectMin = v }
         if let n = m["reconnect_max"], let v = duration(n, "reconnect_max") { t.reconnectMax = v }
         if let n = m["presence_timeout"], let v = duration(n, "presence_timeout") { t.presenceTimeout = v }
+        if let n = m["failover_after"], let v = duration(n, "failover_after") { t.failoverAfter = v }
         return t
     }
 

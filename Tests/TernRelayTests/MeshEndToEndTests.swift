@@ -200,3 +200,52 @@ struct MeshPresenceEndToEndTests {
         }
     }
 }
+
+@Suite("Failover with real relays", .serialized)
+struct MeshFailoverEndToEndTests {
+    @Test("stopping the home keeps publishing going in a new epoch; when it returns the streams merge with no acknowledged publish lost")
+    func stopHomeAndReturn() async throws {
+        try await withMesh { mesh in
+            try await mesh.waitForLinks()
+            let topic = mesh.topic(homedAt: "a")
+            var subs: [ClientHarness] = []
+            for r in ["b", "c"] {
+                let c = ClientHarness(url: mesh.url(r), token: nil)
+                try await c.waitConnected()
+                try await c.client.subscribe(topic)
+                subs.append(c)
+            }
+            var acknowledged: [String] = []
+            for i in 1...5 {
+                let r = try await mesh.fixture("b").apiPublish(topic, "\(i)", id: "f\(i)")
+                #expect(r.status == 200)
+                if r.status == 200 { acknowledged.append("f\(i)") }
+            }
+            try await mesh.relays.stop("a")
+            // Publishes wait for the failover, then go to the next home in a new epoch.
+            for i in 6...10 {
+                let r = try await mesh.fixture(["b", "c"][i % 2]).apiPublish(topic, "\(i)", id: "f\(i)")
+                #expect(r.status == 200, "\(r.body)")
+                #expect(!r.body.contains("\"epoch\":\"a."), "\(r.body)")
+                if r.status == 200 { acknowledged.append("f\(i)") }
+            }
+            try await mesh.relays.start("a")
+            try await mesh.waitForLinks()
+            try await Task.sleep(for: .milliseconds(500))
+            for i in 11...12 {
+                let r = try await mesh.fixture("c").apiPublish(topic, "\(i)", id: "f\(i)")
+                #expect(r.status == 200)
+                #expect(r.body.contains("\"epoch\":\"a."), "after the heal the home is a again: \(r.body)")
+                if r.status == 200 { acknowledged.append("f\(i)") }
+            }
+            for s in subs { try await s.waitPublications(acknowledged.count, timeout: .seconds(20)) }
+            try await Task.sleep(for: .milliseconds(300))
+            for s in subs {
+                let ids = s.publications.map(\.id)
+                #expect(ids == acknowledged, "\(ids)")
+                #expect(s.events.contains { if case .epochChanged = $0 { true } else { false } })
+                #expect(!s.events.contains { if case .resyncRequired = $0 { true } else { false } })
+            }
+        }
+    }
+}

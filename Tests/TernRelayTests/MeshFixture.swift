@@ -49,10 +49,56 @@ struct CapturingLogHandler: LogHandler {
     }
 }
 
+/// Holds the first error of a test body run in a child task.
+final class ErrorBox: Sendable {
+    let value = Mutex<(any Error)?>(nil)
+}
+
+/// The relays of a running mesh; one can be stopped and started again.
+final class MeshRelays: @unchecked Sendable {
+    private let lock = Mutex<(relays: [String: (Relay, ServiceGroup)], generation: [String: Int], stopped: Set<String>)>(([:], [:], []))
+    fileprivate var restart: AsyncStream<String>.Continuation?
+
+    subscript(region: String) -> Relay? { lock.withLock { $0.relays[region]?.0 } }
+
+    func set(_ region: String, _ relay: Relay, _ group: ServiceGroup) {
+        lock.withLock {
+            $0.relays[region] = (relay, group)
+            $0.generation[region, default: 0] += 1
+            $0.stopped.remove(region)
+        }
+    }
+
+    func markStopped(_ region: String) { lock.withLock { _ = $0.stopped.insert(region) } }
+
+    var groups: [ServiceGroup] { lock.withLock { $0.relays.values.map(\.1) } }
+
+    /// Shuts one relay down gracefully and waits until it has stopped.
+    func stop(_ region: String) async throws {
+        guard let group = lock.withLock({ $0.relays[region]?.1 }) else { return }
+        await group.triggerGracefulShutdown()
+        let deadline = ContinuousClock.now + .seconds(15)
+        while !lock.withLock({ $0.stopped.contains(region) }), ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    /// Starts a stopped region again, with fresh state, and waits until it listens.
+    func start(_ region: String) async throws {
+        let before = lock.withLock { $0.generation[region] ?? 0 }
+        restart?.yield(region)
+        let deadline = ContinuousClock.now + .seconds(15)
+        while lock.withLock({ ($0.generation[region] ?? 0) == before }), ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        _ = await self[region]!.waitUntilListening()
+    }
+}
+
 /// Three regions on loopback: a–b 10 ms, b–c 10 ms, a–c 30 ms, so the shortest tree from a runs a→b→c.
 struct MeshFixture {
     var clientPorts: [String: Int] = [:]
-    var relays: [String: Relay] = [:]
+    let relays = MeshRelays()
     let regions = ["a", "b", "c"]
     let capture = LogCapture()
 
@@ -77,6 +123,8 @@ struct MeshFixture {
               publish_burst: 100000
             mesh_tuning:
               interest_linger: 2s
+              failover_after: 1s
+              home_timeout: 20s
               reconnect_min: 50ms
               reconnect_max: 300ms
             \(tls.map { "link_tls: \($0)" } ?? "")
@@ -90,41 +138,59 @@ struct MeshFixture {
 
 /// Starts three relays, runs `body`, then shuts them down.
 /// `topologyFor` lets a test give one region a different topology (hash mismatch, wrong certificate).
-func withMesh(tls: String? = nil, topologyFor: ((String, String) -> String)? = nil,
-              _ body: (MeshFixture) async throws -> Void) async throws {
+func withMesh(tls: String? = nil, topologyFor: (@Sendable (String, String) -> String)? = nil,
+              _ body: @escaping @Sendable (MeshFixture) async throws -> Void) async throws {
     var fixture = MeshFixture()
     let linkPorts = Dictionary(uniqueKeysWithValues: fixture.regions.map { ($0, freePort()) })
     fixture.clientPorts = Dictionary(uniqueKeysWithValues: fixture.regions.map { ($0, freePort()) })
     let base = fixture.yaml(linkPorts: linkPorts, clientPorts: fixture.clientPorts, tls: tls)
     let capture = fixture.capture
-    var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
-    for r in fixture.regions {
+    let relays = fixture.relays
+    let groupLogger: Logger = {
+        var l = Logger(label: "mesh")
+        l.logLevel = .warning
+        return l
+    }()
+    let starts = Mutex(0)
+    let makeRelay: @Sendable (String) async throws -> ServiceGroup = { r in
+        let generation = starts.withLock { n in n += 1; return n }
         let text = topologyFor?(r, base) ?? base
         let topology = try TopologyLoader.parse(text, file: "mesh-\(r).yaml")
         var logger = Logger(label: "mesh.\(r)", factory: capture.handler)
         logger.logLevel = .info
         let relay = try await Relay(topology: topology, region: r,
                                     secrets: SecretResolver(environment: ["TEST_JWT_SECRET": jwtSecret, "TEST_API_KEY": apiKey]),
-                                    seed: UInt64(r.unicodeScalars.first!.value), logger: logger)
-        fixture.relays[r] = relay
-        services.append(.init(service: relay))
+                                    seed: UInt64(r.unicodeScalars.first!.value) &+ UInt64(generation) << 32, logger: logger)
+        let group = ServiceGroup(configuration: .init(services: [.init(service: relay)], gracefulShutdownSignals: [], logger: groupLogger))
+        relays.set(r, relay, group)
+        return group
     }
-    var groupLogger = Logger(label: "mesh")
-    groupLogger.logLevel = .warning
-    let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [], logger: groupLogger))
+    let (restarts, restartSink) = AsyncStream<String>.makeStream()
+    relays.restart = restartSink
+    let failure = ErrorBox()
     try await withThrowingTaskGroup(of: Void.self) { tasks in
-        tasks.addTask { try await group.run() }
-        for r in fixture.regions { _ = await fixture.relays[r]!.waitUntilListening() }
-        var failure: (any Error)?
-        do {
-            try await body(fixture)
-        } catch {
-            failure = error
+        for r in fixture.regions {
+            let group = try await makeRelay(r)
+            tasks.addTask { try await group.run(); relays.markStopped(r) }
         }
-        await group.triggerGracefulShutdown()
+        for r in fixture.regions { _ = await relays[r]!.waitUntilListening() }
+        let ready = fixture
+        tasks.addTask {
+            do {
+                try await body(ready)
+            } catch {
+                failure.value.withLock { $0 = error }
+            }
+            restartSink.finish()
+        }
+        for await region in restarts {
+            let group = try await makeRelay(region)
+            tasks.addTask { try await group.run(); relays.markStopped(region) }
+        }
+        for group in relays.groups { await group.triggerGracefulShutdown() }
         try await tasks.waitForAll()
-        if let failure { throw failure }
     }
+    if let error = failure.value.withLock({ $0 }) { throw error }
 }
 
 extension MeshFixture {
