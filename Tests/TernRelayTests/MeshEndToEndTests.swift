@@ -249,3 +249,28 @@ struct MeshFailoverEndToEndTests {
         }
     }
 }
+
+@Suite("Bad bytes on a link", .serialized)
+struct LinkGarbageTests {
+    @Test("a malformed frame resets only that link; the relay and its other links carry on")
+    func garbage() async throws {
+        try await withMesh { mesh in
+            try await mesh.waitForLinks()
+            let linkPort = await mesh.relays["b"]!.waitUntilLinksListening()!
+            // A connection that sends an absurd frame length right away.
+            _ = try await runProcess("/bin/bash", ["-c", "printf '\\377\\377\\377\\377garbage' > /dev/tcp/127.0.0.1/\(linkPort); sleep 0.3"])
+            let deadline = ContinuousClock.now + .seconds(5)
+            while ContinuousClock.now < deadline, !mesh.capture.contains("link reset") {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            #expect(mesh.capture.contains("link reset"))
+            #expect(mesh.relays["b"]!.upLinks == ["a", "c"])
+            let topic = mesh.topic(homedAt: "a")
+            let sub = ClientHarness(url: mesh.url("c"), token: nil)
+            try await sub.waitConnected()
+            try await sub.client.subscribe(topic)
+            _ = try await mesh.fixture("b").apiPublish(topic, "1")
+            try await sub.waitPublications(1)
+        }
+    }
+}
