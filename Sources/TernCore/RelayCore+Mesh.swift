@@ -20,6 +20,8 @@ enum PublishOrigin: Sendable, Hashable {
     case api(request: UInt64)
     /// A publication of a failover epoch on its way to the canonical home; nobody waits for the answer.
     case resequence
+    /// Another region's publish this region holds because it has no route to the home yet.
+    case relay(origin: String, ref: UInt64, topic: String)
 }
 
 /// A publish this region forwarded towards a home and has not heard back about.
@@ -80,6 +82,8 @@ struct MeshState: Sendable {
     var presenceRoute: [String: String] = [:]
     /// Per topic and owner: since when the owner has been unreachable.
     var stalePresence: [String: [String: TernInstant]] = [:]
+    /// Per topic: this region's presence changes not yet sent.
+    var presencePending: [String: [PresenceChange]] = [:]
     /// Since when each unreachable region has been unreachable.
     var unreachableSince: [String: TernInstant] = [:]
     /// The home each topic had at the last topology change.
@@ -549,6 +553,12 @@ extension RelayCore {
 
     mutating func forwardPending(_ ref: UInt64) {
         guard let p = mesh!.pending[ref] else { return }
+        var origin = config.region
+        var originRef = ref
+        if case .relay(let o, let r, _) = p.origin {
+            origin = o
+            originRef = r
+        }
         let home = self.home(of: p.topic)
         if home == config.region {
             // A failover made this region the home while the publish was on its way.
@@ -562,7 +572,11 @@ extension RelayCore {
         }
         mesh!.pending[ref]!.sentVia = hop
         mesh!.pending[ref]!.sentTo = home
-        enqueueLink(hop, .publish(topic: p.topic, id: p.id, data: p.data, user: p.user, origin: config.region, ref: ref, acceptedAt: p.acceptedAt))
+        enqueueLink(hop, .publish(topic: p.topic, id: p.id, data: p.data, user: p.user, origin: origin, ref: originRef, acceptedAt: p.acceptedAt))
+        if case .relay = p.origin {
+            // Handed on: the origin keeps its own copy and retries if this hop fails.
+            mesh!.pending.removeValue(forKey: ref)
+        }
     }
 
     mutating func receivePublish(topic: String, id: String, data: String, user: String?, origin: String, ref: UInt64, acceptedAt: TernInstant, now: TernInstant) {
@@ -570,6 +584,14 @@ extension RelayCore {
         if home != config.region {
             if let hop = mesh!.routes.firstHop(to: home) {
                 enqueueLink(hop, .publish(topic: topic, id: id, data: data, user: user, origin: origin, ref: ref, acceptedAt: acceptedAt))
+            } else {
+                // No route to the home as this region sees it (it may be about to fail over):
+                // hold the publish until the view settles, rather than drop it.
+                let local = mesh!.nextRef
+                mesh!.nextRef += 1
+                mesh!.pending[local] = PendingPublish(origin: .relay(origin: origin, ref: ref, topic: topic), topic: topic, id: id, data: data,
+                                                      user: user, acceptedAt: acceptedAt, sentVia: nil)
+                schedule(now + mesh!.config.homeTimeout, .publishTimeout(local))
             }
             return
         }
@@ -601,6 +623,8 @@ extension RelayCore {
 
     mutating func publishTimedOut(_ ref: UInt64) {
         guard let pending = mesh?.pending.removeValue(forKey: ref) else { return }
+        // A held publish of another region just lapses: its origin has its own timeout and retries.
+        if case .relay = pending.origin { return }
         answer(pending.origin, .failure(TernError(.internalError,
             "the home of '\(pending.topic)' (\(home(of: pending.topic))) did not answer in time; retry with the same id")))
     }
@@ -616,6 +640,13 @@ extension RelayCore {
             actions.append(.apiReply(request: request, result))
         case .resequence:
             break
+        case .relay(let origin, let ref, let topic):
+            let ack: PublishResult = switch result {
+            case .success(.published(_, let position?, let duplicate)): .accepted(position: position, duplicate: duplicate)
+            case .success: .refused(code: .internalError, message: "the home did not sequence the publication")
+            case .failure(let error): .refused(code: error.code, message: error.message)
+            }
+            receiveAck(origin: origin, ref: ref, topic: topic, result: ack)
         }
     }
 

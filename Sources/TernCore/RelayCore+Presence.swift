@@ -9,9 +9,21 @@ extension RelayCore {
         mesh?.stalePresence[topic]?.keys.sorted() ?? []
     }
 
-    /// Records and announces a change to this region's own entries.
+    /// Records a change to this region's own entries; changes to one room within
+    /// `maxBatchDelay` are coalesced into one message (a snapshot when there are several).
     mutating func localPresenceChanged(_ topic: String, _ change: PresenceChange) {
         guard mesh != nil else { return }
+        mesh!.presencePending[topic, default: []].append(change)
+        if mesh!.presencePending[topic]!.count == 1 {
+            schedule(clock + mesh!.config.maxBatchDelay, .presenceFlush(topic))
+        }
+    }
+
+    /// Sends the coalesced changes of one room.
+    mutating func flushPresence(_ topic: String) {
+        guard mesh != nil, let changes = mesh!.presencePending.removeValue(forKey: topic), !changes.isEmpty,
+              let table = topics[topic]?.presence else { return }
+        let change = changes.count == 1 ? changes[0] : .snapshot(table.entries(of: config.region))
         mesh!.presenceSequence[topic, default: 0] += 1
         let message = LinkMessage.presence(topic: topic, owner: config.region, incarnation: mesh!.incarnation,
                                            sequence: mesh!.presenceSequence[topic]!, change: change, towardsHome: false)

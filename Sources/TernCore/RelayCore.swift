@@ -166,6 +166,7 @@ public struct RelayCore: Sendable {
             case subscribeTimeout(String)
             case linkFlush(String)
             case presenceTimeout(String, String)
+            case presenceFlush(String)
             case failoverCheck
         }
         var at: TernInstant
@@ -793,7 +794,7 @@ public struct RelayCore: Sendable {
         let live = deadlines.unordered.filter { d in
             switch d.kind {
             case .connectTimeout(let c), .tokenExpiry(let c), .pollTimeout(let c): clients[c] != nil
-            case .topicSweep(let t), .interestLinger(let t), .subscribeTimeout(let t), .presenceTimeout(let t, _): topics[t] != nil
+            case .topicSweep(let t), .interestLinger(let t), .subscribeTimeout(let t), .presenceTimeout(let t, _), .presenceFlush(let t): topics[t] != nil
             case .publishTimeout(let ref): mesh?.pending[ref] != nil
             case .linkFlush(let peer): mesh?.links[peer] != nil
             case .failoverCheck: true
@@ -832,6 +833,8 @@ public struct RelayCore: Sendable {
                 presenceTimedOut(topic, owner: owner, now: now)
             case .failoverCheck:
                 if mesh != nil { topologyChanged(now: now) }
+            case .presenceFlush(let topic):
+                flushPresence(topic)
             }
         }
     }

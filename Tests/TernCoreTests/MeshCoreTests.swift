@@ -242,6 +242,32 @@ struct MeshPresenceTests {
         #expect(presence(&m, "a", alice, topic) == (1, 1, ["alice@a"]))
     }
 
+    @Test("a burst of joins and leaves in one room crosses a link as one coalesced message")
+    func coalescing() {
+        var m = MeshHarness()
+        let topic = "room:burst"
+        let home = m.cores["a"]!.home(of: topic)
+        let far = ["a", "b", "c"].first { $0 != home }!
+        let watcher = m.connectClient(home, 1, user: "w")
+        m.handle(home, .command(watcher, ref: 1, .subscribe(topic: topic, since: nil)))
+        m.settle()
+        var presenceMessages = 0
+        var clients: [ClientID] = []
+        for i in 0..<10 { clients.append(m.connectClient(far, UInt64(100 + i), user: "u\(i)")) }
+        // Count presence messages leaving `far` from here on.
+        let before = m.wires.values.joined().count
+        _ = before
+        for c in clients { m.handle(far, .command(c, ref: 2, .subscribe(topic: topic, since: nil))) }
+        for c in clients.prefix(4) { m.handle(far, .closed(c)) }
+        for (k, batches) in m.wires where k.hasPrefix("\(far)>") {
+            for b in batches { presenceMessages += b.filter { if case .presence = $0 { true } else { false } }.count }
+        }
+        #expect(presenceMessages == 0, "changes wait for the coalescing window")
+        m.advance(.milliseconds(20))
+        m.handle(home, .command(watcher, ref: 3, .presenceStats(topic: topic)))
+        #expect(m.received(home, watcher).contains(.reply(ref: 3, .presenceStats(topic: topic, clients: 7, users: 7))))
+    }
+
     @Test("an unreachable region's entries go stale, are dropped after the timeout, and come back on reconnect")
     func staleAndConverge() {
         var m = MeshHarness(links: [("a", "b", 10), ("b", "c", 10)], tune: { $0.presenceTimeout = .seconds(5) })
