@@ -7,7 +7,8 @@ struct LinkStateAdvert: Sendable, Hashable {
 
 /// The messages waiting for one link, and its flow-control window.
 struct LinkOutbox: Sendable {
-    var queue: [LinkMessage] = []
+    /// Messages in order; `live` marks publications of the live stream, the ones shed under pressure.
+    var queue: [(message: LinkMessage, live: Bool)] = []
     var queuedBytes = 0
     var unacknowledged = 0
     var oldestQueuedAt: TernInstant?
@@ -458,8 +459,8 @@ extension RelayCore {
         sendPresenceSnapshots(topic, to: child)
     }
 
-    mutating func sendData(_ child: String, _ publication: Publication) {
-        enqueueLink(child, .data(publication))
+    mutating func sendData(_ child: String, _ publication: Publication, live: Bool = false) {
+        enqueueLink(child, .data(publication), live: live)
         mesh!.counters[child, default: LinkCounters()].dataEntries += 1
     }
 
@@ -663,9 +664,9 @@ extension RelayCore {
 
     // MARK: Link output
 
-    mutating func enqueueLink(_ peer: String, _ message: LinkMessage) {
+    mutating func enqueueLink(_ peer: String, _ message: LinkMessage, live: Bool = false) {
         guard mesh != nil, mesh!.up.contains(peer) else { return }
-        mesh!.links[peer, default: LinkOutbox()].queue.append(message)
+        mesh!.links[peer, default: LinkOutbox()].queue.append((message, live))
         mesh!.links[peer]!.queuedBytes += message.estimatedBytes
         if mesh!.links[peer]!.oldestQueuedAt == nil { mesh!.links[peer]!.oldestQueuedAt = clock }
         mesh!.dirty.insert(peer)
@@ -681,9 +682,9 @@ extension RelayCore {
         for peer in dirty {
             guard var link = mesh!.links[peer] else { continue }
             // Credit messages travel at once and outside the window.
-            let control = link.queue.filter(\.isControl)
+            let control = link.queue.map(\.message).filter(\.isControl)
             if !control.isEmpty {
-                link.queue.removeAll(where: \.isControl)
+                link.queue.removeAll(where: { $0.message.isControl })
                 link.queuedBytes -= control.reduce(0) { $0 + $1.estimatedBytes }
                 actions.append(.sendLink(peer, control))
                 mesh!.counters[peer, default: LinkCounters()].batches += 1
@@ -696,9 +697,9 @@ extension RelayCore {
                 guard due else { break }
                 var batch: [LinkMessage] = []
                 var bytes = 0
-                while let first = link.queue.first, batch.isEmpty || bytes + first.estimatedBytes <= config.maxBatchBytes {
+                while let first = link.queue.first?.message, batch.isEmpty || bytes + first.estimatedBytes <= config.maxBatchBytes {
                     bytes += first.estimatedBytes
-                    batch.append(link.queue.removeFirst())
+                    batch.append(link.queue.removeFirst().message)
                 }
                 link.queuedBytes -= bytes
                 link.unacknowledged += 1
@@ -715,21 +716,23 @@ extension RelayCore {
         }
     }
 
-    /// A link's queue is over its limit: drop its queued publications and switch
+    /// A link's queue is over its limit: drop its queued live publications and switch
     /// their topics to resync, so the child asks again from its own position.
+    /// Catch-up already queued stays: it is bounded by the history ring and
+    /// moves the child forward, so the next catch-up is smaller.
     mutating func shedLink(_ peer: String, _ link: LinkOutbox) -> LinkOutbox {
         var link = link
         var topicsToResync: [String] = []
-        link.queue.removeAll { message in
-            guard case .data(let p) = message else { return false }
+        link.queue.removeAll { entry in
+            guard entry.live, case .data(let p) = entry.message else { return false }
             if !topicsToResync.contains(p.topic) { topicsToResync.append(p.topic) }
             return true
         }
         for topic in topicsToResync {
             mesh!.children[topic]?[peer] = .resyncing
-            link.queue.append(.resync(topic: topic))
+            link.queue.append((.resync(topic: topic), false))
         }
-        link.queuedBytes = link.queue.reduce(0) { $0 + $1.estimatedBytes }
+        link.queuedBytes = link.queue.reduce(0) { $0 + $1.message.estimatedBytes }
         mesh!.counters[peer, default: LinkCounters()].overflows += 1
         return link
     }

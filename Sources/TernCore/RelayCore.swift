@@ -614,7 +614,7 @@ public struct RelayCore: Sendable {
         let topic = publication.topic
         guard let state = topics[topic] else { return }
         if mesh != nil, let children = mesh!.children[topic] {
-            for child in children.orderedKeys where children[child] == .live { sendData(child, publication) }
+            for child in children.orderedKeys where children[child] == .live { sendData(child, publication, live: true) }
         }
         if !publication.id.isEmpty {
             // After a heal, publications this region already delivered in the failover epoch come again: skip them.

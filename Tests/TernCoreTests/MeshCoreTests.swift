@@ -116,6 +116,33 @@ struct MeshCoreTests {
         #expect(got == (1...20).map(String.init))
     }
 
+    @Test("a child that stops granting credit is switched to resync instead of buffered without bound, then catches up losslessly")
+    func creditAndResync() {
+        var m = MeshHarness(links: [("a", "b", 10), ("b", "c", 10)], tune: {
+            $0.sendWindowBatches = 1
+            $0.maxLinkQueueBytes = 2_000
+            $0.maxBatchBytes = 512
+        })
+        let t = (0..<1000).map { "news:q\($0)" }.first { Rendezvous.ranking(topic: $0, regions: ["a", "b", "c"])[0] == "a" }!
+        let c = m.connectClient("c", 1)
+        m.handle("c", .command(c, ref: 1, .subscribe(topic: t, since: nil)))
+        m.settle()
+        _ = m.received("c", c)
+        // c stops reading its link from b: b's batches to c pile up unacknowledged.
+        m.held.insert("b>c")
+        for i in 1...15 { m.apiPublish("a", UInt64(i), t, "\"\(String(repeating: "x", count: 200))-\(i)\"") }
+        m.settle()
+        #expect((m.cores["b"]!.linkCounters["c"]?.overflows ?? 0) + (m.cores["a"]!.linkCounters["b"]?.overflows ?? 0) >= 1)
+        let queued = m.wires["b>c"]?.count ?? 0
+        #expect(queued <= 3, "b kept \(queued) batches for c instead of switching it to resync")
+        m.held.remove("b>c")
+        m.settle()
+        for i in 16...18 { m.apiPublish("a", UInt64(i), t, "\"late-\(i)\"") }
+        m.settle()
+        let got = m.received("c", c).compactMap { if case .publication(let p) = $0 { p.position.offset } else { nil } }
+        #expect(got == Array(1...18))
+    }
+
     @Test("when the upstream ring cannot fill a gap, subscribers are told to resync")
     func gapMarker() {
         var m = MeshHarness(links: [("a", "b", 10), ("b", "c", 10)])

@@ -14,6 +14,8 @@ struct MeshHarness {
     var dataEntriesByLink: [String: Int] = [:]
     let graph: MeshGraph
     var trace = false
+    /// Directed links whose batches are held back (not delivered) until released.
+    var held: Set<String> = []
 
     static let namespaces: [String: NamespaceOptions] = [
         "room": NamespaceOptions(presence: true, joinLeave: true, historySize: 50, historyTTL: .seconds(300), anonymous: false),
@@ -90,7 +92,7 @@ struct MeshHarness {
         var rounds = 0
         while rounds < maxRounds {
             rounds += 1
-            if let k = wires.keys.sorted().first(where: { !(wires[$0]?.isEmpty ?? true) }) {
+            if let k = wires.keys.sorted().first(where: { !(wires[$0]?.isEmpty ?? true) && !held.contains($0) }) {
                 let batch = wires[k]!.removeFirst()
                 let parts = k.split(separator: ">").map(String.init)
                 handle(parts[1], .linkBatch(parts[0], batch))
