@@ -11,6 +11,7 @@ let package = Package(
         .library(name: "TernTopology", targets: ["TernTopology"]),
         .library(name: "TernRelay", targets: ["TernRelay"]),
         .library(name: "TernClient", targets: ["TernClient"]),
+        .library(name: "TernSim", targets: ["TernSim"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -76,6 +77,16 @@ let package = Package(
                 .product(name: "X509", package: "swift-certificates"),
             ]
         ),
+        /// Deterministic discrete-event simulator that drives the same TernCore.
+        .target(
+            name: "TernSim",
+            dependencies: [
+                "TernCore", "TernWire", "TernTopology",
+                .product(name: "HeapModule", package: "swift-collections"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
         /// Swift WebSocket client with reconnect, backoff and recovery by position.
         .target(
             name: "TernClient",
@@ -91,7 +102,7 @@ let package = Package(
         .executableTarget(
             name: "tern",
             dependencies: [
-                "TernRelay", "TernTopology", "TernClient",
+                "TernRelay", "TernTopology", "TernClient", "TernSim",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -100,6 +111,7 @@ let package = Package(
         .testTarget(name: "TernCoreTests", dependencies: ["TernCore"]),
         .testTarget(name: "TernWireTests", dependencies: ["TernWire"]),
         .testTarget(name: "TernTopologyTests", dependencies: ["TernTopology"]),
+        .testTarget(name: "TernSimTests", dependencies: ["TernSim", "TernCore", "TernTopology"]),
         .testTarget(
             name: "TernRelayTests",
             dependencies: [

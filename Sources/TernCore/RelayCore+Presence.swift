@@ -4,6 +4,12 @@
 /// marked stale, then dropped after `presenceTimeout`; snapshots on every
 /// (re)connection make all regions converge.
 extension RelayCore {
+    /// Connections and distinct users present in `topic`, as this relay sees the mesh.
+    public func presenceCounts(_ topic: String) -> (clients: Int, users: Int) {
+        guard let t = topics[topic] else { return (0, 0) }
+        return (t.presence.count, t.presence.userCount)
+    }
+
     /// Presence entries for `topic` owned by regions this relay cannot reach, by region.
     public func stalePresenceRegions(_ topic: String) -> [String] {
         mesh?.stalePresence[topic]?.keys.sorted() ?? []
@@ -70,7 +76,11 @@ extension RelayCore {
             if let hop = mesh!.routes.firstHop(to: home(of: topic)) { enqueueLink(hop, asTowardsHome(message)) }
             return
         }
-        guard owner != config.region else { return }
+        if owner == config.region {
+            // Our own change, back from the home: it is already applied here, but the regions below still need it.
+            sendPresenceDown(topic, message)
+            return
+        }
         ensureTopic(topic, options, now: now)
         if applyPresence(topic, owner: owner, incarnation: incarnation, sequence: sequence, change) {
             sendPresenceDown(topic, message)

@@ -1,0 +1,779 @@
+import Foundation
+import HeapModule
+import NIOCore
+import TernCore
+import TernTopology
+import TernWire
+
+/// Encodes each message as an index into a log, so simulated clients read
+/// back the exact `ServerMessage` without JSON work. Shared frames stay
+/// shared: one entry per publication per region, like the real encoder.
+final class SimEncoder: ServerMessageEncoding, @unchecked Sendable {
+    var log: [ServerMessage] = []
+
+    func encode(_ message: ServerMessage) -> ByteBuffer {
+        log.append(message)
+        var b = ByteBuffer()
+        b.writeInteger(UInt32(log.count - 1))
+        return b
+    }
+
+    func encodeSSE(_ message: ServerMessage, cursor: inout [String: StreamPosition]) -> ByteBuffer { encode(message) }
+
+    func decode(_ frame: OutboundFrame) -> ServerMessage {
+        log[Int(frame.bytes.getInteger(at: frame.bytes.readerIndex, as: UInt32.self)!)]
+    }
+}
+
+/// Percentiles of a set of latencies.
+public struct Percentiles: Sendable, Codable {
+    public var count: Int
+    public var p50Ms: Double
+    public var p90Ms: Double
+    public var p99Ms: Double
+    public var maxMs: Double
+
+    init(_ samples: [Int64]) {
+        let sorted = samples.sorted()
+        func at(_ q: Double) -> Double {
+            guard !sorted.isEmpty else { return 0 }
+            return Double(sorted[min(sorted.count - 1, Int(Double(sorted.count) * q))]) / 1e6
+        }
+        count = sorted.count
+        p50Ms = at(0.5)
+        p90Ms = at(0.9)
+        p99Ms = at(0.99)
+        maxMs = Double(sorted.last ?? 0) / 1e6
+    }
+}
+
+/// What one simulated run produced.
+public struct SimulationResult: Sendable, Codable {
+    public var scenario: String
+    public var seed: UInt64
+    public var traceHash: String
+    public var violations: [String]
+    public var simulatedSeconds: Double
+    public var events: Int
+    public var clients: Int
+    public var publishes: Int
+    public var acknowledged: Int
+    public var deliveries: Int
+    public var linkBatches: Int
+    public var linkEntries: Int
+    public var linkWireBytes: Int
+    public var linkRawBytes: Int
+    public var linkMessagesPerPublish: Double
+    public var linkBytesPerPublish: Double
+    public var latencyByRegion: [String: Percentiles]
+    public var latency: Percentiles
+    /// Latency histogram: upper bound in milliseconds → count.
+    public var histogram: [Double: Int]
+    /// Faults and notable moments: (seconds, label).
+    public var timeline: [TimelineEntry]
+    /// Deliveries per second of simulated time, for the report.
+    public var deliveriesPerSecond: [Int]
+
+    public struct TimelineEntry: Sendable, Codable {
+        public var seconds: Double
+        public var label: String
+    }
+
+    public var passed: Bool { violations.isEmpty }
+}
+
+/// A single-threaded, discrete-event simulation of a whole mesh: the real
+/// `RelayCore` of every region, joined by simulated TCP links and clients,
+/// driven by one seeded generator and a simulated clock.
+public final class Simulation {
+    // MARK: State
+
+    enum Kind {
+        case linkDeliver(from: String, to: String, generation: Int, batch: [LinkMessage])
+        case linkReconnect(String, String)
+        case clientFrames(ClientKey, Int, [ServerMessage])
+        case clientSend(ClientKey, Int, UInt64, ClientCommand)
+        case clientClosedByRelay(ClientKey, Int, CloseCode)
+        case clientReconnect(ClientKey)
+        case tick(String)
+        case publish
+        case celebrityPublish
+        case churn(String)
+        case fault(Fault)
+        case endSlow(String)
+        case endClog(String)
+        case presenceCheck
+    }
+
+    struct Event: Comparable {
+        var at: TernInstant
+        var sequence: UInt64
+        var kind: Kind
+        static func < (a: Event, b: Event) -> Bool { (a.at, a.sequence) < (b.at, b.sequence) }
+        static func == (a: Event, b: Event) -> Bool { a.at == b.at && a.sequence == b.sequence }
+    }
+
+    struct ClientKey: Hashable { var region: String; var index: Int }
+
+    enum Role { case subscriber(String), publisher, churner }
+
+    final class SimClient {
+        let key: ClientKey
+        let role: Role
+        var connection: ClientID?
+        var generation = 0
+        var connected = false
+        var position: StreamPosition?
+        var subscribedAt: TernInstant?
+        var wantsPresence = false
+        var inPresence = false
+        var noticeCount = 0
+        var deliveries: [(position: StreamPosition, id: String)] = []
+        var expectOrderViolation = false
+        var slowUntil: TernInstant?
+        var lastArrival = TernInstant.zero
+        var lastSend = TernInstant.zero
+        var nextRef: UInt64 = 1
+        var pendingPublishes: [UInt64: String] = [:]
+        var advisedDelay: Duration?
+        init(key: ClientKey, role: Role) { self.key = key; self.role = role }
+    }
+
+    final class Region {
+        let name: String
+        var core: RelayCore?
+        var encoder = SimEncoder()
+        var skew: Duration = .zero
+        var tickAt: TernInstant?
+        var nextClientID: UInt64 = 1
+        var clientsByConnection: [ClientID: SimClient] = [:]
+        var restarts: UInt64 = 0
+        init(name: String) { self.name = name }
+    }
+
+    final class Connection {
+        var generation = 0
+        var up = false
+        var lastDelivery: [String: TernInstant] = [:]
+        var codecs: [String: LinkCodec] = [:]
+        var clogUntil: TernInstant?
+        var clogDelay: Duration = .zero
+        var reconnectScheduled = false
+    }
+
+    public let scenario: Scenario
+    public let seed: UInt64
+    private var rng: SplitMix64
+    private var now = TernInstant.zero
+    private var queue = Heap<Event>()
+    private var sequence: UInt64 = 0
+    private var regions: [String: Region] = [:]
+    private let regionNames: [String]
+    private var connections: [String: Connection] = [:]
+    private var cuts: Set<String> = []
+    private var clients: [SimClient] = []
+    private var publishers: [String: SimClient] = [:]
+    private var churners: [String: [SimClient]] = [:]
+    private var trace: UInt64 = 0xcbf2_9ce4_8422_2325
+    private var eventCount = 0
+    private var publishCount = 0
+    private var acks: [String: (topic: String, position: StreamPosition, at: TernInstant)] = [:]
+    private var sentAt: [String: (topic: String, at: TernInstant)] = [:]
+    private var latencies: [String: [Int64]] = [:]
+    private var deliveryCount = 0
+    private var linkBatches = 0
+    private var linkEntries = 0
+    private var linkWire = 0
+    private var linkRaw = 0
+    private var timeline: [SimulationResult.TimelineEntry] = []
+    private var violations: [String] = []
+    private var lastHeal: TernInstant?
+    private var deliveriesPerSecond: [Int] = []
+    private var debugDropped = false
+    private var debugReordered = false
+    private let end: TernInstant
+
+    /// A simulation of `scenario` from `seed`.
+    public init(scenario: Scenario, seed: UInt64) {
+        self.scenario = scenario
+        self.seed = seed
+        self.rng = SplitMix64(seed: seed)
+        self.regionNames = scenario.topology.regions.map(\.name)
+        self.end = TernInstant.zero + scenario.duration
+        for name in regionNames { regions[name] = Region(name: name) }
+        for l in scenario.topology.links { connections[pairKey(l.between.0, l.between.1)] = Connection() }
+    }
+
+    private func pairKey(_ a: String, _ b: String) -> String { a < b ? "\(a)|\(b)" : "\(b)|\(a)" }
+
+    private func mix(_ text: String) {
+        for b in text.utf8 { trace = (trace ^ UInt64(b)) &* 0x100_0000_01b3 }
+    }
+
+    private func schedule(_ at: TernInstant, _ kind: Kind) {
+        sequence += 1
+        queue.insert(Event(at: max(at, now), sequence: sequence, kind: kind))
+    }
+
+    private func random(_ range: ClosedRange<Double>) -> Double { Double.random(in: range, using: &rng) }
+
+    private func exponential(rate: Double) -> Duration {
+        let u = max(1e-12, random(0...1))
+        return .nanoseconds(Int64(-log(u) / rate * 1e9))
+    }
+
+    private func sample(_ mean: Duration, _ distribution: LatencyDistribution) -> Duration {
+        let ns = Double(mean.ternNanoseconds)
+        let v: Double = switch distribution {
+        case .constant: ns
+        case .uniform(let j): ns + random(-1...1) * Double(j.ternNanoseconds)
+        case .exponential: -log(max(1e-12, random(0...1))) * ns
+        case .normal(let j):
+            ns + sqrt(-2 * log(max(1e-12, random(0...1)))) * cos(2 * .pi * random(0...1)) * Double(j.ternNanoseconds)
+        }
+        return .nanoseconds(Int64(max(0, v)))
+    }
+
+    // MARK: Running
+
+    /// Runs to the end of the scenario and checks the invariants.
+    public func run(progress: ((Double) -> Void)? = nil) -> SimulationResult {
+        for r in regionNames { startRelay(r) }
+        for l in scenario.topology.links { schedule(.zero + .milliseconds(1), .linkReconnect(l.between.0, l.between.1)) }
+        setUpClients()
+        for f in scenario.faults { schedule(.zero + f.at, .fault(f.fault)) }
+        if scenario.workload.publishRate > 0 { schedule(.zero + .seconds(1) + exponential(rate: scenario.workload.publishRate), .publish) }
+        if let c = scenario.workload.celebrity, c.publishRate > 0 { schedule(.zero + .seconds(1) + exponential(rate: c.publishRate), .celebrityPublish) }
+        if scenario.workload.presenceChurn > 0 {
+            for r in regionNames { schedule(.zero + .seconds(1) + exponential(rate: scenario.workload.presenceChurn), .churn(r)) }
+        }
+        let presenceCheckAt = min(end - .milliseconds(1), quietAt + scenario.invariants.presenceConvergesWithin)
+        var lastReport = 0
+        while let event = queue.popMin() {
+            if event.at > end { break }
+            now = event.at
+            eventCount += 1
+            process(event.kind)
+            let second = Int(now.nanoseconds / 1_000_000_000)
+            if let progress, second > lastReport {
+                lastReport = second
+                progress(min(1, Double(now.nanoseconds) / Double(end.nanoseconds)))
+            }
+            if case .presenceCheck = event.kind { continue }
+            if now >= presenceCheckAt, !presenceChecked {
+                presenceChecked = true
+                schedule(now, .presenceCheck)
+            }
+        }
+        now = end
+        check()
+        return result()
+    }
+
+    private var presenceChecked = false
+
+    private func process(_ kind: Kind) {
+        switch kind {
+        case .linkDeliver(let from, let to, let generation, let batch):
+            guard let c = connections[pairKey(from, to)], c.up, c.generation == generation, !cuts.contains("\(from)>\(to)") else { return }
+            mix("L\(now.nanoseconds)\(from)\(to)\(batch.count)")
+            handle(to, .linkBatch(from, batch))
+        case .linkReconnect(let a, let b):
+            connectLink(a, b)
+        case .clientFrames(let key, let generation, let messages):
+            guard let client = client(key), client.generation == generation else { return }
+            for m in messages { clientReceived(client, m) }
+        case .clientSend(let key, let generation, let ref, let command):
+            guard let client = client(key), client.generation == generation, client.connected, let id = client.connection,
+                  regions[key.region]!.core != nil else { return }
+            mix("C\(now.nanoseconds)\(key.region)\(key.index)")
+            handle(key.region, .command(id, ref: ref, command))
+        case .clientClosedByRelay(let key, let generation, let code):
+            guard let client = client(key), client.generation == generation else { return }
+            disconnected(client, reconnect: code.reconnect)
+        case .clientReconnect(let key):
+            guard let client = client(key), !client.connected else { return }
+            connectClient(client)
+        case .tick(let region):
+            guard let r = regions[region], r.core != nil, let at = r.tickAt, at <= now else { return }
+            r.tickAt = nil
+            handle(region, .tick)
+        case .publish:
+            publishOrdinary()
+            if quiet == false { schedule(now + exponential(rate: scenario.workload.publishRate), .publish) }
+        case .celebrityPublish:
+            if let c = scenario.workload.celebrity {
+                publish(topic: c.topic)
+                if quiet == false { schedule(now + exponential(rate: c.publishRate), .celebrityPublish) }
+            }
+        case .churn(let region):
+            if quiet { return }
+            churn(region)
+            schedule(now + exponential(rate: scenario.workload.presenceChurn), .churn(region))
+        case .fault(let fault):
+            apply(fault)
+        case .endSlow(let region):
+            for c in clients where c.key.region == region && c.slowUntil != nil && c.slowUntil! <= now {
+                c.slowUntil = nil
+                if let id = c.connection { drainClient(c, id) }
+            }
+        case .endClog(let pair):
+            connections[pair]?.clogUntil = nil
+        case .presenceCheck:
+            checkPresence()
+        }
+    }
+
+    /// When publishing and churn stop, so that the run drains and the checkers judge a settled mesh.
+    private var quietAt: TernInstant {
+        if let q = scenario.workload.quietAfter { return .zero + q }
+        let settle = max(Duration.seconds(5), scenario.invariants.presenceConvergesWithin + .seconds(1))
+        return end - min(settle, scenario.duration / 2)
+    }
+
+    private var quiet: Bool { now >= quietAt }
+
+    private func client(_ key: ClientKey) -> SimClient? {
+        key.index < clients.count && clients[key.index].key == key ? clients[key.index] : nil
+    }
+
+    // MARK: Relays
+
+    private func regionNow(_ region: String) -> TernInstant { now + regions[region]!.skew }
+
+    private func startRelay(_ name: String) {
+        let r = regions[name]!
+        r.restarts += 1
+        r.encoder = SimEncoder()
+        r.clientsByConnection = [:]
+        r.core = RelayCore(config: scenario.topology.coreConfig(for: name), encoder: r.encoder,
+                           seed: rng.next() ^ r.restarts, now: regionNow(name))
+        r.tickAt = nil
+        mix("R\(now.nanoseconds)\(name)")
+    }
+
+    private func handle(_ region: String, _ event: RelayEvent) {
+        let r = regions[region]!
+        guard r.core != nil else { return }
+        let actions = r.core!.handle(event, now: regionNow(region))
+        for action in actions {
+            switch action {
+            case .flush(let id):
+                if let c = r.clientsByConnection[id] { drainClient(c, id) }
+            case .close(let id, let code):
+                if let c = r.clientsByConnection[id] {
+                    drainClient(c, id, force: true)
+                    schedule(now + sample(scenario.network.clientLatency, scenario.network.clientLatencyDistribution),
+                             .clientClosedByRelay(c.key, c.generation, code))
+                }
+            case .verifyToken(let id, let ref, _):
+                handle(region, .authenticated(id, ref: ref, ClientIdentity(
+                    user: r.clientsByConnection[id].map { "u\($0.key.index)" } ?? "u", expiresAt: nil,
+                    subscribe: [TopicPattern("*")], publish: [TopicPattern("*")], presence: [TopicPattern("*")])))
+            case .sendLink(let peer, let batch):
+                sendLink(region, peer, batch)
+            case .apiReply, .pollReply:
+                break
+            }
+        }
+        if let next = r.core?.nextDeadline {
+            let at = next - r.skew
+            if r.tickAt == nil || at < r.tickAt! {
+                r.tickAt = at
+                schedule(max(at, now), .tick(region))
+            }
+        }
+    }
+
+    private func crash(_ name: String) {
+        let r = regions[name]!
+        guard r.core != nil else { return }
+        r.core = nil
+        for l in scenario.topology.links(of: name) { breakLink(name, l.peer.name, reconnect: false) }
+        for c in clients where c.key.region == name && c.connected { disconnected(c, reconnect: true) }
+    }
+
+    // MARK: Links
+
+    private func linkAllowed(_ a: String, _ b: String) -> Bool {
+        regions[a]!.core != nil && regions[b]!.core != nil && !cuts.contains("\(a)>\(b)") && !cuts.contains("\(b)>\(a)")
+    }
+
+    private func connectLink(_ a: String, _ b: String) {
+        guard let c = connections[pairKey(a, b)] else { return }
+        c.reconnectScheduled = false
+        guard !c.up else { return }
+        guard linkAllowed(a, b) else {
+            scheduleReconnect(a, b)
+            return
+        }
+        c.up = true
+        c.generation += 1
+        c.lastDelivery = [:]
+        c.codecs = [a: LinkCodec(), b: LinkCodec()]
+        mix("U\(now.nanoseconds)\(a)\(b)")
+        handle(a, .linkUp(b))
+        handle(b, .linkUp(a))
+    }
+
+    private func scheduleReconnect(_ a: String, _ b: String) {
+        guard let c = connections[pairKey(a, b)], !c.reconnectScheduled else { return }
+        c.reconnectScheduled = true
+        let jitter = Duration.nanoseconds(Int64(random(0...1) * Double(scenario.network.reconnectDelay.ternNanoseconds)))
+        schedule(now + scenario.network.reconnectDelay + jitter, .linkReconnect(a, b))
+    }
+
+    private func breakLink(_ a: String, _ b: String, reconnect: Bool = true) {
+        guard let c = connections[pairKey(a, b)], c.up else { return }
+        c.up = false
+        c.generation += 1
+        mix("D\(now.nanoseconds)\(a)\(b)")
+        handle(a, .linkDown(b))
+        handle(b, .linkDown(a))
+        if reconnect { scheduleReconnect(a, b) } else { scheduleReconnect(a, b) }
+    }
+
+    private func sendLink(_ from: String, _ to: String, _ batch: [LinkMessage]) {
+        guard let c = connections[pairKey(from, to)], c.up else { return }
+        if cuts.contains("\(from)>\(to)") {
+            // A one-way cut: the sender's writes go nowhere; TCP notices and breaks the connection.
+            breakLink(from, to)
+            return
+        }
+        var frame = ByteBuffer()
+        let codec = c.codecs[from]!
+        let raw = codec.rawBytesSent, wire = codec.wireBytesSent
+        codec.encode(.batch(batch), into: &frame)
+        linkRaw += codec.rawBytesSent - raw
+        linkWire += codec.wireBytesSent - wire
+        linkBatches += 1
+        linkEntries += batch.count { if case .credit = $0 { false } else if case .linkState = $0 { false } else { true } }
+        let link = scenario.topology.links.first { $0.joins(from, to) }!
+        var delay = sample(link.latency, scenario.network.latency)
+        let bandwidth = link.bandwidthMbps ?? scenario.network.bandwidthMbps
+        if bandwidth > 0 { delay += .nanoseconds(Int64(Double(frame.readableBytes * 8) / (bandwidth * 1e6) * 1e9)) }
+        var losses = 0
+        while scenario.network.loss > 0, random(0...1) < scenario.network.loss {
+            losses += 1
+            if losses >= scenario.network.maxRetransmits {
+                breakLink(from, to)
+                return
+            }
+            delay += link.latency * 2 + .milliseconds(200)
+        }
+        if scenario.network.duplication > 0, random(0...1) < scenario.network.duplication { mix("dup") }
+        if scenario.network.reorderWindow > .zero {
+            delay += .nanoseconds(Int64(random(0...1) * Double(scenario.network.reorderWindow.ternNanoseconds)))
+        }
+        if let until = c.clogUntil, until > now { delay += c.clogDelay }
+        // TCP delivers in order: a batch never overtakes the one before it.
+        let at = max(now + delay, c.lastDelivery[from] ?? .zero)
+        c.lastDelivery[from] = at
+        schedule(at, .linkDeliver(from: from, to: to, generation: c.generation, batch: batch))
+    }
+
+    // MARK: Faults
+
+    private func apply(_ fault: Fault) {
+        timeline.append(.init(seconds: seconds(now), label: fault.label))
+        mix("F\(now.nanoseconds)\(fault.label)")
+        switch fault {
+        case .partition(let groups):
+            var group: [String: Int] = [:]
+            for (i, g) in groups.enumerated() { for r in g { group[r] = i } }
+            for l in scenario.topology.links {
+                let (a, b) = l.between
+                if let ga = group[a], let gb = group[b], ga != gb {
+                    cuts.insert("\(a)>\(b)"); cuts.insert("\(b)>\(a)")
+                    breakLink(a, b)
+                }
+            }
+        case .oneWay(let from, let to):
+            cuts.insert("\(from)>\(to)")
+        case .isolate(let r):
+            for l in scenario.topology.links(of: r) {
+                cuts.insert("\(r)>\(l.peer.name)"); cuts.insert("\(l.peer.name)>\(r)")
+                breakLink(r, l.peer.name)
+            }
+        case .heal:
+            cuts.removeAll()
+            lastHeal = now
+            for l in scenario.topology.links { scheduleReconnect(l.between.0, l.between.1) }
+        case .flap(let a, let b, let times, let every):
+            breakLink(a, b)
+            if times > 1 { schedule(now + every, .fault(.flap(a, b, times: times - 1, every: every))) }
+        case .clog(let a, let b, let delay, let duration):
+            if let c = connections[pairKey(a, b)] {
+                c.clogUntil = now + duration
+                c.clogDelay = delay
+                schedule(now + duration, .endClog(pairKey(a, b)))
+            }
+        case .crash(let r):
+            crash(r)
+        case .restart(let r):
+            if regions[r]!.core == nil {
+                startRelay(r)
+                lastHeal = now
+                for l in scenario.topology.links(of: r) { scheduleReconnect(r, l.peer.name) }
+            }
+        case .clockJump(let r, let d):
+            regions[r]!.skew += d
+            handle(r, .tick)
+        case .slowClients(let r, let fraction, let duration):
+            for c in clients where c.key.region == r && c.connected && random(0...1) < fraction {
+                c.slowUntil = now + duration
+            }
+            schedule(now + duration, .endSlow(r))
+        }
+    }
+
+    // MARK: Clients
+
+    private func setUpClients() {
+        let w = scenario.workload
+        for r in regionNames {
+            for i in 0..<w.subscribersPerRegion { addClient(r, .subscriber("\(w.namespace):t\(i % w.topics)")) }
+            if let c = w.celebrity { for _ in 0..<c.subscribersPerRegion { addClient(r, .subscriber(c.topic)) } }
+            publishers[r] = addClient(r, .publisher)
+            if w.presenceChurn > 0 { churners[r] = (0..<10).map { _ in addClient(r, .churner) } }
+        }
+    }
+
+    @discardableResult
+    private func addClient(_ region: String, _ role: Role) -> SimClient {
+        let c = SimClient(key: ClientKey(region: region, index: clients.count), role: role)
+        clients.append(c)
+        schedule(.zero + .nanoseconds(Int64(random(0...0.9) * 1e9)), .clientReconnect(c.key))
+        return c
+    }
+
+    private func connectClient(_ c: SimClient) {
+        let r = regions[c.key.region]!
+        guard r.core != nil else {
+            schedule(now + .milliseconds(Int64(200 + random(0...800))), .clientReconnect(c.key))
+            return
+        }
+        c.generation += 1
+        let id = ClientID(r.nextClientID)
+        r.nextClientID += 1
+        c.connection = id
+        c.connected = true
+        r.clientsByConnection[id] = c
+        handle(c.key.region, .opened(id, .websocket))
+        send(c, .connect(token: "t"))
+    }
+
+    @discardableResult
+    private func send(_ c: SimClient, _ command: ClientCommand) -> UInt64 {
+        let ref = c.nextRef
+        c.nextRef += 1
+        // A client connection is ordered like TCP: a command never overtakes the one before it.
+        let at = max(now + sample(scenario.network.clientLatency, scenario.network.clientLatencyDistribution), c.lastSend)
+        c.lastSend = at
+        schedule(at, .clientSend(c.key, c.generation, ref, command))
+        return ref
+    }
+
+    private func disconnected(_ c: SimClient, reconnect: Bool) {
+        guard c.connected else { return }
+        c.connected = false
+        if let id = c.connection {
+            regions[c.key.region]!.clientsByConnection[id] = nil
+            handle(c.key.region, .closed(id))
+        }
+        c.connection = nil
+        c.generation += 1
+        c.inPresence = false
+        c.pendingPublishes = [:]
+        c.lastSend = now
+        c.lastArrival = now
+        guard reconnect else { return }
+        let delay = c.advisedDelay ?? .milliseconds(Int64(100 + random(0...900)))
+        c.advisedDelay = nil
+        schedule(now + delay, .clientReconnect(c.key))
+    }
+
+    private func drainClient(_ c: SimClient, _ id: ClientID, force: Bool = false) {
+        if let until = c.slowUntil, until > now, !force { return }
+        let r = regions[c.key.region]!
+        guard r.core != nil else { return }
+        let frames = r.core!.takeOutbound(id, maxBytes: .max)
+        guard !frames.isEmpty else { return }
+        var messages = frames.map { r.encoder.decode($0) }
+        if scenario.debug.reorderOneDelivery, !debugReordered, case .subscriber = c.role {
+            let pubs = messages.indices.filter { if case .publication = messages[$0] { true } else { false } }
+            if pubs.count >= 2 {
+                messages.swapAt(pubs[0], pubs[1])
+                debugReordered = true
+            }
+        }
+        let at = max(now + sample(scenario.network.clientLatency, scenario.network.clientLatencyDistribution), c.lastArrival)
+        c.lastArrival = at
+        schedule(at, .clientFrames(c.key, c.generation, messages))
+    }
+
+    private func clientReceived(_ c: SimClient, _ message: ServerMessage) {
+        switch message {
+        case .reply(_, .connected):
+            switch c.role {
+            case .subscriber(let topic): send(c, .subscribe(topic: topic, since: c.position))
+            case .churner: if c.wantsPresence { send(c, .subscribe(topic: scenario.workload.presenceTopic, since: nil)) }
+            case .publisher: break
+            }
+        case .reply(_, .subscribed(let r)):
+            if case .churner = c.role { c.inPresence = true; return }
+            if c.subscribedAt == nil { c.subscribedAt = now }
+            if r.recovered == false { c.noticeCount += 1 }
+            if r.recovered == true {
+                for p in r.publications { deliver(c, p) }
+            }
+            c.position = r.recovered == true ? (r.publications.last?.position ?? r.position) : r.position
+        case .reply(_, .unsubscribed):
+            c.inPresence = false
+        case .reply(let ref?, .published(_, let position?, _)):
+            if let id = c.pendingPublishes.removeValue(forKey: ref) {
+                acks[id] = (sentAt[id]?.topic ?? "", position, now)
+            }
+        case .publication(let p):
+            deliver(c, p)
+        case .gap(_, let position, _):
+            c.noticeCount += 1
+            c.position = position
+        case .epochChanged(_, let position):
+            c.position = position
+        case .disconnect(_, let after):
+            c.advisedDelay = after
+        case .error(let ref?, _):
+            c.pendingPublishes[ref] = nil
+        default:
+            break
+        }
+    }
+
+    private func deliver(_ c: SimClient, _ p: Publication) {
+        guard case .subscriber = c.role else { return }
+        if scenario.debug.dropOneDelivery, !debugDropped, acks[p.id] != nil || sentAt[p.id] != nil, p.position.offset > 2 {
+            debugDropped = true
+            c.position = p.position
+            return
+        }
+        if let pos = c.position, pos.epoch == p.position.epoch, p.position.offset != pos.offset + 1, c.noticeCount == 0 {
+            violations.append("gap without notice: client \(c.key.region)#\(c.key.index) on \(p.topic) went from \(pos) to \(p.position)")
+        }
+        c.position = p.position
+        c.deliveries.append((p.position, p.id))
+        deliveryCount += 1
+        let second = Int(now.nanoseconds / 1_000_000_000)
+        while deliveriesPerSecond.count <= second { deliveriesPerSecond.append(0) }
+        deliveriesPerSecond[second] += 1
+        if let sent = sentAt[p.id] { latencies[c.key.region, default: []].append((now - sent.at).ternNanoseconds) }
+        mix("P\(now.nanoseconds)\(c.key.index)\(p.position.offset)")
+    }
+
+    private func publishOrdinary() {
+        let w = scenario.workload
+        publish(topic: "\(w.namespace):t\(Int(random(0...0.999_999) * Double(w.topics)))")
+    }
+
+    private func publish(topic: String) {
+        let region = regionNames[Int(random(0...0.999_999) * Double(regionNames.count))]
+        guard let p = publishers[region], p.connected else { return }
+        publishCount += 1
+        let id = "p\(publishCount)"
+        sentAt[id] = (topic, now)
+        let ref = send(p, .publish(topic: topic, id: id, data: "{\"n\":\(publishCount)}", volatile: false))
+        p.pendingPublishes[ref] = id
+    }
+
+    private func churn(_ region: String) {
+        guard let list = churners[region], !list.isEmpty else { return }
+        let c = list[Int(random(0...0.999_999) * Double(list.count))]
+        guard c.connected else { return }
+        c.wantsPresence.toggle()
+        if c.wantsPresence {
+            send(c, .subscribe(topic: scenario.workload.presenceTopic, since: nil))
+        } else {
+            send(c, .unsubscribe(topic: scenario.workload.presenceTopic))
+        }
+    }
+
+    // MARK: Checking
+
+    private func checkPresence() {
+        let topic = scenario.workload.presenceTopic
+        guard scenario.workload.presenceChurn > 0 else { return }
+        let expected = churners.values.joined().filter { $0.connected && $0.inPresence && regions[$0.key.region]!.core != nil }.count
+        for r in regionNames where regions[r]!.core != nil {
+            let (count, _) = regions[r]!.core!.presenceCounts(topic)
+            if count != expected {
+                violations.append("presence did not converge: \(r) counts \(count) in \(topic), \(expected) are joined (checked at \(String(format: "%.1f", seconds(now)))s)")
+            }
+        }
+    }
+
+    private func check() {
+        // Within an epoch, every subscriber sees the same publication at each offset, in increasing order.
+        var atOffset: [String: [StreamPosition: String]] = [:]
+        for c in clients {
+            guard case .subscriber(let topic) = c.role else { continue }
+            var last: StreamPosition?
+            var seen = Set<String>()
+            for d in c.deliveries {
+                if let known = atOffset[topic]?[d.position], known != d.id {
+                    violations.append("order differs within epoch: \(topic) \(d.position) is \(known) for one client and \(d.id) for \(c.key.region)#\(c.key.index)")
+                }
+                atOffset[topic, default: [:]][d.position] = d.id
+                if let l = last, l.epoch == d.position.epoch, d.position.offset <= l.offset {
+                    violations.append("out of order: \(c.key.region)#\(c.key.index) got \(d.position) after \(l) on \(topic)")
+                }
+                last = d.position
+                if !seen.insert(d.id).inserted, c.noticeCount == 0 {
+                    violations.append("duplicate: \(c.key.region)#\(c.key.index) got \(d.id) twice on \(topic)")
+                }
+            }
+        }
+        // No acknowledged publish is lost: every subscriber subscribed before it, never told of a gap, has it once.
+        let byTopic = Dictionary(grouping: clients.filter { if case .subscriber = $0.role { true } else { false } }) { c -> String in
+            if case .subscriber(let t) = c.role { return t }
+            return ""
+        }
+        let settleBy = quietAt
+        for (id, ack) in acks.sorted(by: { $0.key < $1.key }) {
+            guard let sent = sentAt[id], sent.at < settleBy else { continue }
+            for c in byTopic[ack.topic] ?? [] {
+                guard let since = c.subscribedAt, since < sent.at, c.noticeCount == 0 else { continue }
+                let n = c.deliveries.count { $0.id == id }
+                if n != 1 {
+                    violations.append("acknowledged publish \(id) (\(ack.position)) reached \(c.key.region)#\(c.key.index) \(n) times on \(ack.topic)")
+                    if violations.count > 50 { return }
+                }
+            }
+        }
+        if let max = scenario.invariants.maxP99Latency {
+            let p99 = Percentiles(latencies.values.flatMap { $0 }).p99Ms
+            if p99 > Double(max.ternNanoseconds) / 1e6 { violations.append("p99 latency \(p99) ms is over the \(max) threshold") }
+        }
+    }
+
+    private func seconds(_ t: TernInstant) -> Double { Double(t.nanoseconds) / 1e9 }
+
+    private func result() -> SimulationResult {
+        let all = latencies.values.flatMap { $0 }
+        var histogram: [Double: Int] = [:]
+        let bounds: [Double] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, .infinity]
+        for ns in all {
+            let ms = Double(ns) / 1e6
+            histogram[bounds.first { ms <= $0 }!, default: 0] += 1
+        }
+        let published = max(1, publishCount)
+        return SimulationResult(
+            scenario: scenario.name, seed: seed, traceHash: String(trace, radix: 16), violations: violations,
+            simulatedSeconds: seconds(end), events: eventCount, clients: clients.count,
+            publishes: publishCount, acknowledged: acks.count, deliveries: deliveryCount,
+            linkBatches: linkBatches, linkEntries: linkEntries, linkWireBytes: linkWire, linkRawBytes: linkRaw,
+            linkMessagesPerPublish: Double(linkEntries) / Double(published),
+            linkBytesPerPublish: Double(linkWire) / Double(published),
+            latencyByRegion: latencies.mapValues(Percentiles.init), latency: Percentiles(all),
+            histogram: histogram, timeline: timeline, deliveriesPerSecond: deliveriesPerSecond)
+    }
+}
