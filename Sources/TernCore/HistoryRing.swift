@@ -66,6 +66,8 @@ public struct HistoryRing: Sendable {
 
     /// The number of publications held.
     public var count: Int { entries.count }
+    /// Every publication held, oldest first.
+    public var all: [Publication] { Array(entries) }
     /// Whether the ring holds nothing.
     public var isEmpty: Bool { entries.isEmpty }
     /// The oldest offset held, if any.

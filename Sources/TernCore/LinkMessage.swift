@@ -98,8 +98,13 @@ public struct MeshConfig: Sendable {
     public var homeTimeout: Duration = .seconds(10)
     /// How long presence entries of an unreachable region are kept (marked stale) before they are dropped.
     public var presenceTimeout: Duration = .seconds(30)
+    /// This relay's incarnation: must grow with every restart of the same region (the driver passes
+    /// its start time), so link-state reports of an earlier incarnation are recognised as stale.
+    /// Zero draws one at random (tests that never restart a region).
+    public var incarnation: UInt64 = 0
     /// How long a region must stay unreachable before its topics move to the next region by rendezvous order.
     public var failoverAfter: Duration = .seconds(5)
+
 
     /// A mesh over `graph`.
     public init(graph: MeshGraph, pinnedHomes: [String: String] = [:]) {

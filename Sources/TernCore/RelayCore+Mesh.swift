@@ -92,6 +92,9 @@ struct MeshState: Sendable {
 }
 
 extension RelayCore {
+    /// How far ahead a restarted home continues an epoch it adopts from a child.
+    static let adoptionJump: UInt64 = 1_000_000
+
     /// Per-link counters, by neighbour.
     public var linkCounters: [String: LinkCounters] { mesh?.counters ?? [:] }
 
@@ -214,7 +217,11 @@ extension RelayCore {
 
     mutating func receiveAdvert(from peer: String, origin: String, _ advert: LinkStateAdvert, now: TernInstant) {
         guard origin != config.region else { return }
-        if let known = mesh!.adverts[origin], known.incarnation == advert.incarnation, known.sequence >= advert.sequence { return }
+        // Newer incarnations win; within one, higher sequences. A report from an older incarnation is stale.
+        if let known = mesh!.adverts[origin],
+           known.incarnation > advert.incarnation || (known.incarnation == advert.incarnation && known.sequence >= advert.sequence) {
+            return
+        }
         mesh!.adverts[origin] = advert
         for next in mesh!.up.sorted() where next != peer {
             enqueueLink(next, .linkState(origin: origin, incarnation: advert.incarnation, sequence: advert.sequence, neighbours: advert.neighbours.sorted()))
@@ -262,6 +269,9 @@ extension RelayCore {
             let left = t.position
             if t.synced, !t.epoch.isEmpty { t.fork = t.fork ?? left }
             t.priorHistory = t.synced ? t.history : nil
+            // Publishes sequenced before the failover may be retried here: recognise them by id.
+            for p in t.history.all where !p.id.isEmpty { t.idempotency.remember(p.id, position: p.position, now: now) }
+            t.fresh = false
             t.history = HistoryRing(capacity: t.options.historySize, ttl: t.options.historyTTL)
             t.epoch = "\(config.region).\(String(rng.next() & 0xFFFF_FFFF, radix: 16))"
             t.offset = 0
@@ -313,7 +323,7 @@ extension RelayCore {
             t.mergeUntil = now + config.limits.idempotencyWindow
             t.fork = nil
             t.forkIDs = []
-        } else {
+        } else if from.epoch != to.epoch {
             t.fork = t.fork ?? from
             t.forkIDs = []
         }
@@ -321,6 +331,7 @@ extension RelayCore {
         t.history = HistoryRing(capacity: t.options.historySize, ttl: t.options.historyTTL)
         t.epoch = to.epoch
         t.offset = to.offset
+        t.lastSwitch = (from, to)
         topics[topic] = t
         broadcast(topic, .epochChanged(topic: topic, position: to), volatileKey: nil)
         for child in mesh!.children[topic]?.orderedKeys ?? [] where mesh!.children[topic]?[child] == .live {
@@ -414,12 +425,31 @@ extension RelayCore {
         if isHome(topic), topics[topic]!.fresh,
            let held = [fork, since].compactMap({ $0 }).first(where: { $0.epoch.hasPrefix(config.region + ".") }) {
             // This home restarted and lost the stream, but a child still holds this region's epoch:
-            // continue that epoch from where the child stands instead of starting a new one.
+            // continue that epoch, far enough ahead that no offset another child may hold is reused.
             topics[topic]!.epoch = held.epoch
-            topics[topic]!.offset = held.offset
+            topics[topic]!.offset = held.offset + Self.adoptionJump
+            topics[topic]!.adoptedFrom = held
         }
         topics[topic]!.fresh = false
         let current = topics[topic]!.position
+        if let adopted = topics[topic]!.adoptedFrom, let from = [since, fork].compactMap({ $0 }).first, from == adopted || fork == adopted {
+            // The child stands exactly where the adopted epoch was left: move it across the jump.
+            enqueueLink(child, .epochSwitch(topic: topic, from: since ?? adopted, to: current))
+            enqueueLink(child, .caughtUp(topic: topic, position: current))
+            mesh!.children[topic]?[child] = .live
+            sendPresenceSnapshots(topic, to: child)
+            return
+        }
+        if let sw = topics[topic]!.lastSwitch, let since, since == sw.from, since.epoch != current.epoch || since.offset < current.offset,
+           case .recovered(let publications) = topics[topic]!.history.publications(after: sw.to, current: current, now: now) {
+            // The child stands where this region stood before its last epoch switch: make the same switch.
+            enqueueLink(child, .epochSwitch(topic: topic, from: since, to: sw.to))
+            for p in publications { sendData(child, p) }
+            enqueueLink(child, .caughtUp(topic: topic, position: current))
+            mesh!.children[topic]?[child] = .live
+            sendPresenceSnapshots(topic, to: child)
+            return
+        }
         if let since, since.epoch != current.epoch {
             if let fork, fork.epoch == current.epoch, fork.offset <= current.offset,
                case .recovered(let publications) = topics[topic]!.history.publications(after: fork, current: current, now: now) {
@@ -508,6 +538,10 @@ extension RelayCore {
         t.offset = position.offset
         t.synced = true
         t.resyncing = false
+        // Subscribers here are told to resync; what they had since a fork no longer needs merging.
+        t.fork = nil
+        t.forkIDs = []
+        t.lastSwitch = nil
         topics[topic] = t
         if wasSynced {
             broadcast(topic, .gap(topic: topic, position: position, reason: reason), volatileKey: nil)

@@ -152,6 +152,10 @@ public struct RelayCore: Sendable {
         /// True for a home's stream that nothing has been sequenced in or served from yet: a restarted
         /// home may adopt the epoch its children still hold instead of starting a new one.
         var fresh = false
+        /// Where a restarted home adopted this epoch from, for children that stand exactly there.
+        var adoptedFrom: StreamPosition?
+        /// The last epoch switch this region made, so children standing where it stood can follow.
+        var lastSwitch: (from: StreamPosition, to: StreamPosition)?
         var position: StreamPosition { StreamPosition(epoch: epoch, offset: offset) }
     }
 
@@ -192,6 +196,8 @@ public struct RelayCore: Sendable {
     var acceptBucket: TokenBucket
     var actions: [RelayAction] = []
     var mesh: MeshState?
+    /// When this core was created (a relay start or restart).
+    let startedAt: TernInstant
     /// The `now` of the event being handled.
     var clock = TernInstant.zero
 
@@ -200,9 +206,10 @@ public struct RelayCore: Sendable {
         self.config = config
         self.encoder = encoder
         self.rng = SplitMix64(seed: seed)
+        self.startedAt = now
         self.acceptBucket = TokenBucket(rate: config.limits.acceptRatePerSecond, burst: config.limits.acceptBurst, now: now)
         if let meshConfig = config.mesh {
-            let incarnation = rng.next()
+            let incarnation = meshConfig.incarnation != 0 ? meshConfig.incarnation : rng.next() >> 1
             var state = MeshState(config: meshConfig, incarnation: incarnation,
                                   routes: meshConfig.graph.shortestPaths(from: config.region, isUp: { _, _ in false }))
             state.adverts[config.region] = LinkStateAdvert(incarnation: incarnation, sequence: 0, neighbours: [])
@@ -426,6 +433,7 @@ public struct RelayCore: Sendable {
             topics[topic]!.synced = false
             topics[topic]!.epoch = ""
         } else {
+            // Nothing sequenced or served yet: a restarted home may still adopt an epoch a child holds.
             topics[topic]!.fresh = mesh != nil
         }
         stats.topics += 1

@@ -54,7 +54,10 @@ public final class Relay: Service, Sendable {
         self.logger = logger
         self.metrics = RelayMetrics(region: region)
         self.authenticator = try await Authenticator(auth: topology.auth, secrets: secrets)
-        self.runtime = RelayRuntime(config: topology.coreConfig(for: region), seed: seed ?? UInt64.random(in: .min ... .max), metrics: metrics)
+        var coreConfig = topology.coreConfig(for: region)
+        // The incarnation grows with each start of this region: microseconds of wall-clock time.
+        coreConfig.mesh?.incarnation = UInt64(max(1, Date().timeIntervalSince1970 * 1_000_000))
+        self.runtime = RelayRuntime(config: coreConfig, seed: seed ?? UInt64.random(in: .min ... .max), metrics: metrics)
         if topology.links(of: region).isEmpty {
             self.links = nil
         } else {

@@ -167,6 +167,10 @@ public final class Simulation {
 
     public let scenario: Scenario
     public let seed: UInt64
+    /// Observes every link batch delivered: (time, from, to). For tests.
+    public var onLinkDelivery: ((TernInstant, String, String) -> Void)?
+    /// Observes every client connection accepted by a relay: (time, region). For tests.
+    public var onClientConnected: ((TernInstant, String) -> Void)?
     private var rng: SplitMix64
     private var now = TernInstant.zero
     private var queue = Heap<Event>()
@@ -273,6 +277,13 @@ public final class Simulation {
         }
         now = end
         check()
+        if ProcessInfo.processInfo.environment["TERN_SIM_DEBUG"] != nil {
+            for r in regionNames {
+                if let core = regions[r]!.core {
+                    print("DEBUG \(r): up=\(core.upLinks) home(room:t1)=\(core.home(of: "room:t1")) pos=\(String(describing: core.position(of: "room:t1")))")
+                }
+            }
+        }
         return result()
     }
 
@@ -283,6 +294,7 @@ public final class Simulation {
         case .linkDeliver(let from, let to, let generation, let batch):
             guard let c = connections[pairKey(from, to)], c.up, c.generation == generation, !cuts.contains("\(from)>\(to)") else { return }
             mix("L\(now.nanoseconds)\(from)\(to)\(batch.count)")
+            onLinkDelivery?(now, from, to)
             handle(to, .linkBatch(from, batch))
         case .linkReconnect(let a, let b):
             connectLink(a, b)
@@ -352,7 +364,10 @@ public final class Simulation {
         r.restarts += 1
         r.encoder = SimEncoder()
         r.clientsByConnection = [:]
-        r.core = RelayCore(config: scenario.topology.coreConfig(for: name), encoder: r.encoder,
+        var config = scenario.topology.coreConfig(for: name)
+        // Incarnations grow with each restart, as the relay's start time does.
+        config.mesh?.incarnation = r.restarts << 40 | UInt64(now.nanoseconds / 1_000_000 + 1)
+        r.core = RelayCore(config: config, encoder: r.encoder,
                            seed: rng.next() ^ r.restarts, now: regionNow(name))
         r.tickAt = nil
         mix("R\(now.nanoseconds)\(name)")
@@ -566,6 +581,7 @@ public final class Simulation {
         c.connection = id
         c.connected = true
         r.clientsByConnection[id] = c
+        onClientConnected?(now, c.key.region)
         handle(c.key.region, .opened(id, .websocket))
         send(c, .connect(token: "t"))
     }

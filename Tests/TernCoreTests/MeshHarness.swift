@@ -64,6 +64,7 @@ struct MeshHarness {
         var mesh = MeshConfig(graph: graph, pinnedHomes: [:])
         mesh.failoverAfter = cores[region]!.config.mesh!.failoverAfter
         mesh.homeTimeout = cores[region]!.config.mesh!.homeTimeout
+        mesh.incarnation = UInt64.max >> 2
         let encoder = RecordingEncoder()
         encoders[region] = encoder
         cores[region] = RelayCore(config: RelayCoreConfig(region: region, namespaces: Self.namespaces, mesh: mesh),

