@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every scenario in Simulations/ on a small fixed set of seeds and fails
+# if any invariant fails. Uses the tern binary from the last build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tern=${TERN:-.build/debug/tern}
+status=0
+for scenario in Simulations/*.yaml; do
+  seeds="1..2"
+  # The speed benchmark is large; one seed is enough to check it.
+  case "$scenario" in *five-regions-10k*) seeds="1..1" ;; esac
+  echo "== $scenario (seeds $seeds)"
+  if ! "$tern" sim "$scenario" --seeds "$seeds" --check-determinism; then
+    status=1
+  fi
+done
+exit $status
