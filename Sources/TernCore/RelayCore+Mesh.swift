@@ -267,6 +267,8 @@ extension RelayCore {
         if new == config.region {
             // This region takes over: continue in a new epoch of its own, remembering where the old one was left.
             let left = t.position
+            // Ids delivered since the first fork stay remembered through later failovers, until the merge.
+            if t.fork == nil { t.forkIDs = [] }
             if t.synced, !t.epoch.isEmpty { t.fork = t.fork ?? left }
             t.priorHistory = t.synced ? t.history : nil
             // Publishes sequenced before the failover may be retried here: recognise them by id.
@@ -275,8 +277,8 @@ extension RelayCore {
             t.history = HistoryRing(capacity: t.options.historySize, ttl: t.options.historyTTL)
             t.epoch = "\(config.region).\(String(rng.next() & 0xFFFF_FFFF, radix: 16))"
             t.offset = 0
-            t.failoverLog = []
-            t.forkIDs = []
+            // A log not yet re-sequenced (an earlier failover that never healed) is kept: the canonical
+            // home deduplicates by id, so sending it again is safe, dropping it is not.
             let wasSynced = t.synced
             t.synced = true
             t.resyncing = false
@@ -323,8 +325,8 @@ extension RelayCore {
             t.mergeUntil = now + config.limits.idempotencyWindow
             t.fork = nil
             t.forkIDs = []
-        } else if from.epoch != to.epoch {
-            t.fork = t.fork ?? from
+        } else if from.epoch != to.epoch, t.fork == nil {
+            t.fork = from
             t.forkIDs = []
         }
         t.priorHistory = t.history
@@ -432,9 +434,13 @@ extension RelayCore {
         }
         topics[topic]!.fresh = false
         let current = topics[topic]!.position
-        if let adopted = topics[topic]!.adoptedFrom, let from = [since, fork].compactMap({ $0 }).first, from == adopted || fork == adopted {
-            // The child stands exactly where the adopted epoch was left: move it across the jump.
-            enqueueLink(child, .epochSwitch(topic: topic, from: since ?? adopted, to: current))
+        if let adopted = topics[topic]!.adoptedFrom, let from = [since, fork].compactMap({ $0 }).first, from == adopted || fork == adopted,
+           case let jumped = StreamPosition(epoch: adopted.epoch, offset: adopted.offset + Self.adoptionJump),
+           case .recovered(let publications) = topics[topic]!.history.publications(after: jumped, current: current, now: now) {
+            // The child stands exactly where the adopted epoch was left: move it across the jump,
+            // then send what was sequenced since.
+            enqueueLink(child, .epochSwitch(topic: topic, from: since ?? adopted, to: jumped))
+            for p in publications { sendData(child, p) }
             enqueueLink(child, .caughtUp(topic: topic, position: current))
             mesh!.children[topic]?[child] = .live
             sendPresenceSnapshots(topic, to: child)

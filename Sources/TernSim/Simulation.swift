@@ -277,13 +277,6 @@ public final class Simulation {
         }
         now = end
         check()
-        if ProcessInfo.processInfo.environment["TERN_SIM_DEBUG"] != nil {
-            for r in regionNames {
-                if let core = regions[r]!.core {
-                    print("DEBUG \(r): up=\(core.upLinks) home(room:t1)=\(core.home(of: "room:t1")) pos=\(String(describing: core.position(of: "room:t1")))")
-                }
-            }
-        }
         return result()
     }
 

@@ -118,15 +118,18 @@ struct SimulationTests {
         #expect(r.passed, "\(r.violations.prefix(5))")
     }
 
-    @Test("swarm seed 2: a crash, a restart and an isolation that overlap")
-    func swarmOverlappingFailovers() throws {
+    @Test("swarm seed 2: a home crashes right after acknowledging a publish it has not yet forwarded")
+    func swarmCrashWindow() throws {
         var s = try small("steady-state", seconds: 40)
         s.faults = Swarm.faults(for: s, seed: 2)
         let r = Simulation(scenario: s, seed: 2).run()
-        // Open defect: when a restarted home and an isolated region's failover epoch overlap,
-        // publications of the failover epoch can miss the regions that merged earlier.
-        withKnownIssue("overlapping crash, restart and isolate lose failover-epoch publications at some regions") {
-            #expect(r.passed, "\(r.violations.prefix(3))")
+        // Known limitation (docs/GUARANTEES.md, "The crash window"): the home acknowledges a publish as
+        // soon as it has sequenced it; if it crashes before the publication leaves on any link, the
+        // publication is lost with its memory. Everything else in this run (a crash, a restart and an
+        // overlapping isolation, each with its own failover epoch) must merge cleanly.
+        #expect(r.violations.allSatisfy { $0.hasPrefix("acknowledged publish p108 ") }, "\(r.violations.prefix(5))")
+        withKnownIssue("a home that crashes within a link round trip of acknowledging loses that publication") {
+            #expect(r.passed)
         }
     }
 
