@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import ServiceLifecycle
 import Synchronization
@@ -69,24 +72,36 @@ struct RelayFixture {
 }
 
 /// Runs a process to completion without blocking a cooperative thread.
+///
+/// Completion is detected by polling `waitpid` rather than through Foundation's termination
+/// notification, which can be missed when several tests start processes at once.
 func runProcess(_ path: String, _ args: [String]) async throws -> String {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: path)
     process.arguments = args
     let pipe = Pipe()
     process.standardOutput = pipe
-    let collected = Mutex(Data())
+    let collected = OutputBox()
     pipe.fileHandleForReading.readabilityHandler = { handle in
         let chunk = handle.availableData
-        collected.withLock { $0.append(chunk) }
+        collected.data.withLock { $0.append(chunk) }
     }
-    try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-        process.terminationHandler = { _ in continuation.resume() }
-        do { try process.run() } catch { continuation.resume(throwing: error) }
+    try process.run()
+    let pid = process.processIdentifier
+    while true {
+        var status: Int32 = 0
+        let r = waitpid(pid, &status, WNOHANG)
+        if r == pid || (r == -1 && errno == ECHILD) || !process.isRunning { break }
+        try await Task.sleep(for: .milliseconds(10))
     }
     pipe.fileHandleForReading.readabilityHandler = nil
-    let rest = pipe.fileHandleForReading.readDataToEndOfFile()
-    return collected.withLock { String(decoding: $0 + rest, as: UTF8.self) }
+    let rest = (try? pipe.fileHandleForReading.readToEnd()) ?? Data()
+    return collected.data.withLock { String(decoding: $0 + rest, as: UTF8.self) }
+}
+
+/// Output collected from a child process.
+final class OutputBox: Sendable {
+    let data = Mutex(Data())
 }
 
 /// Starts a relay, runs `body` against it, then shuts it down gracefully.
