@@ -110,8 +110,10 @@ let package = Package(
         ),
         .testTarget(name: "TernCoreTests", dependencies: ["TernCore"]),
         .testTarget(name: "TernWireTests", dependencies: ["TernWire"]),
-        .testTarget(name: "TernTopologyTests", dependencies: ["TernTopology"]),
-        .testTarget(name: "TernSimTests", dependencies: ["TernSim", "TernCore", "TernTopology"]),
+        /// Helpers shared by the test targets (running child processes).
+        .target(name: "TernTestSupport", path: "Tests/TernTestSupport"),
+        .testTarget(name: "TernTopologyTests", dependencies: ["TernTopology", "TernTestSupport"]),
+        .testTarget(name: "TernSimTests", dependencies: ["TernSim", "TernCore", "TernTopology", "TernTestSupport"]),
         .testTarget(
             name: "TernRelayTests",
             dependencies: [

@@ -196,8 +196,6 @@ public struct RelayCore: Sendable {
     var acceptBucket: TokenBucket
     var actions: [RelayAction] = []
     var mesh: MeshState?
-    /// When this core was created (a relay start or restart).
-    let startedAt: TernInstant
     /// The `now` of the event being handled.
     var clock = TernInstant.zero
 
@@ -206,7 +204,6 @@ public struct RelayCore: Sendable {
         self.config = config
         self.encoder = encoder
         self.rng = SplitMix64(seed: seed)
-        self.startedAt = now
         self.acceptBucket = TokenBucket(rate: config.limits.acceptRatePerSecond, burst: config.limits.acceptBurst, now: now)
         if let meshConfig = config.mesh {
             let incarnation = meshConfig.incarnation != 0 ? meshConfig.incarnation : rng.next() >> 1

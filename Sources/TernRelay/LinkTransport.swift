@@ -167,7 +167,7 @@ final class LinkService: Service, Sendable {
     private let clientTLS: NIOSSLContext?
     private let plaintextPeers: Set<String>
     private let state = Mutex<(next: UInt64, channels: [String: (UInt64, any Channel)], metrics: [String: LinkMetrics])>((1, [:], [:]))
-    private let boundPort = Mutex<(port: Int?, waiters: [CheckedContinuation<Int, Never>])>((nil, []))
+    private let boundPort = BoundPort()
     let listenOn: HostPort
 
     init(topology: Topology, region: Region, runtime: RelayRuntime, registry: PrometheusCollectorRegistry, logger: Logger, listenOn: HostPort? = nil) throws {
@@ -207,16 +207,7 @@ final class LinkService: Service, Sendable {
     }
 
     /// The port the link listener is bound to.
-    func waitUntilListening() async -> Int {
-        await withCheckedContinuation { continuation in
-            let port: Int? = boundPort.withLock { state in
-                if let p = state.port { return p }
-                state.waiters.append(continuation)
-                return nil
-            }
-            if let port { continuation.resume(returning: port) }
-        }
-    }
+    func waitUntilListening() async -> Int { await boundPort.wait() }
 
     func metrics(for peer: String) -> LinkMetrics {
         state.withLock { s in
@@ -336,12 +327,7 @@ final class LinkService: Service, Sendable {
             .childChannelInitializer { [self] channel in initialize(channel, expectedPeer: nil, tls: serverTLS, server: true) }
             .bind(host: listenOn.host, port: listenOn.port).get()
         let port = listener.localAddress?.port ?? listenOn.port
-        let waiters = boundPort.withLock { s in
-            s.port = port
-            defer { s.waiters = [] }
-            return s.waiters
-        }
-        for w in waiters { w.resume(returning: port) }
+        boundPort.set(port)
         logger.info("links listening", metadata: ["address": "\(listenOn.host):\(port)"])
         // The region whose name sorts first dials, so each pair has one connection.
         let dials = topology.links(of: region.name).filter { region.name < $0.peer.name }

@@ -37,7 +37,7 @@ public final class Relay: Service, Sendable {
     let authenticator: Authenticator
     let logger: Logger
     private let address: HostPort
-    private let listening = Mutex<(port: Int?, waiters: [CheckedContinuation<Int, Never>])>((nil, []))
+    private let listening = BoundPort()
     let links: LinkService?
 
     /// A relay for `region` of `topology`, listening on the region's client address unless `listenOn` overrides it.
@@ -82,16 +82,7 @@ public final class Relay: Service, Sendable {
     public func dropLinks() { links?.dropAllLinks() }
 
     /// The port the relay listens on, once it is listening.
-    public func waitUntilListening() async -> Int {
-        await withCheckedContinuation { continuation in
-            let port: Int? = listening.withLock { state in
-                if let port = state.port { return port }
-                state.waiters.append(continuation)
-                return nil
-            }
-            if let port { continuation.resume(returning: port) }
-        }
-    }
+    public func waitUntilListening() async -> Int { await listening.wait() }
 
     /// Serves until cancelled or shut down gracefully (which drains clients first).
     public func run() async throws {
@@ -106,12 +97,7 @@ public final class Relay: Service, Sendable {
             configuration: .init(address: .hostname(address.host, port: address.port), serverName: "tern"),
             onServerRunning: { [self] channel in
                 let port = channel.localAddress?.port ?? address.port
-                let waiters = listening.withLock { state in
-                    state.port = port
-                    defer { state.waiters = [] }
-                    return state.waiters
-                }
-                for w in waiters { w.resume(returning: port) }
+                listening.set(port)
                 logger.info("relay listening", metadata: ["url": "http://\(address.host):\(port)"])
             },
             logger: logger

@@ -1,7 +1,5 @@
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#endif
+import TernTestSupport
 import Testing
 import TernTopology
 
@@ -168,28 +166,3 @@ struct TopologyTests {
     }
 }
 
-/// Runs a process to completion, polling `waitpid` (Foundation's termination notification can be
-/// missed when several tests start processes at once).
-func runToCompletion(_ path: String, _ args: [String]) throws -> (Int32, String) {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: path)
-    p.arguments = args
-    let out = FileManager.default.temporaryDirectory.appendingPathComponent("tern-out-\(UUID())")
-    FileManager.default.createFile(atPath: out.path, contents: nil)
-    let handle = try FileHandle(forWritingTo: out)
-    p.standardOutput = handle
-    p.standardError = handle
-    try p.run()
-    var status: Int32 = 0
-    while true {
-        let r = waitpid(p.processIdentifier, &status, WNOHANG)
-        if r == p.processIdentifier { break }
-        if r == -1 && errno == ECHILD { status = p.isRunning ? 0 : p.terminationStatus << 8; break }
-        usleep(10_000)
-    }
-    try handle.close()
-    let text = (try? String(contentsOf: out, encoding: .utf8)) ?? ""
-    try? FileManager.default.removeItem(at: out)
-    let exit = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-    return (exit, text)
-}
