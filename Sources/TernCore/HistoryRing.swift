@@ -101,8 +101,29 @@ public struct HistoryRing: Sendable {
         guard let oldest = entries.first?.position.offset, oldest <= position.offset + 1 else {
             return .failed(.evicted)
         }
-        // Offsets in the ring are contiguous, so the start index is arithmetic.
-        let start = Int(position.offset + 1 - oldest)
-        return .recovered(Array(entries[start...]))
+        // Offsets grow but need not be contiguous (an adopted epoch continues past a jump):
+        // find the first publication after `position` by binary search, never by arithmetic.
+        return .recovered(Array(entries[firstIndex(after: position.offset)...]))
+    }
+
+    /// The index of the first held publication whose offset is greater than `offset` (or `count`).
+    func firstIndex(after offset: UInt64) -> Int {
+        var low = 0
+        var high = entries.count
+        while low < high {
+            let mid = (low + high) / 2
+            if entries[mid].position.offset <= offset { low = mid + 1 } else { high = mid }
+        }
+        return low
+    }
+
+    /// Whether offsets strictly increase from oldest to newest, all in one epoch (checked as an invariant).
+    public var isOrdered: Bool {
+        var previous: Publication?
+        for p in entries {
+            if let previous, previous.position.epoch != p.position.epoch || previous.position.offset >= p.position.offset { return false }
+            previous = p
+        }
+        return true
     }
 }

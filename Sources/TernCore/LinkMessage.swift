@@ -28,14 +28,19 @@ public enum LinkMessage: Sendable, Hashable {
     case ack(origin: String, ref: UInt64, topic: String, result: PublishResult)
     /// The receiver processed `batches` batches; the sender may send that many more.
     case credit(batches: Int)
+    /// Sent on a link that has been quiet for a heartbeat interval, so the peer's read deadline
+    /// tells a silent path from an idle one.
+    case heartbeat
     /// A change to the presence entries `owner` holds for `topic`, numbered per owner incarnation.
     /// It travels up to the topic's home (`towardsHome`), which fans it out down the tree.
     case presence(topic: String, owner: String, incarnation: UInt64, sequence: UInt64, change: PresenceChange, towardsHome: Bool)
 
     /// Whether this message travels outside flow control (it is never acknowledged).
     public var isControl: Bool {
-        if case .credit = self { return true }
-        return false
+        switch self {
+        case .credit, .heartbeat: true
+        default: false
+        }
     }
 
     /// A rough size for batching limits (the codec's real size differs a little).
@@ -50,6 +55,7 @@ public enum LinkMessage: Sendable, Hashable {
         case .publish(let t, let i, let d, let u, let o, _, _): 24 + t.utf8.count + i.utf8.count + d.utf8.count + (u?.utf8.count ?? 0) + o.utf8.count
         case .ack(let o, _, let t, _): 32 + o.utf8.count + t.utf8.count
         case .credit: 5
+        case .heartbeat: 1
         case .presence(let t, let o, _, _, let change, _):
             switch change {
             case .join(let e): 40 + t.utf8.count + o.utf8.count + e.user.utf8.count
@@ -104,6 +110,10 @@ public struct MeshConfig: Sendable {
     public var incarnation: UInt64 = 0
     /// How long a region must stay unreachable before its topics move to the next region by rendezvous order.
     public var failoverAfter: Duration = .seconds(5)
+    /// A link that has sent nothing for this long sends a heartbeat.
+    public var heartbeatInterval: Duration = .seconds(1)
+    /// A link that has received nothing (not even a heartbeat) for this long is down: the path is silent.
+    public var linkReadTimeout: Duration = .seconds(3)
 
 
     /// A mesh over `graph`.

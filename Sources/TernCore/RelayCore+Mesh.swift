@@ -13,6 +13,17 @@ struct LinkOutbox: Sendable {
     var unacknowledged = 0
     var oldestQueuedAt: TernInstant?
     var flushScheduled = false
+    /// When anything last arrived from the peer; past `linkReadTimeout` the path is silent and the link is down.
+    var lastReceivedAt: TernInstant
+    /// When a batch last went to the peer; past `heartbeatInterval` a heartbeat goes instead.
+    var lastSentAt: TernInstant
+    /// When this link's liveness check is due (earlier scheduled checks are stale).
+    var livenessAt: TernInstant?
+
+    init(now: TernInstant) {
+        lastReceivedAt = now
+        lastSentAt = now
+    }
 }
 
 /// Where a publish came from, so its acknowledgement finds its way back.
@@ -120,7 +131,8 @@ extension RelayCore {
     mutating func linkUp(_ peer: String, now: TernInstant) {
         guard mesh != nil, mesh!.config.graph.neighbours(of: config.region).contains(peer) else { return }
         mesh!.up.insert(peer)
-        mesh!.links[peer] = LinkOutbox()
+        mesh!.links[peer] = LinkOutbox(now: now)
+        scheduleLiveness(peer, at: now + mesh!.config.heartbeatInterval)
         for origin in mesh!.adverts.keys.sorted() {
             let a = mesh!.adverts[origin]!
             enqueueLink(peer, .linkState(origin: origin, incarnation: a.incarnation, sequence: a.sequence, neighbours: a.neighbours.sorted()))
@@ -155,6 +167,7 @@ extension RelayCore {
     /// Handles one batch from `peer`, then grants it credit for another.
     mutating func linkBatch(_ peer: String, _ messages: [LinkMessage], now: TernInstant) {
         guard mesh != nil, mesh!.up.contains(peer) else { return }
+        mesh!.links[peer]?.lastReceivedAt = now
         var needsCredit = false
         for message in messages {
             if !message.isControl { needsCredit = true }
@@ -197,6 +210,8 @@ extension RelayCore {
         case .presence(let topic, let owner, let incarnation, let sequence, let change, let towardsHome):
             receivePresence(topic: topic, owner: owner, incarnation: incarnation, sequence: sequence, change: change,
                             towardsHome: towardsHome, now: now)
+        case .heartbeat:
+            break
         case .credit(let batches):
             let outstanding = mesh!.links[peer]?.unacknowledged ?? 0
             mesh!.links[peer]?.unacknowledged = max(0, outstanding - batches)
@@ -586,7 +601,7 @@ extension RelayCore {
         }
         let ref = mesh!.nextRef
         mesh!.nextRef += 1
-        let id = id.isEmpty ? "\(config.region)~\(String(mesh!.incarnation & 0xFFFF_FFFF, radix: 16))~\(ref)" : id
+        let id = id.isEmpty ? generatedPublishID() : id
         mesh!.pending[ref] = PendingPublish(origin: origin, topic: topic, id: id, data: data, user: user, acceptedAt: now, sentVia: nil)
         schedule(now + mesh!.config.homeTimeout, .publishTimeout(ref))
         forwardPending(ref)
@@ -705,8 +720,8 @@ extension RelayCore {
     // MARK: Link output
 
     mutating func enqueueLink(_ peer: String, _ message: LinkMessage, live: Bool = false) {
-        guard mesh != nil, mesh!.up.contains(peer) else { return }
-        mesh!.links[peer, default: LinkOutbox()].queue.append((message, live))
+        guard mesh != nil, mesh!.up.contains(peer), mesh!.links[peer] != nil else { return }
+        mesh!.links[peer]!.queue.append((message, live))
         mesh!.links[peer]!.queuedBytes += message.estimatedBytes
         if mesh!.links[peer]!.oldestQueuedAt == nil { mesh!.links[peer]!.oldestQueuedAt = clock }
         mesh!.dirty.insert(peer)
@@ -727,6 +742,7 @@ extension RelayCore {
                 link.queue.removeAll(where: { $0.message.isControl })
                 link.queuedBytes -= control.reduce(0) { $0 + $1.estimatedBytes }
                 actions.append(.sendLink(peer, control))
+                link.lastSentAt = now
                 mesh!.counters[peer, default: LinkCounters()].batches += 1
                 mesh!.counters[peer, default: LinkCounters()].messages += control.count
             }
@@ -745,6 +761,7 @@ extension RelayCore {
                 link.unacknowledged += 1
                 link.oldestQueuedAt = link.queue.isEmpty ? nil : now
                 actions.append(.sendLink(peer, batch))
+                link.lastSentAt = now
                 mesh!.counters[peer, default: LinkCounters()].batches += 1
                 mesh!.counters[peer, default: LinkCounters()].messages += batch.count
             }
@@ -775,6 +792,30 @@ extension RelayCore {
         link.queuedBytes = link.queue.reduce(0) { $0 + $1.message.estimatedBytes }
         mesh!.counters[peer, default: LinkCounters()].overflows += 1
         return link
+    }
+
+    // MARK: Link liveness
+
+    mutating func scheduleLiveness(_ peer: String, at: TernInstant) {
+        mesh!.links[peer]?.livenessAt = at
+        schedule(at, .linkLiveness(peer))
+    }
+
+    /// Sends a heartbeat on a link quiet for `heartbeatInterval`, and declares a link down that has
+    /// heard nothing for `linkReadTimeout`: a path that silently drops packets is noticed in seconds,
+    /// not when TCP gives up.
+    mutating func linkLivenessDue(_ peer: String, at: TernInstant, now: TernInstant) {
+        guard mesh != nil, let link = mesh!.links[peer], link.livenessAt == at else { return }
+        let config = mesh!.config
+        let silent = now - link.lastReceivedAt
+        if silent >= config.linkReadTimeout {
+            actions.append(.resetLink(peer, reason: "nothing received for \(silent.ternMilliseconds) ms (link_read_timeout is \(config.linkReadTimeout.ternMilliseconds) ms)"))
+            linkDown(peer, now: now)
+            return
+        }
+        if now - link.lastSentAt >= config.heartbeatInterval { enqueueLink(peer, .heartbeat) }
+        let next = min(now + config.heartbeatInterval, link.lastReceivedAt + config.linkReadTimeout)
+        scheduleLiveness(peer, at: max(next, now + .milliseconds(1)))
     }
 
     mutating func linkFlushDue(_ peer: String, now: TernInstant) {

@@ -80,6 +80,8 @@ public enum RelayAction: Sendable {
     case pollReply(ClientID, PollReply)
     /// Send this batch to a neighbour, in order after the batches before it.
     case sendLink(String, [LinkMessage])
+    /// Close the connection to this neighbour (the core already treats the link as down) and dial again.
+    case resetLink(String, reason: String)
 }
 
 /// Counters and gauges the driver exports as metrics.
@@ -169,6 +171,7 @@ public struct RelayCore: Sendable {
             case publishTimeout(UInt64)
             case subscribeTimeout(String)
             case linkFlush(String)
+            case linkLiveness(String)
             case presenceTimeout(String, String)
             case presenceFlush(String)
             case failoverCheck
@@ -196,6 +199,8 @@ public struct RelayCore: Sendable {
     var acceptBucket: TokenBucket
     var actions: [RelayAction] = []
     var mesh: MeshState?
+    /// Idempotency ids this core has generated; never reused within an incarnation.
+    var generatedIDs: UInt64 = 0
     /// The `now` of the event being handled.
     var clock = TernInstant.zero
 
@@ -593,9 +598,9 @@ public struct RelayCore: Sendable {
         }
         ensureTopic(topic, options, now: now)
         var id = id
-        if topics[topic]!.fork != nil, id.isEmpty, let mesh {
+        if topics[topic]!.fork != nil, id.isEmpty, mesh != nil {
             // Publications of a failover epoch are re-sequenced after the heal, deduplicated by id: give each one.
-            id = "\(config.region)~\(String(mesh.incarnation & 0xFFFF_FFFF, radix: 16))~f\(topics[topic]!.offset + 1)"
+            id = generatedPublishID()
         }
         if !id.isEmpty, let earlier = topics[topic]!.idempotency.lookup(id, now: now) {
             stats.duplicatePublishes += 1
@@ -801,7 +806,7 @@ public struct RelayCore: Sendable {
             case .connectTimeout(let c), .tokenExpiry(let c), .pollTimeout(let c): clients[c] != nil
             case .topicSweep(let t), .interestLinger(let t), .subscribeTimeout(let t), .presenceTimeout(let t, _), .presenceFlush(let t): topics[t] != nil
             case .publishTimeout(let ref): mesh?.pending[ref] != nil
-            case .linkFlush(let peer): mesh?.links[peer] != nil
+            case .linkFlush(let peer), .linkLiveness(let peer): mesh?.links[peer] != nil
             case .failoverCheck: true
             }
         }
@@ -834,6 +839,8 @@ public struct RelayCore: Sendable {
                 subscribeTimedOut(topic, now: now)
             case .linkFlush(let peer):
                 linkFlushDue(peer, now: now)
+            case .linkLiveness(let peer):
+                linkLivenessDue(peer, at: next.at, now: now)
             case .presenceTimeout(let topic, let owner):
                 presenceTimedOut(topic, owner: owner, now: now)
             case .failoverCheck:
@@ -880,6 +887,14 @@ public struct RelayCore: Sendable {
             clients[client]!.outbox.removeAll()
             beginClose(client, .slowConsumer)
         }
+    }
+
+    /// An idempotency id for a publish that came without one: the region, the full incarnation
+    /// (which grows with every restart) and a counter, so no id repeats across epochs or restarts.
+    mutating func generatedPublishID() -> String {
+        generatedIDs += 1
+        let incarnation = mesh.map { String($0.incarnation, radix: 16) } ?? "0"
+        return "\(config.region)~\(incarnation)~\(generatedIDs)"
     }
 
     mutating func jitter(up limit: Duration) -> Duration {

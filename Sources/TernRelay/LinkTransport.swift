@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import NIOCore
 import NIOPosix
@@ -94,6 +97,17 @@ final class LinkSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     func channelActive(context: ChannelHandlerContext) {
         context.writeAndFlush(wrapOutboundOut(.hello(links.hello)), promise: nil)
+        // A peer that accepts the connection but never says hello (a silent path, a stuck process)
+        // must not hold the dial forever: give it the read timeout, then close and dial again.
+        let channel = context.channel
+        let timeout = links.topology.tuning.linkReadTimeout
+        let logger = links.logger
+        let expected = expectedPeer
+        context.eventLoop.scheduleTask(in: .nanoseconds(timeout.ternNanoseconds)) { [weak self] in
+            guard let self, self.peer == nil, channel.isActive else { return }
+            logger.warning("link handshake timed out", metadata: ["peer": "\(expected ?? "?")", "after": "\(timeout)"])
+            channel.close(promise: nil)
+        }
         context.fireChannelActive()
     }
 
@@ -256,9 +270,13 @@ final class LinkService: Service, Sendable {
         // Called under the runtime's lock: always hop through the event loop's queue so the write never
         // runs inline (a failing write would close the channel and re-enter the runtime), while the
         // queue keeps batches in the order the core produced them.
-        runtime.attachLink(peer) { batch in
+        let logger = self.logger
+        runtime.attachLink(peer, send: { batch in
             channel.eventLoop.execute { channel.writeAndFlush(LinkFrame.batch(batch), promise: nil) }
-        }
+        }, reset: { reason in
+            logger.warning("link dead, resetting", metadata: ["peer": "\(peer)", "reason": "\(reason)"])
+            channel.eventLoop.execute { channel.close(promise: nil) }
+        })
         logger.info("link up", metadata: ["peer": "\(peer)", "tls": "\(!plaintextPeers.contains(peer))"])
         runtime.handle(.linkUp(peer))
     }
@@ -324,6 +342,10 @@ final class LinkService: Service, Sendable {
             .serverChannelOption(.backlog, value: 64)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.socketOption(.so_keepalive), value: 1)
+            .childChannelOption(Self.keepIdle, value: keepAlive.idle)
+            .childChannelOption(Self.keepInterval, value: keepAlive.interval)
+            .childChannelOption(Self.keepCount, value: keepAlive.count)
             .childChannelInitializer { [self] channel in initialize(channel, expectedPeer: nil, tls: serverTLS, server: true) }
             .bind(host: listenOn.host, port: listenOn.port).get()
         let port = listener.localAddress?.port ?? listenOn.port
@@ -347,6 +369,18 @@ final class LinkService: Service, Sendable {
         logger.info("links closed")
     }
 
+    static let keepIdle = ChannelOptions.tcpOption(NIOBSDSocket.Option(rawValue: CInt(TCP_KEEPIDLE)))
+    static let keepInterval = ChannelOptions.tcpOption(NIOBSDSocket.Option(rawValue: CInt(TCP_KEEPINTVL)))
+    static let keepCount = ChannelOptions.tcpOption(NIOBSDSocket.Option(rawValue: CInt(TCP_KEEPCNT)))
+
+    /// TCP keepalive for link sockets, a second line behind the heartbeats: probes start after the
+    /// read timeout and the kernel gives up after three unanswered ones, a heartbeat interval apart.
+    var keepAlive: (idle: Int, interval: Int, count: Int) {
+        let idle = max(1, topology.tuning.linkReadTimeout.ternMilliseconds / 1000)
+        let interval = max(1, topology.tuning.heartbeatInterval.ternMilliseconds / 1000)
+        return (Int(min(idle, 32_767)), Int(min(interval, 32_767)), 3)
+    }
+
     /// Dials `peer` until cancelled, waiting a jittered, growing delay after each failure.
     private func dialLoop(_ peer: Region, plaintext: Bool) async {
         var attempt = 0
@@ -355,6 +389,10 @@ final class LinkService: Service, Sendable {
             do {
                 let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                     .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                    .channelOption(.socketOption(.so_keepalive), value: 1)
+                    .channelOption(Self.keepIdle, value: keepAlive.idle)
+                    .channelOption(Self.keepInterval, value: keepAlive.interval)
+                    .channelOption(Self.keepCount, value: keepAlive.count)
                     .connectTimeout(.seconds(5))
                     .channelInitializer { [self] channel in initialize(channel, expectedPeer: peer.name, tls: plaintext ? nil : clientTLS, server: false) }
                     .connect(host: peer.link.host, port: peer.link.port).get()

@@ -22,6 +22,7 @@ final class RelayRuntime: Sendable {
         var sinks: [ClientID: AsyncStream<ClientSignal>.Continuation] = [:]
         var forceClosers: [ClientID: @Sendable (CloseCode) -> Void] = [:]
         var linkSenders: [String: @Sendable ([LinkMessage]) -> Void] = [:]
+        var linkResetters: [String: @Sendable (String) -> Void] = [:]
         var apiWaiters: [UInt64: CheckedContinuation<Result<ReplyBody, TernError>, Never>] = [:]
         var nextAPIRequest: UInt64 = 1
         var nextClient: UInt64 = 1
@@ -77,13 +78,20 @@ final class RelayRuntime: Sendable {
     }
 
     /// Routes the core's batches for `peer` to a link connection.
-    func attachLink(_ peer: String, send: @escaping @Sendable ([LinkMessage]) -> Void) {
-        state.withLock { $0.linkSenders[peer] = send }
+    /// `reset` closes the connection when the core finds the link dead; it must not call back into the runtime inline.
+    func attachLink(_ peer: String, send: @escaping @Sendable ([LinkMessage]) -> Void, reset: @escaping @Sendable (String) -> Void) {
+        state.withLock {
+            $0.linkSenders[peer] = send
+            $0.linkResetters[peer] = reset
+        }
     }
 
     /// Stops routing batches to `peer`.
     func detachLink(_ peer: String) {
-        state.withLock { _ = $0.linkSenders.removeValue(forKey: peer) }
+        state.withLock {
+            _ = $0.linkSenders.removeValue(forKey: peer)
+            _ = $0.linkResetters.removeValue(forKey: peer)
+        }
     }
 
     /// Link counters from the core, by neighbour.
@@ -129,6 +137,10 @@ final class RelayRuntime: Sendable {
                 case .sendLink(let peer, let batch):
                     // Sent under the lock so batches reach the channel in the order the core produced them.
                     state.linkSenders[peer]?(batch)
+                case .resetLink(let peer, let reason):
+                    // The core already counts the link as down; nothing more goes to this connection.
+                    state.linkSenders[peer] = nil
+                    state.linkResetters.removeValue(forKey: peer)?(reason)
                 case .apiReply(let request, let result):
                     state.apiWaiters.removeValue(forKey: request)?.resume(returning: result)
                 case .verifyToken:

@@ -76,6 +76,11 @@ public enum Fault: Sendable, Equatable {
     case oneWay(from: String, to: String)
     /// Cut every link of one region.
     case isolate(String)
+    /// Packets on one link are silently dropped both ways: no disconnect, no reset, and no new
+    /// connection gets through, until a heal. Only the relays' read deadlines can notice.
+    case blackhole(String, String)
+    /// Every link of one region becomes a blackhole.
+    case blackholeRegion(String)
     /// Restore every link.
     case heal
     /// Break and restore a link repeatedly.
@@ -96,6 +101,8 @@ public enum Fault: Sendable, Equatable {
         case .partition(let g): "partition \(g.map { $0.joined(separator: ",") }.joined(separator: " | "))"
         case .oneWay(let a, let b): "one-way cut \(a) → \(b)"
         case .isolate(let r): "isolate \(r)"
+        case .blackhole(let a, let b): "blackhole \(a)–\(b)"
+        case .blackholeRegion(let r): "blackhole \(r)"
         case .heal: "heal"
         case .flap(let a, let b, let n, _): "flap \(a)–\(b) ×\(n)"
         case .clog(let a, let b, let d, _): "clog \(a)–\(b) +\(d)"
@@ -111,6 +118,12 @@ public enum Fault: Sendable, Equatable {
 public struct ScheduledFault: Sendable, Equatable {
     public var at: Duration
     public var fault: Fault
+
+    /// `fault` at `at` after the start.
+    public init(at: Duration, fault: Fault) {
+        self.at = at
+        self.fault = fault
+    }
 }
 
 /// What the checkers demand of a run.
@@ -324,7 +337,7 @@ private struct NodeReader {
     }
 
     mutating func fault(_ node: Node, _ regions: Set<String>) -> ScheduledFault? {
-        let kinds = ["partition", "one_way", "isolate", "heal", "flap", "clog", "crash", "restart", "clock_jump", "slow_clients"]
+        let kinds = ["partition", "one_way", "isolate", "blackhole", "heal", "flap", "clog", "crash", "restart", "clock_jump", "slow_clients"]
         guard let m = map(node, "a fault", ["at"] + kinds + ["times", "every", "delay", "for", "fraction"]) else { return nil }
         guard let at = duration(m["at"], "at") else {
             fail(node, "a fault needs 'at: TIME'")
@@ -357,6 +370,12 @@ private struct NodeReader {
             f = .partition(g)
         case "one_way": f = pair(m["one_way"], "one_way").map { .oneWay(from: $0.0, to: $0.1) }
         case "isolate": f = region(m["isolate"], "isolate").map { .isolate($0) }
+        case "blackhole":
+            if case .sequence? = m["blackhole"] {
+                f = pair(m["blackhole"], "blackhole").map { .blackhole($0.0, $0.1) }
+            } else {
+                f = region(m["blackhole"], "blackhole (a region, or a link as [region, region])").map { .blackholeRegion($0) }
+            }
         case "heal": f = .heal
         case "flap": f = pair(m["flap"], "flap").map { .flap($0.0, $0.1, times: int(m["times"], "times") ?? 3, every: duration(m["every"], "every") ?? .seconds(1)) }
         case "clog": f = pair(m["clog"], "clog").map { .clog($0.0, $0.1, delay: duration(m["delay"], "delay") ?? .seconds(2), duration: duration(m["for"], "for") ?? .seconds(5)) }

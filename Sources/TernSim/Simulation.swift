@@ -179,6 +179,8 @@ public final class Simulation {
     private let regionNames: [String]
     private var connections: [String: Connection] = [:]
     private var cuts: Set<String> = []
+    /// Links (pair keys) whose packets vanish silently.
+    private var blackholes: Set<String> = []
     private var clients: [SimClient] = []
     private var publishers: [String: SimClient] = [:]
     private var churners: [String: [SimClient]] = [:]
@@ -285,7 +287,8 @@ public final class Simulation {
     private func process(_ kind: Kind) {
         switch kind {
         case .linkDeliver(let from, let to, let generation, let batch):
-            guard let c = connections[pairKey(from, to)], c.up, c.generation == generation, !cuts.contains("\(from)>\(to)") else { return }
+            guard let c = connections[pairKey(from, to)], c.up, c.generation == generation, !cuts.contains("\(from)>\(to)"),
+                  !blackholes.contains(pairKey(from, to)) else { return }
             mix("L\(now.nanoseconds)\(from)\(to)\(batch.count)")
             onLinkDelivery?(now, from, to)
             handle(to, .linkBatch(from, batch))
@@ -386,6 +389,9 @@ public final class Simulation {
                     subscribe: [TopicPattern("*")], publish: [TopicPattern("*")], presence: [TopicPattern("*")])))
             case .sendLink(let peer, let batch):
                 sendLink(region, peer, batch)
+            case .resetLink(let peer, _):
+                mix("X\(now.nanoseconds)\(region)\(peer)")
+                breakLink(region, peer)
             case .apiReply, .pollReply:
                 break
             }
@@ -411,6 +417,7 @@ public final class Simulation {
 
     private func linkAllowed(_ a: String, _ b: String) -> Bool {
         regions[a]!.core != nil && regions[b]!.core != nil && !cuts.contains("\(a)>\(b)") && !cuts.contains("\(b)>\(a)")
+            && !blackholes.contains(pairKey(a, b))
     }
 
     private func connectLink(_ a: String, _ b: String) {
@@ -449,6 +456,8 @@ public final class Simulation {
 
     private func sendLink(_ from: String, _ to: String, _ batch: [LinkMessage]) {
         guard let c = connections[pairKey(from, to)], c.up else { return }
+        // A blackholed path swallows the batch: no error, no reset; the peer's read deadline must notice.
+        if blackholes.contains(pairKey(from, to)) { return }
         if cuts.contains("\(from)>\(to)") {
             // A one-way cut: the sender's writes go nowhere; TCP notices and breaks the connection.
             breakLink(from, to)
@@ -461,7 +470,7 @@ public final class Simulation {
         linkRaw += codec.rawBytesSent - raw
         linkWire += codec.wireBytesSent - wire
         linkBatches += 1
-        linkEntries += batch.count { if case .credit = $0 { false } else if case .linkState = $0 { false } else { true } }
+        linkEntries += batch.count { switch $0 { case .credit, .linkState, .heartbeat: false; default: true } }
         for m in batch { entryKinds[String(describing: m).prefix(while: { $0 != "(" }).description, default: 0] += 1 }
         let link = scenario.topology.links.first { $0.joins(from, to) }!
         var delay = sample(link.latency, scenario.network.latency)
@@ -510,8 +519,13 @@ public final class Simulation {
                 cuts.insert("\(r)>\(l.peer.name)"); cuts.insert("\(l.peer.name)>\(r)")
                 breakLink(r, l.peer.name)
             }
+        case .blackhole(let a, let b):
+            if connections[pairKey(a, b)] != nil { blackholes.insert(pairKey(a, b)) }
+        case .blackholeRegion(let r):
+            for l in scenario.topology.links(of: r) { blackholes.insert(pairKey(r, l.peer.name)) }
         case .heal:
             cuts.removeAll()
+            blackholes.removeAll()
             lastHeal = now
             for l in scenario.topology.links { scheduleReconnect(l.between.0, l.between.1) }
         case .flap(let a, let b, let times, let every):

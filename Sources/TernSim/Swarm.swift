@@ -16,7 +16,7 @@ public enum Swarm {
         var crashed: [String] = []
         while t < healBy {
             let at = Duration.milliseconds(Int64(t * 1000))
-            switch Int.random(in: 0..<6, using: &rng) {
+            switch Int.random(in: 0..<8, using: &rng) {
             case 0 where regions.count > 1:
                 let shuffled = regions.shuffled(using: &rng)
                 let cut = Int.random(in: 1..<regions.count, using: &rng)
@@ -34,6 +34,11 @@ public enum Swarm {
                 crashed.append(r)
                 out.append(.init(at: at, fault: .crash(r)))
                 out.append(.init(at: at + .seconds(Int64.random(in: 2...6, using: &rng)), fault: .restart(r)))
+            case 6 where !links.isEmpty:
+                let l = links.randomElement(using: &rng)!
+                out.append(.init(at: at, fault: .blackhole(l.0, l.1)))
+            case 7:
+                out.append(.init(at: at, fault: .blackholeRegion(regions.randomElement(using: &rng)!)))
             default:
                 out.append(.init(at: at, fault: .slowClients(regions.randomElement(using: &rng)!, fraction: 0.2, duration: .seconds(3))))
             }

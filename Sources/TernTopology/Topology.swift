@@ -118,6 +118,8 @@ public struct MeshTuning: Hashable, Sendable {
     public var reconnectMax: Duration = .seconds(5)
     public var presenceTimeout: Duration = .seconds(30)
     public var failoverAfter: Duration = .seconds(5)
+    public var heartbeatInterval: Duration = .seconds(1)
+    public var linkReadTimeout: Duration = .seconds(3)
     public init() {}
 }
 
@@ -206,6 +208,8 @@ public struct Topology: Sendable {
         mesh.homeTimeout = tuning.homeTimeout
         mesh.presenceTimeout = tuning.presenceTimeout
         mesh.failoverAfter = tuning.failoverAfter
+        mesh.heartbeatInterval = tuning.heartbeatInterval
+        mesh.linkReadTimeout = tuning.linkReadTimeout
         return mesh
     }
 

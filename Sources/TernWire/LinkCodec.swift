@@ -45,7 +45,9 @@ public struct LinkProtocolError: Error, Equatable, CustomStringConvertible {
 /// connection's lifetime, so each connection needs a fresh codec.
 public final class LinkCodec {
     /// The link protocol version this build speaks.
-    public static let version: UInt16 = 1
+    public static let version: UInt16 = 2
+    /// Topic names interned per direction before the sender starts the table over.
+    public static let defaultMaxInternedTopics = 65_536
 
     enum FrameType: UInt8 {
         case hello = 1
@@ -55,12 +57,16 @@ public final class LinkCodec {
 
     enum Kind: UInt8 {
         case topic = 0, linkState, interest, uninterest, data, caughtUp, gap, resync, publish, ack, credit, presence, epochSwitch
+        case heartbeat, topicsReset
     }
 
     /// The largest frame accepted, in bytes.
     public let maxFrameBytes: Int
     /// Whether batches are compressed.
     public let compress: Bool
+    /// The most topic names interned per direction: the sender starts its table over past it,
+    /// and a receiver asked to hold more resets the link.
+    public let maxInternedTopics: Int
 
     private var compressor = LZ4StreamCompressor()
     private var decompressor = LZ4StreamDecompressor()
@@ -73,10 +79,14 @@ public final class LinkCodec {
     public private(set) var wireBytesSent = 0
 
     /// A codec for one connection.
-    public init(maxFrameBytes: Int = 8 * 1024 * 1024, compress: Bool = true) {
+    public init(maxFrameBytes: Int = 8 * 1024 * 1024, compress: Bool = true, maxInternedTopics: Int = LinkCodec.defaultMaxInternedTopics) {
         self.maxFrameBytes = maxFrameBytes
         self.compress = compress
+        self.maxInternedTopics = max(1, maxInternedTopics)
     }
+
+    /// Topic names interned for sending and receiving (each bounded by `maxInternedTopics`).
+    public var internedTopics: (sent: Int, received: Int) { (sentTopics.count, receivedTopics.count) }
 
     // MARK: Encoding
 
@@ -117,6 +127,11 @@ public final class LinkCodec {
 
     private func topicID(_ topic: String, _ out: inout ByteBuffer) -> UInt32 {
         if let id = sentTopics[topic] { return id }
+        if sentTopics.count >= maxInternedTopics {
+            // Start the table over rather than let it grow for the life of the connection.
+            sentTopics.removeAll(keepingCapacity: true)
+            out.writeInteger(Kind.topicsReset.rawValue)
+        }
         let id = UInt32(sentTopics.count + 1)
         sentTopics[topic] = id
         out.writeInteger(Kind.topic.rawValue)
@@ -203,6 +218,8 @@ public final class LinkCodec {
         case .credit(let batches):
             out.writeInteger(Kind.credit.rawValue)
             out.writeInteger(UInt32(clamping: batches))
+        case .heartbeat:
+            out.writeInteger(Kind.heartbeat.rawValue)
         case .presence(let topic, let owner, let incarnation, let sequence, let change, let towardsHome):
             let id = topicID(topic, &out)
             out.writeInteger(Kind.presence.rawValue)
@@ -322,7 +339,14 @@ public final class LinkCodec {
                 let id: UInt32 = try read(&body)
                 let name = try readString(&body)
                 if let problem = TopicName.problem(with: name) { throw LinkProtocolError("bad topic: \(problem)") }
+                if receivedTopics[id] == nil, receivedTopics.count >= maxInternedTopics {
+                    throw LinkProtocolError("peer interned more than \(maxInternedTopics) topics without starting over")
+                }
                 receivedTopics[id] = name
+            case .topicsReset:
+                receivedTopics.removeAll(keepingCapacity: true)
+            case .heartbeat:
+                messages.append(.heartbeat)
             case .linkState:
                 let origin = try readString(&body)
                 let incarnation: UInt64 = try read(&body)

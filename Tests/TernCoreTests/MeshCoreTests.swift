@@ -439,4 +439,42 @@ struct MeshFailoverTests {
             #expect(got == (1...9).map { "p\($0)" }, "\(r) home-successor=\(Rendezvous.ranking(topic: t, regions: ["b", "c"]))")
         }
     }
+
+    @Test("an idle link carries heartbeats and stays up; a silent one is declared down within the read timeout, and failover follows")
+    func deadLinkDetection() {
+        var m = MeshHarness(links: [("a", "b", 10), ("b", "c", 10), ("a", "c", 10)], tune: {
+            $0.heartbeatInterval = .seconds(1)
+            $0.linkReadTimeout = .seconds(3)
+            $0.failoverAfter = .seconds(2)
+        })
+        // Idle for a minute: heartbeats keep every link up.
+        m.advance(.seconds(60))
+        #expect(m.resets.isEmpty, "\(m.resets)")
+        #expect(m.cores["a"]!.upLinks == ["b", "c"])
+        let t = (0..<1000).map { "news:q\($0)" }.first { Rendezvous.ranking(topic: $0, regions: ["a", "b", "c"])[0] == "a" }!
+        let c = m.connectClient("c", 1)
+        m.handle("c", .command(c, ref: 1, .subscribe(topic: t, since: nil)))
+        m.settle()
+        // a's links go silent both ways, without any disconnect: nothing a sends or receives arrives.
+        let silentAt = m.now
+        for k in ["a>b", "b>a", "a>c", "c>a"] { m.held.insert(k) }
+        m.advance(.milliseconds(2_900))
+        #expect(m.resets.isEmpty, "declared down before the read timeout: \(m.resets)")
+        m.advance(.milliseconds(1_200))
+        let cut = m.resets.filter { $0.peer == "a" || $0.region == "a" }
+        #expect(Set(cut.map { [$0.region, $0.peer].sorted().joined(separator: "-") }) == ["a-b", "a-c"], "\(m.resets)")
+        #expect(cut.allSatisfy { $0.reason.contains("link_read_timeout") })
+        #expect(m.now - silentAt <= .milliseconds(4_100))
+        #expect(m.cores["b"]!.upLinks == ["c"])
+        // failover_after later the topic has a new home on the reachable side, and publishes there are acknowledged.
+        m.advance(.seconds(3))
+        #expect(m.cores["c"]!.home(of: t) != "a")
+        m.apiPublish("c", 1, t, "1", id: "after-blackhole")
+        m.settle()
+        guard case .success(.published(_, let p?, _))? = m.apiReplies[1] else {
+            Issue.record("no acknowledgment on the reachable side: \(String(describing: m.apiReplies[1]))")
+            return
+        }
+        #expect(!p.epoch.hasPrefix("a."))
+    }
 }

@@ -16,6 +16,8 @@ struct MeshHarness {
     var trace = false
     /// Directed links whose batches are held back (not delivered) until released.
     var held: Set<String> = []
+    /// Links a core declared dead: (region, peer, reason).
+    var resets: [(region: String, peer: String, reason: String)] = []
 
     static let namespaces: [String: NamespaceOptions] = [
         "room": NamespaceOptions(presence: true, joinLeave: true, historySize: 50, historyTTL: .seconds(300), anonymous: false),
@@ -52,6 +54,9 @@ struct MeshHarness {
                 if entries > 0 { dataEntriesByLink[k, default: 0] += entries }
             case .apiReply(let request, let result):
                 apiReplies[request] = result
+            case .resetLink(let peer, let reason):
+                resets.append((region, peer, reason))
+                cut(region, peer)
             default:
                 break
             }

@@ -24,6 +24,7 @@ struct LinkCodecTests {
         .ack(origin: "ap-south", ref: 6, topic: "room:y", result: .refused(code: .permissionDenied, message: "no")),
         .uninterest(topic: "room:y"),
         .credit(batches: 2),
+        .heartbeat,
         .presence(topic: "room:x", owner: "ap-south", incarnation: 9, sequence: 3,
                   change: .join(PresenceEntry(client: ClientID(4), user: "carol", region: "ap-south")), towardsHome: true),
         .presence(topic: "room:x", owner: "ap-south", incarnation: 9, sequence: 4, change: .leave(ClientID(4)), towardsHome: false),
@@ -82,5 +83,31 @@ struct LinkCodecTests {
             junk[4] = UInt8.random(in: 1...3, using: &rng)
             _ = decodes(junk)
         }
+    }
+
+    @Test("topic interning is bounded: the sender starts its table over, and a receiver refuses to grow past the bound")
+    func internedTopicsBounded() throws {
+        let sender = LinkCodec(maxInternedTopics: 4)
+        let receiver = LinkCodec(maxInternedTopics: 4)
+        var bytes = ByteBuffer()
+        var sent: [LinkMessage] = []
+        for i in 0..<10 {
+            let m = LinkMessage.uninterest(topic: "room:t\(i)")
+            sent.append(m)
+            sender.encode(.batch([m]), into: &bytes)
+        }
+        #expect(sender.internedTopics.sent <= 4)
+        var received: [LinkMessage] = []
+        while let frame = try receiver.decode(&bytes) {
+            if case .batch(let ms) = frame { received += ms }
+        }
+        #expect(received == sent)
+        #expect(receiver.internedTopics.received <= 4)
+        // A peer that keeps defining topics without starting over is refused.
+        let greedy = LinkCodec(maxInternedTopics: 100)
+        let strict = LinkCodec(maxInternedTopics: 4)
+        var more = ByteBuffer()
+        greedy.encode(.batch((0..<6).map { .uninterest(topic: "room:g\($0)") }), into: &more)
+        #expect(throws: LinkProtocolError.self) { _ = try strict.decode(&more) }
     }
 }

@@ -253,6 +253,58 @@ struct MeshFailoverEndToEndTests {
     }
 }
 
+@Suite("Links whose packets stop flowing", .serialized)
+struct SilentLinkTests {
+    @Test("a home whose links go silent without a close is declared down within the read deadline, and failover follows")
+    func silentHome() async throws {
+        let tuning = "  heartbeat_interval: 250ms\n  link_read_timeout: 1s"
+        try await withMesh(tuning: tuning, proxyLinksOf: "c") { mesh in
+            try await mesh.waitForLinks()
+            let topic = mesh.topic(homedAt: "c")
+            var subs: [ClientHarness] = []
+            for r in ["a", "b"] {
+                let c = ClientHarness(url: mesh.url(r), token: nil)
+                try await c.waitConnected()
+                try await c.client.subscribe(topic)
+                subs.append(c)
+            }
+            for i in 1...3 {
+                let r = try await mesh.fixture("a").apiPublish(topic, "\(i)", id: "s\(i)")
+                #expect(r.status == 200)
+                #expect(r.body.contains("\"epoch\":\"c."), "\(r.body)")
+            }
+            for s in subs { try await s.waitPublications(3) }
+            // Every link of c now passes through a proxy that drops all bytes and closes nothing.
+            let silentAt = ContinuousClock.now
+            mesh.proxy!.blackhole()
+            var downAt: ContinuousClock.Instant?
+            while ContinuousClock.now - silentAt < .seconds(10) {
+                if !mesh.relays["a"]!.upLinks.contains("c"), !mesh.relays["b"]!.upLinks.contains("c") {
+                    downAt = ContinuousClock.now
+                    break
+                }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            let noticed = try #require(downAt, "the silent links to c were never declared down") - silentAt
+            // link_read_timeout is 1 s; allow scheduling slack on a busy machine, far below TCP's own minutes.
+            #expect(noticed < .milliseconds(2_500), "noticed after \(noticed)")
+            #expect(mesh.relays["a"]!.upLinks == ["b"])
+            #expect(mesh.capture.contains("link dead, resetting"))
+            #expect(mesh.capture.contains("link_read_timeout"))
+            // failover_after (1 s) later a and b move the topic to a new home and keep publishing.
+            var acknowledged = ["s1", "s2", "s3"]
+            for i in 4...6 {
+                let r = try await mesh.fixture(["a", "b"][i % 2]).apiPublish(topic, "\(i)", id: "s\(i)")
+                #expect(r.status == 200, "\(r.body)")
+                #expect(!r.body.contains("\"epoch\":\"c."), "still sequenced by the silent home: \(r.body)")
+                if r.status == 200 { acknowledged.append("s\(i)") }
+            }
+            for s in subs { try await s.waitPublications(acknowledged.count, timeout: .seconds(15)) }
+            for s in subs { #expect(s.publications.map(\.id) == acknowledged) }
+        }
+    }
+}
+
 @Suite("Bad bytes on a link", .serialized)
 struct LinkGarbageTests {
     @Test("a malformed frame resets only that link; the relay and its other links carry on")

@@ -104,8 +104,10 @@ struct MeshFixture {
     let relays = MeshRelays()
     let regions = ["a", "b", "c"]
     let capture = LogCapture()
+    /// The proxy in front of one region's link listener, when the mesh was started with one.
+    var proxy: BlackholeProxy?
 
-    func yaml(linkPorts: [String: Int], clientPorts: [String: Int], tls: String? = nil, latencyAC: Int = 30) -> String {
+    func yaml(linkPorts: [String: Int], clientPorts: [String: Int], tls: String? = nil, latencyAC: Int = 30, tuning: String = "") -> String {
         let plaintext = tls == nil ? "\n    plaintext: true" : ""
         return """
             mesh: test-mesh
@@ -130,6 +132,7 @@ struct MeshFixture {
               home_timeout: 20s
               reconnect_min: 50ms
               reconnect_max: 300ms
+            \(tuning)
             \(tls.map { "link_tls: \($0)" } ?? "")
             auth:
               jwt:
@@ -141,12 +144,24 @@ struct MeshFixture {
 
 /// Starts three relays, runs `body`, then shuts them down.
 /// `topologyFor` lets a test give one region a different topology (hash mismatch, wrong certificate).
-func withMesh(tls: String? = nil, topologyFor: (@Sendable (String, String) -> String)? = nil,
+/// `tuning` adds lines under `mesh_tuning:` (indented two spaces). `proxyLinksOf` puts a
+/// `BlackholeProxy` in front of that region's link listener: the topology names the proxy,
+/// so every link to the region passes through it (`MeshFixture.proxy`).
+func withMesh(tls: String? = nil, tuning: String = "", proxyLinksOf proxied: String? = nil,
+              topologyFor: (@Sendable (String, String) -> String)? = nil,
               _ body: @escaping @Sendable (MeshFixture) async throws -> Void) async throws {
     var fixture = MeshFixture()
-    let linkPorts = Dictionary(uniqueKeysWithValues: fixture.regions.map { ($0, freePort()) })
+    var linkPorts = Dictionary(uniqueKeysWithValues: fixture.regions.map { ($0, freePort()) })
+    let realLinkPorts = linkPorts
+    if let proxied {
+        let proxy = try await BlackholeProxy(targetPort: linkPorts[proxied]!)
+        fixture.proxy = proxy
+        linkPorts[proxied] = proxy.port
+    }
     fixture.clientPorts = Dictionary(uniqueKeysWithValues: fixture.regions.map { ($0, freePort()) })
-    let base = fixture.yaml(linkPorts: linkPorts, clientPorts: fixture.clientPorts, tls: tls)
+    let base = fixture.yaml(linkPorts: linkPorts, clientPorts: fixture.clientPorts, tls: tls, tuning: tuning)
+    let proxy = fixture.proxy
+    defer { if let proxy { Task { await proxy.close() } } }
     let capture = fixture.capture
     let relays = fixture.relays
     let groupLogger: Logger = {
@@ -163,6 +178,7 @@ func withMesh(tls: String? = nil, topologyFor: (@Sendable (String, String) -> St
         logger.logLevel = .info
         let relay = try await Relay(topology: topology, region: r,
                                     secrets: SecretResolver(environment: ["TEST_JWT_SECRET": jwtSecret, "TEST_API_KEY": apiKey]),
+                                    linkListenOn: r == proxied ? HostPort(host: "127.0.0.1", port: realLinkPorts[r]!) : nil,
                                     seed: UInt64(r.unicodeScalars.first!.value) &+ UInt64(generation) << 32, logger: logger)
         let group = ServiceGroup(configuration: .init(services: [.init(service: relay)], gracefulShutdownSignals: [], logger: groupLogger))
         relays.set(r, relay, group)

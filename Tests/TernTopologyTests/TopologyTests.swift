@@ -111,6 +111,19 @@ struct TopologyTests {
         #expect(t?.linkTLS?.resolved(for: "a").certificateFile == "certs/a.pem")
     }
 
+    @Test("link liveness limits parse, and a read timeout shorter than two heartbeats names the line and the fix")
+    func linkLiveness() throws {
+        let ok = try TopologyLoader.parse(Self.valid + "\nmesh_tuning:\n  heartbeat_interval: 500ms\n", file: "ok.yaml")
+        #expect(ok.tuning.heartbeatInterval == .milliseconds(500))
+        #expect(ok.tuning.linkReadTimeout == .milliseconds(1500))
+        #expect(ok.meshConfig.linkReadTimeout == .milliseconds(1500))
+        let broken = Self.valid + "\nmesh_tuning:\n  heartbeat_interval: 2s\n  link_read_timeout: 3s\n"
+        let line = broken.split(separator: "\n", omittingEmptySubsequences: false).firstIndex { $0.contains("link_read_timeout") }! + 1
+        let d = diagnostics(broken)
+        #expect(d.map(\.line) == [line])
+        #expect(d.first?.message.contains("at least twice heartbeat_interval") == true)
+    }
+
     @Test("inline secrets are refused")
     func inlineSecret() {
         let d = diagnostics(Self.valid + "\nauth:\n  api_key: hunter2\n")
