@@ -7,6 +7,8 @@ need=()
 dpkg -s liblz4-dev >/dev/null 2>&1 || need+=(liblz4-dev)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# The JavaScript client's unit tests run on Node's built-in test runner (no npm packages).
+command -v node >/dev/null 2>&1 || need+=(nodejs)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
