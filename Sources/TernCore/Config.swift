@@ -80,6 +80,15 @@ public struct RelayCoreConfig: Sendable {
     public var limits: RelayLimits
     /// The mesh this relay belongs to; nil for a relay on its own.
     public var mesh: MeshConfig?
+    /// Whether the core checks its own invariants after every event (`invariantFailures`). On in
+    /// debug builds; the simulator turns it on in every build.
+    public var checkInvariants: Bool = {
+        #if DEBUG
+        true
+        #else
+        false
+        #endif
+    }()
 
     /// A config for `region` with `namespaces` and `limits`.
     public init(region: String, namespaces: [String: NamespaceOptions], limits: RelayLimits = RelayLimits(), mesh: MeshConfig? = nil) {

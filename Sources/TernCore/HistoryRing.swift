@@ -70,6 +70,8 @@ public struct HistoryRing: Sendable {
     public var all: [Publication] { Array(entries) }
     /// Whether the ring holds nothing.
     public var isEmpty: Bool { entries.isEmpty }
+    /// The newest publication held, if any.
+    public var newest: Publication? { entries.last }
     /// The oldest offset held, if any.
     public var oldestOffset: UInt64? { entries.first?.position.offset }
     /// When the oldest held publication expires, if any.

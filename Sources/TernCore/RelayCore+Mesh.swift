@@ -86,8 +86,11 @@ struct MeshState: Sendable {
     var pending: [UInt64: PendingPublish] = [:]
     var dirty: Set<String> = []
     var counters: [String: LinkCounters] = [:]
-    /// Per topic: the sequence of this region's own presence changes.
+    /// Per topic: the sequence number of this region's last own presence change. Numbers come from
+    /// `presenceClock`, so they keep growing within an incarnation even when a topic is swept and comes back.
     var presenceSequence: [String: UInt64] = [:]
+    /// The last presence sequence number handed out, over all topics.
+    var presenceClock: UInt64 = 0
     /// Per topic and owner: the newest (incarnation, sequence) applied.
     var presenceSeen: [String: [String: (incarnation: UInt64, sequence: UInt64)]] = [:]
     /// Per topic: the hop this region last sent its own presence snapshot through.
@@ -151,6 +154,7 @@ extension RelayCore {
         }
         for topic in mesh!.awaitingSync.keys.sorted() {
             mesh!.awaitingSync[topic]!.removeAll { $0.child == peer }
+            if mesh!.awaitingSync[topic]!.isEmpty { mesh!.awaitingSync[topic] = nil }
         }
         for topic in mesh!.upstream.keys.sorted() where mesh!.upstream[topic] == peer {
             mesh!.upstream[topic] = nil
@@ -188,6 +192,7 @@ extension RelayCore {
             mesh!.children[topic]?.removeValue(forKey: peer)
             if mesh!.children[topic]?.isEmpty == true { mesh!.children[topic] = nil }
             mesh!.awaitingSync[topic]?.removeAll { $0.child == peer }
+            if mesh!.awaitingSync[topic]?.isEmpty == true { mesh!.awaitingSync[topic] = nil }
             reconcileInterest(topic, now: now)
             sweepIfIdle(topic, now: now)
         case .data(let publication):

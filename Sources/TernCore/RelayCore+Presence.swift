@@ -30,7 +30,8 @@ extension RelayCore {
         guard mesh != nil, let changes = mesh!.presencePending.removeValue(forKey: topic), !changes.isEmpty,
               let table = topics[topic]?.presence else { return }
         let change = changes.count == 1 ? changes[0] : .snapshot(table.entries(of: config.region))
-        mesh!.presenceSequence[topic, default: 0] += 1
+        mesh!.presenceClock += 1
+        mesh!.presenceSequence[topic] = mesh!.presenceClock
         let message = LinkMessage.presence(topic: topic, owner: config.region, incarnation: mesh!.incarnation,
                                            sequence: mesh!.presenceSequence[topic]!, change: change, towardsHome: false)
         if isHome(topic) {
@@ -60,7 +61,7 @@ extension RelayCore {
         owners.insert(config.region)
         for owner in owners.sorted() {
             let seen = owner == config.region
-                ? (mesh!.incarnation, mesh!.presenceSequence[topic] ?? 0)
+                ? (mesh!.incarnation, mesh!.presenceSequence[topic] ?? mesh!.presenceClock)
                 : mesh!.presenceSeen[topic]?[owner] ?? (0, 0)
             enqueueLink(child, .presence(topic: topic, owner: owner, incarnation: seen.0, sequence: seen.1,
                                          change: .snapshot(table.entries(of: owner)), towardsHome: false))
@@ -97,6 +98,7 @@ extension RelayCore {
         }
         mesh!.presenceSeen[topic, default: [:]][owner] = (incarnation, sequence)
         mesh!.stalePresence[topic]?[owner] = nil
+        if mesh!.stalePresence[topic]?.isEmpty == true { mesh!.stalePresence[topic] = nil }
         let joinLeave = topics[topic]!.options.joinLeave
         switch change {
         case .join(let entry):
@@ -133,7 +135,7 @@ extension RelayCore {
                 if let hop, hop != mesh!.presenceRoute[topic] {
                     mesh!.presenceRoute[topic] = hop
                     enqueueLink(hop, .presence(topic: topic, owner: config.region, incarnation: mesh!.incarnation,
-                                               sequence: mesh!.presenceSequence[topic] ?? 0,
+                                               sequence: mesh!.presenceSequence[topic] ?? mesh!.presenceClock,
                                                change: .snapshot(table.entries(of: config.region)), towardsHome: true))
                 } else if hop == nil {
                     mesh!.presenceRoute[topic] = nil
@@ -142,6 +144,7 @@ extension RelayCore {
             for owner in table.regions where owner != config.region {
                 if canReach(owner) {
                     mesh!.stalePresence[topic]?[owner] = nil
+                    if mesh!.stalePresence[topic]?.isEmpty == true { mesh!.stalePresence[topic] = nil }
                 } else if mesh!.stalePresence[topic]?[owner] == nil {
                     mesh!.stalePresence[topic, default: [:]][owner] = now
                     schedule(now + mesh!.config.presenceTimeout, .presenceTimeout(topic, owner))
@@ -155,6 +158,7 @@ extension RelayCore {
         guard let since = mesh?.stalePresence[topic]?[owner], since + mesh!.config.presenceTimeout <= now,
               !canReach(owner), topics[topic] != nil else { return }
         mesh!.stalePresence[topic]![owner] = nil
+        if mesh!.stalePresence[topic]!.isEmpty { mesh!.stalePresence[topic] = nil }
         mesh!.presenceSeen[topic]?[owner] = nil
         let joinLeave = topics[topic]!.options.joinLeave
         for entry in topics[topic]!.presence.entries(of: owner) {

@@ -199,6 +199,8 @@ public struct RelayCore: Sendable {
     var acceptBucket: TokenBucket
     var actions: [RelayAction] = []
     var mesh: MeshState?
+    /// What the invariant checks found (see `RelayCore+Invariants.swift`).
+    var invariantLog = InvariantLog()
     /// Idempotency ids this core has generated; never reused within an incarnation.
     var generatedIDs: UInt64 = 0
     /// The `now` of the event being handled.
@@ -252,6 +254,7 @@ public struct RelayCore: Sendable {
         case .tick: fireDeadlines(now: now)
         }
         flushLinks(now: now)
+        if config.checkInvariants { checkInvariantsAfterEvent() }
         let out = actions
         actions.removeAll(keepingCapacity: true)
         return out
@@ -266,7 +269,7 @@ public struct RelayCore: Sendable {
     }
 
     /// Bytes queued for all clients.
-    public private(set) var queuedBytes = 0
+    public internal(set) var queuedBytes = 0
 
     /// The current position of `topic`'s stream, if the relay holds it.
     public func position(of topic: String) -> StreamPosition? { topics[topic]?.position }
@@ -452,8 +455,7 @@ public struct RelayCore: Sendable {
         // Idempotency ids must outlive the stream's own linger, or a late retry would be delivered twice.
         let lingerEnds = state.lastActivity + max(config.limits.streamLinger, config.limits.idempotencyWindow)
         if state.history.isEmpty, lingerEnds <= now {
-            topics[topic] = nil
-            stats.topics -= 1
+            removeTopic(topic)
         } else {
             let at = max(lingerEnds, state.history.nextExpiry ?? lingerEnds)
             if state.sweepAt == nil || state.sweepAt! > at {

@@ -1,3 +1,4 @@
+import Logging
 import Synchronization
 import TernCore
 import TernWire
@@ -27,6 +28,7 @@ final class RelayRuntime: Sendable {
         var nextAPIRequest: UInt64 = 1
         var nextClient: UInt64 = 1
         var lastStats = RelayStats()
+        var reportedInvariantFailures = 0
     }
 
     private let state: Mutex<State>
@@ -34,6 +36,7 @@ final class RelayRuntime: Sendable {
     private let origin: ContinuousClock.Instant
     let metrics: RelayMetrics
     let limits: RelayLimits
+    let invariantLogger = Logger(label: "tern.core")
 
     init(config: RelayCoreConfig, seed: UInt64, metrics: RelayMetrics) {
         let origin = clock.now
@@ -146,6 +149,12 @@ final class RelayRuntime: Sendable {
                 case .verifyToken:
                     callerActions.append(action)
                 }
+            }
+            if state.core.invariantFailureCount > state.reportedInvariantFailures {
+                for failure in state.core.invariantFailures.dropFirst(state.reportedInvariantFailures) {
+                    invariantLogger.error("relay core invariant broken", metadata: ["failure": "\(failure)"])
+                }
+                state.reportedInvariantFailures = state.core.invariantFailureCount
             }
             let stats = state.core.stats
             if stats != state.lastStats {

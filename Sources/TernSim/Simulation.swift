@@ -278,6 +278,7 @@ public final class Simulation {
             }
         }
         now = end
+        for name in regionNames { collectInvariantFailures(regions[name]!) }
         check()
         return result()
     }
@@ -361,6 +362,7 @@ public final class Simulation {
         r.encoder = SimEncoder()
         r.clientsByConnection = [:]
         var config = scenario.topology.coreConfig(for: name)
+        config.checkInvariants = true
         // Incarnations grow with each restart, as the relay's start time does.
         config.mesh?.incarnation = r.restarts << 40 | UInt64(now.nanoseconds / 1_000_000 + 1)
         r.core = RelayCore(config: config, encoder: r.encoder,
@@ -405,9 +407,16 @@ public final class Simulation {
         }
     }
 
+    /// Turns a core's invariant failures into violations of the run.
+    private func collectInvariantFailures(_ region: Region) {
+        guard let core = region.core, core.invariantFailureCount > 0 else { return }
+        for f in core.invariantFailures.prefix(10) { violations.append("invariant broken in \(region.name): \(f)") }
+    }
+
     private func crash(_ name: String) {
         let r = regions[name]!
         guard r.core != nil else { return }
+        collectInvariantFailures(r)
         r.core = nil
         for l in scenario.topology.links(of: name) { breakLink(name, l.peer.name, reconnect: false) }
         for c in clients where c.key.region == name && c.connected { disconnected(c, reconnect: true) }

@@ -1,3 +1,4 @@
+import Testing
 import TernCore
 
 /// Several relay cores joined by in-memory links that deliver batches in
@@ -42,7 +43,11 @@ struct MeshHarness {
     static func key(_ from: String, _ to: String) -> String { "\(from)>\(to)" }
 
     mutating func handle(_ region: String, _ event: RelayEvent) {
+        let before = cores[region]!.invariantFailureCount
         let actions = cores[region]!.handle(event, now: now)
+        if cores[region]!.invariantFailureCount > before {
+            Issue.record("invariant broken in \(region) after \(event): \(cores[region]!.invariantFailures.suffix(3))")
+        }
         for action in actions {
             switch action {
             case .sendLink(let peer, let batch):

@@ -1,0 +1,126 @@
+/// The core's own consistency checks. With `RelayCoreConfig.checkInvariants` on (debug builds and
+/// the simulator), `handle` checks after every event and records what it finds in
+/// `invariantFailures`; drivers report those (the simulator fails the run, the relay logs them).
+/// A check never traps: a relay keeps serving, and the failure names what broke.
+extension RelayCore {
+    /// Invariant failures found so far, oldest first (at most `maxRecordedInvariantFailures`).
+    public var invariantFailures: [String] { invariantLog.failures }
+
+    /// Invariant failures found since the start, including those no longer recorded.
+    public var invariantFailureCount: Int { invariantLog.count }
+
+    /// Everything that is inconsistent in this core's state now; empty when all holds.
+    ///
+    /// Visits every client, subscription, topic and link queue once, so the cost is linear in
+    /// the core's state.
+    public func checkInvariants() -> [String] {
+        var problems: [String] = []
+        func fail(_ text: String) { if problems.count < 20 { problems.append(text) } }
+
+        // Clients and their subscriptions, seen from both sides.
+        var subscriptions = 0
+        var counted = 0
+        var queued = 0
+        for (id, client) in clients {
+            if client.counted { counted += 1 }
+            queued += client.outbox.queuedBytes
+            subscriptions += client.subscriptions.count
+            for topic in client.subscriptions.orderedKeys {
+                guard let t = topics[topic] else {
+                    fail("client \(id) is subscribed to \(topic), which the relay does not hold")
+                    continue
+                }
+                if !t.subscribers.contains(id) { fail("client \(id) is subscribed to \(topic) but is not among its subscribers") }
+            }
+        }
+        if counted != stats.connections { fail("stats.connections is \(stats.connections) but \(counted) connections are counted") }
+        if subscriptions != stats.subscriptions { fail("stats.subscriptions is \(stats.subscriptions) but clients hold \(subscriptions)") }
+        if queued != queuedBytes { fail("queuedBytes is \(queuedBytes) but client queues hold \(queued)") }
+        if topics.count != stats.topics { fail("stats.topics is \(stats.topics) but \(topics.count) topics are held") }
+
+        for (name, t) in topics {
+            for client in t.subscribers.orderedKeys where clients[client]?.subscriptions.contains(name) != true {
+                fail("\(name) lists subscriber \(client), which is not subscribed to it")
+            }
+            for client in t.pollWaiters.orderedKeys where clients[client]?.transport != .poll {
+                fail("\(name) has poll waiter \(client), which is not a waiting long-poll")
+            }
+            if !t.history.isOrdered { fail("\(name)'s history is not in increasing offsets of one epoch") }
+            if t.history.count > t.history.capacity { fail("\(name)'s history holds \(t.history.count) of \(t.history.capacity)") }
+            if t.synced, let last = t.history.newest, last.position.epoch == t.epoch, last.position.offset > t.offset {
+                fail("\(name) stands at \(t.position) but its history holds \(last.position)")
+            }
+        }
+
+        guard let mesh else { return problems }
+        // Every per-topic structure lives only as long as its topic.
+        let perTopic: [(String, [String])] = [
+            ("children", Array(mesh.children.keys)), ("upstream", Array(mesh.upstream.keys)),
+            ("awaitingSync", Array(mesh.awaitingSync.keys)), ("lastHome", Array(mesh.lastHome.keys)),
+            ("presenceSequence", Array(mesh.presenceSequence.keys)), ("presenceSeen", Array(mesh.presenceSeen.keys)),
+            ("presenceRoute", Array(mesh.presenceRoute.keys)), ("stalePresence", Array(mesh.stalePresence.keys)),
+            ("presencePending", Array(mesh.presencePending.keys)), ("lingering", Array(mesh.lingering)),
+        ]
+        for (map, keys) in perTopic {
+            for topic in keys where topics[topic] == nil { fail("mesh.\(map) still holds \(topic), which the relay no longer holds") }
+        }
+        for (topic, waiting) in mesh.awaitingSync where waiting.isEmpty { fail("mesh.awaitingSync holds an empty list for \(topic)") }
+        for (topic, children) in mesh.children where children.isEmpty { fail("mesh.children holds an empty map for \(topic)") }
+        for (topic, stale) in mesh.stalePresence where stale.isEmpty { fail("mesh.stalePresence holds an empty map for \(topic)") }
+        // Link queues: what is counted is what is queued, and only up links have one.
+        if Set(mesh.links.keys) != mesh.up { fail("link queues exist for \(mesh.links.keys.sorted()) but the up links are \(mesh.up.sorted())") }
+        for (peer, link) in mesh.links {
+            let bytes = link.queue.reduce(0) { $0 + $1.message.estimatedBytes }
+            if bytes != link.queuedBytes { fail("the link to \(peer) counts \(link.queuedBytes) queued bytes but holds \(bytes)") }
+            if link.unacknowledged < 0 { fail("the link to \(peer) has \(link.unacknowledged) unacknowledged batches") }
+        }
+        for (topic, upstream) in mesh.upstream where !mesh.up.contains(upstream) {
+            fail("\(topic)'s upstream \(upstream) is not an up link")
+        }
+        return problems
+    }
+
+    /// Runs `checkInvariants` after an event and records what it finds. Large cores are checked
+    /// less often, so that on average a check visits at most about 256 items per event.
+    mutating func checkInvariantsAfterEvent() {
+        invariantLog.eventsSinceCheck += 1
+        let size = clients.count + topics.count + (mesh?.links.values.reduce(0) { $0 + $1.queue.count } ?? 0)
+        guard invariantLog.eventsSinceCheck * 256 >= size else { return }
+        invariantLog.eventsSinceCheck = 0
+        for problem in checkInvariants() { invariantLog.record("t=\(clock) \(config.region): \(problem)") }
+    }
+
+    /// Removes a topic and every structure kept for it: one removal, nothing left behind.
+    mutating func removeTopic(_ topic: String) {
+        guard topics.removeValue(forKey: topic) != nil else { return }
+        stats.topics -= 1
+        guard mesh != nil else { return }
+        mesh!.children[topic] = nil
+        mesh!.upstream[topic] = nil
+        mesh!.awaitingSync[topic] = nil
+        mesh!.lastHome[topic] = nil
+        mesh!.presenceSequence[topic] = nil
+        mesh!.presenceSeen[topic] = nil
+        mesh!.presenceRoute[topic] = nil
+        mesh!.stalePresence[topic] = nil
+        mesh!.presencePending[topic] = nil
+        mesh!.lingering.remove(topic)
+    }
+}
+
+/// The invariant failures a core has found, bounded.
+struct InvariantLog: Sendable {
+    var failures: [String] = []
+    var count = 0
+    var eventsSinceCheck = 0
+
+    mutating func record(_ failure: String) {
+        count += 1
+        if failures.count < RelayCore.maxRecordedInvariantFailures { failures.append(failure) }
+    }
+}
+
+extension RelayCore {
+    /// The most invariant failures kept for reporting.
+    public static let maxRecordedInvariantFailures = 100
+}
