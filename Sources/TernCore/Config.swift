@@ -16,6 +16,9 @@ public struct NamespaceOptions: Hashable, Sendable {
     public var maxSubscribers: Int = 0
     /// The region every topic of this namespace lives in, instead of one chosen by rendezvous hashing.
     public var home: String?
+    /// When a publish is acknowledged: once a second region holds it (the default), or as soon
+    /// as the home has sequenced it.
+    public var ack: AckMode = .replicated
 
     /// Defaults: no presence, no history, tokens required.
     public init() {}
@@ -33,6 +36,16 @@ public struct NamespaceOptions: Hashable, Sendable {
         self.clientPublish = clientPublish
         self.maxSubscribers = maxSubscribers
     }
+}
+
+/// When a topic's home acknowledges a publish.
+public enum AckMode: String, Hashable, Sendable, CaseIterable {
+    /// Once the topic's successor (the region that takes over if the home fails) holds the
+    /// publication: an acknowledgment survives the crash of any one region. Costs one link round trip.
+    case replicated
+    /// As soon as the home has sequenced it: faster, but a home that crashes before the
+    /// publication reaches another region loses it although it was acknowledged.
+    case leader
 }
 
 /// Limits that protect one relay from its clients. Every one has a default.

@@ -28,6 +28,14 @@ public enum LinkMessage: Sendable, Hashable {
     case ack(origin: String, ref: UInt64, topic: String, result: PublishResult)
     /// The receiver processed `batches` batches; the sender may send that many more.
     case credit(batches: Int)
+    /// The home of `topic` asks `replica` to follow the topic as a hot replica, whether or not it has
+    /// subscribers, starting after `from` (what is already held by a replica); routed hop by hop to `replica`.
+    case follow(topic: String, replica: String, home: String, from: StreamPosition)
+    /// The home of `topic` releases `replica`; routed hop by hop to `replica`.
+    case unfollow(topic: String, replica: String)
+    /// A replica holds the publications `from...to` of `epoch` (received as data, contiguously);
+    /// routed hop by hop to `home`, which acknowledges publishes they cover.
+    case replicated(topic: String, epoch: String, from: UInt64, to: UInt64, home: String)
     /// Sent on a link that has been quiet for a heartbeat interval, so the peer's read deadline
     /// tells a silent path from an idle one.
     case heartbeat
@@ -56,6 +64,9 @@ public enum LinkMessage: Sendable, Hashable {
         case .ack(let o, _, let t, _): 32 + o.utf8.count + t.utf8.count
         case .credit: 5
         case .heartbeat: 1
+        case .follow(let t, let r, let h, let f): 20 + t.utf8.count + r.utf8.count + h.utf8.count + f.epoch.utf8.count
+        case .unfollow(let t, let r): 8 + t.utf8.count + r.utf8.count
+        case .replicated(let t, let e, _, _, let h): 28 + t.utf8.count + e.utf8.count + h.utf8.count
         case .presence(let t, let o, _, _, let change, _):
             switch change {
             case .join(let e): 40 + t.utf8.count + o.utf8.count + e.user.utf8.count

@@ -60,6 +60,7 @@ extension RelayCore {
             ("presenceSequence", Array(mesh.presenceSequence.keys)), ("presenceSeen", Array(mesh.presenceSeen.keys)),
             ("presenceRoute", Array(mesh.presenceRoute.keys)), ("stalePresence", Array(mesh.stalePresence.keys)),
             ("presencePending", Array(mesh.presencePending.keys)), ("lingering", Array(mesh.lingering)),
+            ("replicaReports", Array(mesh.replicaReports)),
         ]
         for (map, keys) in perTopic {
             for topic in keys where topics[topic] == nil { fail("mesh.\(map) still holds \(topic), which the relay no longer holds") }
@@ -96,6 +97,7 @@ extension RelayCore {
         stats.topics -= 1
         guard mesh != nil else { return }
         mesh!.children[topic] = nil
+        mesh!.replicaReports.remove(topic)
         mesh!.upstream[topic] = nil
         mesh!.awaitingSync[topic] = nil
         mesh!.lastHome[topic] = nil

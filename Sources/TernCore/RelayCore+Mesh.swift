@@ -103,6 +103,8 @@ struct MeshState: Sendable {
     var unreachableSince: [String: TernInstant] = [:]
     /// The home each topic had at the last topology change.
     var lastHome: [String: String] = [:]
+    /// Topics whose replica report is due at the end of the current batch.
+    var replicaReports: Set<String> = []
 }
 
 extension RelayCore {
@@ -177,6 +179,7 @@ extension RelayCore {
             if !message.isControl { needsCredit = true }
             linkMessage(peer, message, now: now)
         }
+        sendReplicaReports()
         if needsCredit { enqueueLink(peer, .credit(batches: 1)) }
     }
 
@@ -217,6 +220,12 @@ extension RelayCore {
                             towardsHome: towardsHome, now: now)
         case .heartbeat:
             break
+        case .follow(let topic, let replica, let home, let from):
+            receiveFollow(topic: topic, replica: replica, home: home, from: from, now: now)
+        case .unfollow(let topic, let replica):
+            receiveUnfollow(topic: topic, replica: replica, now: now)
+        case .replicated(let topic, let epoch, let from, let to, let home):
+            receiveReplicated(topic: topic, epoch: epoch, from: from, to: to, home: home)
         case .credit(let batches):
             let outstanding = mesh!.links[peer]?.unacknowledged ?? 0
             mesh!.links[peer]?.unacknowledged = max(0, outstanding - batches)
@@ -272,6 +281,12 @@ extension RelayCore {
             let home = self.home(of: topic)
             if let last = mesh!.lastHome[topic], last != home { homeChanged(topic, from: last, to: home, now: now) }
             mesh!.lastHome[topic] = home
+            if home == config.region {
+                updateReplica(topic)
+            } else if let following = topics[topic]?.replicaOf, following != home {
+                // The home changed; the new one chooses its own replica.
+                topics[topic]!.replicaOf = nil
+            }
             reconcileInterest(topic, now: now)
         }
         for ref in mesh!.pending.keys.sorted() {
@@ -283,6 +298,14 @@ extension RelayCore {
 
     /// A failover or a heal moved `topic`'s home.
     mutating func homeChanged(_ topic: String, from old: String, to new: String, now: TernInstant) {
+        guard topics[topic] != nil else { return }
+        if new == config.region {
+            topics[topic]!.replicaOf = nil
+        } else if old == config.region {
+            failAcknowledgments(topic, where: { _ in true },
+                "the home of '\(topic)' moved to \(new) before a second region confirmed the publication; retry with the same id")
+            releaseReplica(topic)
+        }
         guard var t = topics[topic] else { return }
         if new == config.region {
             // This region takes over: continue in a new epoch of its own, remembering where the old one was left.
@@ -302,6 +325,7 @@ extension RelayCore {
             let wasSynced = t.synced
             t.synced = true
             t.resyncing = false
+            t.awaitingFrom = nil
             topics[topic] = t
             let to = t.position
             if wasSynced {
@@ -382,7 +406,7 @@ extension RelayCore {
     func hasInterest(_ topic: String) -> Bool {
         guard let t = topics[topic] else { return false }
         return !t.subscribers.isEmpty || !t.pollWaiters.isEmpty || !(mesh?.children[topic]?.isEmpty ?? true)
-            || !t.pendingSubscribes.isEmpty
+            || !t.pendingSubscribes.isEmpty || t.replicaOf != nil
     }
 
     /// Subscribes upstream when the first local subscriber or child appears, moves
@@ -400,7 +424,7 @@ extension RelayCore {
             if let parent {
                 let t = topics[topic]!
                 topics[topic]!.resyncing = t.synced
-                enqueueLink(parent, .interest(topic: topic, since: t.synced ? t.position : nil, fork: t.fork))
+                enqueueLink(parent, .interest(topic: topic, since: t.synced ? t.position : t.awaitingFrom, fork: t.fork))
             }
         } else if let current = mesh!.upstream[topic] {
             if isHome(topic) {
@@ -435,6 +459,10 @@ extension RelayCore {
         } else {
             mesh!.awaitingSync[topic, default: []].removeAll { $0.child == child }
             mesh!.awaitingSync[topic, default: []].append((child, since, fork))
+            if !topics[topic]!.synced, topics[topic]!.awaitingFrom == nil, mesh!.upstream[topic] == nil, let since {
+                // Not asked upstream yet: ask from where the child stands, so the data it needs passes through here.
+                topics[topic]!.awaitingFrom = since
+            }
             reconcileInterest(topic, now: now)
         }
     }
@@ -524,7 +552,23 @@ extension RelayCore {
 
     mutating func receiveData(_ publication: Publication, from peer: String) {
         let topic = publication.topic
-        guard var t = topics[topic], t.synced, mesh!.upstream[topic] == peer else { return }
+        guard var t = topics[topic], mesh!.upstream[topic] == peer else { return }
+        if !t.synced {
+            // Data from where this region asked to start: it is now positioned there, still catching up.
+            guard let from = t.awaitingFrom, publication.position.epoch == from.epoch,
+                  publication.position.offset == from.offset + 1 else { return }
+            t.epoch = from.epoch
+            t.offset = from.offset
+            t.synced = true
+            t.resyncing = true
+            t.awaitingFrom = nil
+            topics[topic] = t
+            // Subscribers and children waiting for this region are answered at `from` first, so the
+            // publications that follow reach them as live data, in order.
+            becameSynced(topic, now: clock)
+            guard let current = topics[topic] else { return }
+            t = current
+        }
         guard publication.position.epoch == t.epoch, publication.position.offset == t.offset + 1 else {
             let stale = publication.position.epoch == t.epoch && publication.position.offset <= t.offset
             if !stale && !t.resyncing {
@@ -537,6 +581,7 @@ extension RelayCore {
         t.offset = publication.position.offset
         t.history.append(publication)
         topics[topic] = t
+        replicaReceived(publication)
         stats.relayedPublications += 1
         deliver(publication)
     }
@@ -551,6 +596,7 @@ extension RelayCore {
         t.offset = position.offset
         t.synced = true
         t.resyncing = false
+        t.awaitingFrom = nil
         topics[topic] = t
         becameSynced(topic, now: now)
     }
@@ -564,6 +610,7 @@ extension RelayCore {
         t.offset = position.offset
         t.synced = true
         t.resyncing = false
+        t.awaitingFrom = nil
         // Subscribers here are told to resync; what they had since a fork no longer needs merging.
         t.fork = nil
         t.forkIDs = []
@@ -601,7 +648,7 @@ extension RelayCore {
     mutating func routePublish(_ origin: PublishOrigin, topic: String, id: String, data: String, user: String?, now: TernInstant) {
         if isHome(topic) {
             let result = publish(topic: topic, id: id, data: data, user: user, volatile: false, now: now)
-            answer(origin, result)
+            answerOnceHeld(topic, origin, result)
             return
         }
         let ref = mesh!.nextRef
@@ -624,7 +671,7 @@ extension RelayCore {
         if home == config.region {
             // A failover made this region the home while the publish was on its way.
             mesh!.pending.removeValue(forKey: ref)
-            answer(p.origin, publish(topic: p.topic, id: p.id, data: p.data, user: p.user, volatile: false, now: clock))
+            answerOnceHeld(p.topic, p.origin, publish(topic: p.topic, id: p.id, data: p.data, user: p.user, volatile: false, now: clock))
             return
         }
         guard let hop = mesh!.routes.firstHop(to: home) else {
@@ -656,16 +703,8 @@ extension RelayCore {
             }
             return
         }
-        let result: PublishResult
-        switch publish(topic: topic, id: id, data: data, user: user, volatile: false, now: now) {
-        case .success(.published(_, let position?, let duplicate)):
-            result = .accepted(position: position, duplicate: duplicate)
-        case .success:
-            result = .refused(code: .internalError, message: "the home did not sequence the publication")
-        case .failure(let error):
-            result = .refused(code: error.code, message: error.message)
-        }
-        receiveAck(origin: origin, ref: ref, topic: topic, result: result)
+        let result = publish(topic: topic, id: id, data: data, user: user, volatile: false, now: now)
+        answerOnceHeld(topic, .relay(origin: origin, ref: ref, topic: topic), result)
     }
 
     mutating func receiveAck(origin: String, ref: UInt64, topic: String, result: PublishResult) {

@@ -158,6 +158,15 @@ public struct RelayCore: Sendable {
         var adoptedFrom: StreamPosition?
         /// The last epoch switch this region made, so children standing where it stood can follow.
         var lastSwitch: (from: StreamPosition, to: StreamPosition)?
+        /// At the home: the replica and the acknowledgments waiting for it.
+        var replication = ReplicationState()
+        /// At a replica: the home this region follows the topic for, whether or not it has subscribers.
+        var replicaOf: String?
+        /// What this region has received of the stream, contiguously, for replica reports.
+        var replicaRun: ReplicaRun?
+        /// While not synced: the position this region asked its upstream to start after (for a replica,
+        /// or for a child that asked from there), so the data that follows counts as received.
+        var awaitingFrom: StreamPosition?
         var position: StreamPosition { StreamPosition(epoch: epoch, offset: offset) }
     }
 
@@ -172,6 +181,7 @@ public struct RelayCore: Sendable {
             case subscribeTimeout(String)
             case linkFlush(String)
             case linkLiveness(String)
+            case ackTimeout(String)
             case presenceTimeout(String, String)
             case presenceFlush(String)
             case failoverCheck
@@ -449,12 +459,19 @@ public struct RelayCore: Sendable {
     /// clients that come back soon still recover.
     mutating func sweepIfIdle(_ topic: String, now: TernInstant) {
         guard var state = topics[topic] else { return }
-        guard state.subscribers.isEmpty, state.presence.count == 0, state.pollWaiters.isEmpty, state.pendingSubscribes.isEmpty else { return }
-        if let mesh, mesh.children[topic] != nil || mesh.upstream[topic] != nil || mesh.awaitingSync[topic] != nil { return }
+        guard state.subscribers.isEmpty, state.presence.count == 0, state.pollWaiters.isEmpty, state.pendingSubscribes.isEmpty,
+              state.replication.pending.isEmpty, state.replicaOf == nil else { return }
+        if let mesh {
+            // At the home, the replica following the topic does not keep it alive: it is told to stop when the topic goes.
+            let children = mesh.children[topic]?.orderedKeys ?? []
+            let onlyReplica = isHome(topic) && children.allSatisfy { $0 == state.replication.replica }
+            if (!children.isEmpty && !onlyReplica) || mesh.upstream[topic] != nil || mesh.awaitingSync[topic] != nil { return }
+        }
         state.history.expire(now: now)
         // Idempotency ids must outlive the stream's own linger, or a late retry would be delivered twice.
         let lingerEnds = state.lastActivity + max(config.limits.streamLinger, config.limits.idempotencyWindow)
         if state.history.isEmpty, lingerEnds <= now {
+            releaseReplica(topic)
             removeTopic(topic)
         } else {
             let at = max(lingerEnds, state.history.nextExpiry ?? lingerEnds)
@@ -608,6 +625,7 @@ public struct RelayCore: Sendable {
             stats.duplicatePublishes += 1
             return .success(.published(topic: topic, position: earlier, duplicate: true))
         }
+        replicationWillSequence(topic)
         topics[topic]!.offset += 1
         topics[topic]!.fresh = false
         topics[topic]!.lastActivity = now
@@ -806,7 +824,8 @@ public struct RelayCore: Sendable {
         let live = deadlines.unordered.filter { d in
             switch d.kind {
             case .connectTimeout(let c), .tokenExpiry(let c), .pollTimeout(let c): clients[c] != nil
-            case .topicSweep(let t), .interestLinger(let t), .subscribeTimeout(let t), .presenceTimeout(let t, _), .presenceFlush(let t): topics[t] != nil
+            case .topicSweep(let t), .interestLinger(let t), .subscribeTimeout(let t), .presenceTimeout(let t, _), .presenceFlush(let t),
+                 .ackTimeout(let t): topics[t] != nil
             case .publishTimeout(let ref): mesh?.pending[ref] != nil
             case .linkFlush(let peer), .linkLiveness(let peer): mesh?.links[peer] != nil
             case .failoverCheck: true
@@ -843,6 +862,8 @@ public struct RelayCore: Sendable {
                 linkFlushDue(peer, now: now)
             case .linkLiveness(let peer):
                 linkLivenessDue(peer, at: next.at, now: now)
+            case .ackTimeout(let topic):
+                ackTimedOut(topic, now: now)
             case .presenceTimeout(let topic, let owner):
                 presenceTimedOut(topic, owner: owner, now: now)
             case .failoverCheck:

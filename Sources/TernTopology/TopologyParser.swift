@@ -318,7 +318,7 @@ private struct Reader {
             fail(node, "'namespaces' must map namespace names to options")
             return [:]
         }
-        let known = ["presence", "join_leave", "history_size", "history_ttl", "anonymous", "client_publish", "max_subscribers", "home"]
+        let known = ["presence", "join_leave", "history_size", "history_ttl", "anonymous", "client_publish", "max_subscribers", "home", "ack"]
         var out: [String: NamespaceOptions] = [:]
         for (k, v) in m {
             guard let name = k.string, !name.isEmpty,
@@ -340,6 +340,13 @@ private struct Reader {
             if let n = o["client_publish"], let b = bool(n, "client_publish") { options.clientPublish = b }
             if let n = o["max_subscribers"], let i = int(n, "max_subscribers") { options.maxSubscribers = i }
             if let n = o["home"], let h = string(n, "home") { options.home = h }
+            if let n = o["ack"], let a = string(n, "ack") {
+                if let mode = AckMode(rawValue: a) {
+                    options.ack = mode
+                } else {
+                    fail(n, "ack must be 'replicated' (acknowledge once a second region holds the publication, the default) or 'leader' (acknowledge at once; a crash of the home can lose it)")
+                }
+            }
             if options.joinLeave && !options.presence {
                 fail(o["join_leave"], "join_leave needs presence: set 'presence: true' in namespace '\(name)'")
             }

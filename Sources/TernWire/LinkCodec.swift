@@ -57,7 +57,7 @@ public final class LinkCodec {
 
     enum Kind: UInt8 {
         case topic = 0, linkState, interest, uninterest, data, caughtUp, gap, resync, publish, ack, credit, presence, epochSwitch
-        case heartbeat, topicsReset
+        case heartbeat, topicsReset, follow, unfollow, replicated
     }
 
     /// The largest frame accepted, in bytes.
@@ -220,6 +220,26 @@ public final class LinkCodec {
             out.writeInteger(UInt32(clamping: batches))
         case .heartbeat:
             out.writeInteger(Kind.heartbeat.rawValue)
+        case .follow(let topic, let replica, let home, let from):
+            let id = topicID(topic, &out)
+            out.writeInteger(Kind.follow.rawValue)
+            out.writeInteger(id)
+            writeString(replica, &out)
+            writeString(home, &out)
+            writePosition(from, &out)
+        case .unfollow(let topic, let replica):
+            let id = topicID(topic, &out)
+            out.writeInteger(Kind.unfollow.rawValue)
+            out.writeInteger(id)
+            writeString(replica, &out)
+        case .replicated(let topic, let epoch, let from, let to, let home):
+            let id = topicID(topic, &out)
+            out.writeInteger(Kind.replicated.rawValue)
+            out.writeInteger(id)
+            writeString(epoch, &out)
+            out.writeInteger(from)
+            out.writeInteger(to)
+            writeString(home, &out)
         case .presence(let topic, let owner, let incarnation, let sequence, let change, let towardsHome):
             let id = topicID(topic, &out)
             out.writeInteger(Kind.presence.rawValue)
@@ -347,6 +367,18 @@ public final class LinkCodec {
                 receivedTopics.removeAll(keepingCapacity: true)
             case .heartbeat:
                 messages.append(.heartbeat)
+            case .follow:
+                messages.append(.follow(topic: try readTopic(&body), replica: try readString(&body), home: try readString(&body),
+                                        from: try readPosition(&body)))
+            case .unfollow:
+                messages.append(.unfollow(topic: try readTopic(&body), replica: try readString(&body)))
+            case .replicated:
+                let topic = try readTopic(&body)
+                let epoch = try readString(&body)
+                let from: UInt64 = try read(&body)
+                let to: UInt64 = try read(&body)
+                guard from <= to else { throw LinkProtocolError("replicated range \(from)...\(to) runs backwards") }
+                messages.append(.replicated(topic: topic, epoch: epoch, from: from, to: to, home: try readString(&body)))
             case .linkState:
                 let origin = try readString(&body)
                 let incarnation: UInt64 = try read(&body)

@@ -167,10 +167,11 @@ struct MeshCoreTests {
         #expect(m.received("c", c).compactMap { if case .publication(let p) = $0 { p.data } else { nil } } == ["after"])
     }
 
-    @Test("a region with no subscribers left drops its interest after the linger, and no data flows to it")
+    @Test("a region with no subscribers left drops its interest after the linger, and no data flows to it; the replica keeps following")
     func interestLinger() {
         var m = MeshHarness(tune: { $0.interestLinger = .seconds(2) })
-        let t = topic(homedAt: "a")
+        // Homed at a with b as its successor: b follows as the replica whatever its interest, c only while it has subscribers.
+        let t = (0..<1000).map { "news:t\($0)" }.first { Rendezvous.ranking(topic: $0, regions: ["a", "b", "c"]) == ["a", "b", "c"] }!
         let c = m.connectClient("c", 1)
         m.handle("c", .command(c, ref: 1, .subscribe(topic: t, since: nil)))
         m.settle()
@@ -184,7 +185,13 @@ struct MeshCoreTests {
         m.dataEntriesByLink = [:]
         m.apiPublish("a", 2, t, "2")
         m.settle()
-        #expect(m.dataEntriesByLink.isEmpty)
+        #expect(m.dataEntriesByLink == ["a>b": 1])
+        #expect(m.cores["a"]!.replica(of: t) == "b")
+        guard case .success(.published(_, let p?, _))? = m.apiReplies[2] else {
+            Issue.record("not acknowledged once the replica held it: \(String(describing: m.apiReplies[2]))")
+            return
+        }
+        #expect(p.offset == 2)
     }
 
     @Test("recovering clients are served from their own region's cache")
@@ -209,6 +216,49 @@ struct MeshCoreTests {
         #expect(reply.publications.map(\.data) == ["3", "4", "5"])
         m.settle()
         #expect(m.dataEntriesByLink.values.reduce(0, +) == 0)
+    }
+
+    @Test("a publish is acknowledged only once the topic's successor holds it; ack: leader acknowledges at once")
+    func acknowledgedOnceReplicated() {
+        var m = MeshHarness(tune: { $0.homeTimeout = .seconds(5) })
+        let ordered = { (ns: String) in (0..<1000).map { "\(ns):t\($0)" }.first { Rendezvous.ranking(topic: $0, regions: ["a", "b", "c"]) == ["a", "b", "c"] }! }
+        let t = ordered("news"), fast = ordered("fast")
+        m.apiPublish("a", 1, t, "1", id: "r1")
+        m.settle()
+        #expect(m.cores["a"]!.replica(of: t) == "b")
+        guard case .success(.published(_, let first?, false))? = m.apiReplies[1] else {
+            Issue.record("first publish not acknowledged: \(String(describing: m.apiReplies[1]))")
+            return
+        }
+        #expect(first.offset == 1)
+        // Nothing reaches b: the home sequences and delivers, but does not acknowledge.
+        m.held.insert("a>b")
+        m.apiPublish("a", 2, t, "2", id: "r2")
+        m.apiPublish("a", 3, fast, "3", id: "f3")
+        m.settle()
+        #expect(m.apiReplies[2] == nil, "acknowledged before the successor held it")
+        guard case .success(.published(_, _, false))? = m.apiReplies[3] else {
+            Issue.record("ack: leader waited: \(String(describing: m.apiReplies[3]))")
+            return
+        }
+        m.held.remove("a>b")
+        m.settle()
+        guard case .success(.published(_, let second?, false))? = m.apiReplies[2] else {
+            Issue.record("not acknowledged once b held it: \(String(describing: m.apiReplies[2]))")
+            return
+        }
+        #expect(second.offset == 2)
+        // A report delayed on its way back: the acknowledgment waits for it.
+        m.held.insert("b>a")
+        m.apiPublish("a", 4, t, "4", id: "r4")
+        m.advance(.milliseconds(2_500))
+        m.held.remove("b>a")
+        m.advance(.milliseconds(100))
+        guard case .success(.published(_, let fourth?, false))? = m.apiReplies[4] else {
+            Issue.record("not acknowledged after the successor's report arrived: \(String(describing: m.apiReplies[4]))")
+            return
+        }
+        #expect(fourth.offset == 3)
     }
 
     @Test("a client publish in a far region is acknowledged with the home's position")
@@ -371,9 +421,10 @@ struct MeshFailoverTests {
             }
             #expect(p.epoch.hasPrefix("\(successor)."))
         }
+        // The home alone sequences and delivers locally, but no second region can hold these yet: no acknowledgment.
         for i in 9...10 { m.apiPublish(home, UInt64(i), t, "\(i)", id: "p\(i)") }
         m.settle()
-        #expect(m.apiReplies[9] != nil)
+        #expect(m.apiReplies[9] == nil, "acknowledged by a home that no other region could reach")
         for (r, c) in subs {
             let messages = m.received(r, c)
             if r != home { #expect(messages.contains { if case .epochChanged = $0 { true } else { false } }, "\(r) not told of the epoch change") }
@@ -387,6 +438,14 @@ struct MeshFailoverTests {
         for (r, c) in subs {
             let messages = m.received(r, c)
             seen[r, default: []] += messages.compactMap { if case .publication(let p) = $0 { p.id } else { nil } }
+        }
+        // Once a replica holds them again, the home's own partition-time publishes are acknowledged.
+        for i in 9...10 {
+            guard case .success(.published(_, let p?, false))? = m.apiReplies[UInt64(i)] else {
+                Issue.record("publish \(i) not acknowledged after the heal: \(String(describing: m.apiReplies[UInt64(i)]))")
+                continue
+            }
+            #expect(p.epoch.hasPrefix("\(home)."))
         }
         let all = Set((1...10).map { "p\($0)" })
         for (r, _) in subs {

@@ -23,6 +23,11 @@ struct MeshHarness {
     static let namespaces: [String: NamespaceOptions] = [
         "room": NamespaceOptions(presence: true, joinLeave: true, historySize: 50, historyTTL: .seconds(300), anonymous: false),
         "news": NamespaceOptions(presence: false, joinLeave: false, historySize: 20, historyTTL: .seconds(300), anonymous: true, clientPublish: false),
+        "fast": {
+            var o = NamespaceOptions(presence: false, joinLeave: false, historySize: 20, historyTTL: .seconds(300), anonymous: true, clientPublish: false)
+            o.ack = .leader
+            return o
+        }(),
     ]
 
     init(regions: [String] = ["a", "b", "c"], links: [(String, String, Int64)] = [("a", "b", 10), ("b", "c", 10), ("a", "c", 30)],

@@ -1,0 +1,217 @@
+/// Replication before acknowledgment. A topic's home acknowledges a publish only once a second
+/// region holds it: the topic's successor (the first region by rendezvous order, other than the
+/// home, that the home can reach) follows every topic the home sequences as a hot replica,
+/// whether or not it has subscribers. It is a child in the topic's fan-out tree like any other,
+/// and reports the publications it received back to the home (`replicated`), which then answers
+/// the publishers. If the home crashes, the successor is the region that takes over, and it
+/// holds everything that was acknowledged. A mesh of one region, and namespaces with
+/// `ack: leader`, acknowledge at once.
+
+/// What the home knows about a topic's replica.
+struct ReplicationState: Sendable {
+    /// The region following the topic as replica, or nil while none is reachable.
+    var replica: String?
+    /// The epoch `through` counts in: the home's epoch when it last sequenced.
+    var epoch = ""
+    /// Every offset of `epoch` up to this one is held by a replica.
+    var through: UInt64 = 0
+    /// Acknowledgments waiting for a replica, oldest first.
+    var pending: [PendingAck] = []
+    /// When the oldest pending acknowledgment's deadline is scheduled.
+    var timeoutAt: TernInstant?
+}
+
+/// A publish sequenced by the home whose acknowledgment waits for the replica.
+struct PendingAck: Sendable {
+    var position: StreamPosition
+    var origin: PublishOrigin
+    var duplicate: Bool
+    var expires: TernInstant
+}
+
+/// What a replica has received of its topic: publications `from...to` of `epoch`, contiguously.
+struct ReplicaRun: Sendable, Hashable {
+    var epoch: String
+    var from: UInt64
+    var to: UInt64
+}
+
+extension RelayCore {
+    /// Whether publishes to `topic` wait for a second region before they are acknowledged.
+    func needsReplication(_ topic: String) -> Bool {
+        guard let mesh, mesh.config.graph.regions.count > 1, let t = topics[topic] else { return false }
+        return t.options.ack == .replicated
+    }
+
+    /// The region that follows `topic` for this home: the first by rendezvous order, other than
+    /// this region, that this region can reach (the region that would take over from it).
+    func replicaTarget(_ topic: String) -> String? {
+        guard let mesh else { return nil }
+        return Rendezvous.ranking(topic: topic, regions: mesh.config.graph.regions)
+            .first { $0 != config.region && canReach($0) }
+    }
+
+    /// The region asked to follow `topic`, when this region is its home.
+    public func replica(of topic: String) -> String? { topics[topic]?.replication.replica }
+
+    /// Sends `message` one hop towards `region`, if there is a route.
+    mutating func route(_ message: LinkMessage, to region: String) {
+        guard let hop = mesh?.routes.firstHop(to: region) else { return }
+        enqueueLink(hop, message)
+    }
+
+    /// At the home: makes sure the topic's replica is the current successor, telling the old
+    /// one to stop following and the new one to start.
+    mutating func updateReplica(_ topic: String) {
+        guard mesh != nil, topics[topic] != nil, isHome(topic), needsReplication(topic) else { return }
+        let target = replicaTarget(topic)
+        let current = topics[topic]!.replication.replica
+        guard target != current else { return }
+        if let current, canReach(current) { route(.unfollow(topic: topic, replica: current), to: current) }
+        topics[topic]!.replication.replica = target
+        if let target {
+            let t = topics[topic]!
+            let from = StreamPosition(epoch: t.epoch, offset: t.replication.epoch == t.epoch ? t.replication.through : t.offset)
+            route(.follow(topic: topic, replica: target, home: config.region, from: from), to: target)
+        }
+    }
+
+    /// Stops asking anyone to follow `topic` (the topic is going away here, or this region is no longer its home).
+    mutating func releaseReplica(_ topic: String) {
+        guard mesh != nil, let replica = topics[topic]?.replication.replica else { return }
+        topics[topic]!.replication.replica = nil
+        if canReach(replica) { route(.unfollow(topic: topic, replica: replica), to: replica) }
+    }
+
+    /// Answers a publish the home has sequenced: at once when nothing needs to wait, else once
+    /// the replica reports that it holds the publication (or an error at `home_timeout`).
+    mutating func answerOnceHeld(_ topic: String, _ origin: PublishOrigin, _ result: Result<ReplyBody, TernError>) {
+        guard case .success(.published(_, let position?, let duplicate)) = result, needsReplication(topic),
+              let t = topics[topic], isHome(topic), position.epoch == t.epoch,
+              !(t.replication.epoch == position.epoch && position.offset <= t.replication.through) else {
+            answer(origin, result)
+            return
+        }
+        let expires = clock + mesh!.config.homeTimeout
+        topics[topic]!.replication.pending.append(PendingAck(position: position, origin: origin, duplicate: duplicate, expires: expires))
+        if topics[topic]!.replication.timeoutAt == nil {
+            topics[topic]!.replication.timeoutAt = expires
+            schedule(expires, .ackTimeout(topic))
+        }
+        if topics[topic]!.replication.replica == nil { updateReplica(topic) }
+    }
+
+    /// Called by the home as it sequences in `epoch`: the first publication of an epoch starts
+    /// its replicated count at the offset before it.
+    mutating func replicationWillSequence(_ topic: String) {
+        guard let t = topics[topic], t.replication.epoch != t.epoch else { return }
+        topics[topic]!.replication.epoch = t.epoch
+        topics[topic]!.replication.through = t.offset
+    }
+
+    /// A replica's report, on its way to the home or arrived there.
+    mutating func receiveReplicated(topic: String, epoch: String, from: UInt64, to: UInt64, home: String) {
+        guard home == config.region else {
+            route(.replicated(topic: topic, epoch: epoch, from: from, to: to, home: home), to: home)
+            return
+        }
+        guard let t = topics[topic], isHome(topic), t.replication.epoch == epoch else { return }
+        var r = t.replication
+        if from <= r.through + 1, to > r.through { r.through = min(to, t.offset) }
+        topics[topic]!.replication = r
+        releaseAcknowledgments(topic)
+    }
+
+    /// Answers every pending publish the replica now holds.
+    mutating func releaseAcknowledgments(_ topic: String) {
+        guard let t = topics[topic], !t.replication.pending.isEmpty else { return }
+        let r = t.replication
+        let held = r.pending.prefix { $0.position.epoch == r.epoch && $0.position.offset <= r.through }
+        guard !held.isEmpty else { return }
+        topics[topic]!.replication.pending.removeFirst(held.count)
+        for ack in held {
+            answer(ack.origin, .success(.published(topic: topic, position: ack.position, duplicate: ack.duplicate)))
+        }
+    }
+
+    /// Fails every pending acknowledgment of `topic` with `reason` (the home moved, or time ran out).
+    mutating func failAcknowledgments(_ topic: String, where expired: (PendingAck) -> Bool, _ reason: String) {
+        guard let t = topics[topic], !t.replication.pending.isEmpty else { return }
+        let failing = t.replication.pending.filter(expired)
+        guard !failing.isEmpty else { return }
+        topics[topic]!.replication.pending.removeAll(where: expired)
+        for ack in failing { answer(ack.origin, .failure(TernError(.internalError, reason))) }
+    }
+
+    mutating func ackTimedOut(_ topic: String, now: TernInstant) {
+        guard let t = topics[topic], t.replication.timeoutAt != nil else { return }
+        topics[topic]!.replication.timeoutAt = nil
+        failAcknowledgments(topic, where: { $0.expires <= now },
+            "'\(topic)' was sequenced but no second region confirmed it within home_timeout; retry with the same id")
+        if let next = topics[topic]?.replication.pending.first?.expires {
+            topics[topic]!.replication.timeoutAt = next
+            schedule(next, .ackTimeout(topic))
+        }
+        sweepIfIdle(topic, now: now)
+    }
+
+    // MARK: The replica's side
+
+    mutating func receiveFollow(topic: String, replica: String, home: String, from: StreamPosition, now: TernInstant) {
+        guard replica == config.region else {
+            route(.follow(topic: topic, replica: replica, home: home, from: from), to: replica)
+            return
+        }
+        guard case .success(let options) = namespaceOptions(for: topic), home != config.region else { return }
+        ensureTopic(topic, options, now: now)
+        topics[topic]!.replicaOf = home
+        // A replica that holds nothing yet asks for the stream from where the replicated count stands,
+        // so it receives, and can confirm, what waits for it.
+        if !topics[topic]!.synced, topics[topic]!.awaitingFrom == nil, mesh!.upstream[topic] == nil {
+            topics[topic]!.awaitingFrom = from
+        }
+        topics[topic]!.lastActivity = now
+        // What it already holds counts at once (it may have followed the topic as a cache).
+        if topics[topic]!.replicaRun != nil { mesh!.replicaReports.insert(topic) }
+        reconcileInterest(topic, now: now)
+    }
+
+    mutating func receiveUnfollow(topic: String, replica: String, now: TernInstant) {
+        guard replica == config.region else {
+            route(.unfollow(topic: topic, replica: replica), to: replica)
+            return
+        }
+        guard topics[topic]?.replicaOf != nil else { return }
+        topics[topic]!.replicaOf = nil
+        reconcileInterest(topic, now: now)
+        sweepIfIdle(topic, now: now)
+    }
+
+    /// A region notes a publication it received and appended, so that as a replica (now or once
+    /// asked) it can tell the home exactly what it holds.
+    mutating func replicaReceived(_ publication: Publication) {
+        let topic = publication.topic
+        guard mesh != nil, let t = topics[topic] else { return }
+        let p = publication.position
+        if var run = t.replicaRun, run.epoch == p.epoch, p.offset == run.to + 1 {
+            run.to = p.offset
+            topics[topic]!.replicaRun = run
+        } else if let run = t.replicaRun, run.epoch == p.epoch, p.offset >= run.from, p.offset <= run.to {
+            return
+        } else {
+            topics[topic]!.replicaRun = ReplicaRun(epoch: p.epoch, from: p.offset, to: p.offset)
+        }
+        if t.replicaOf != nil { mesh!.replicaReports.insert(topic) }
+    }
+
+    /// After a batch: each replica tells its home what it now holds, once per topic.
+    mutating func sendReplicaReports() {
+        guard mesh != nil, !mesh!.replicaReports.isEmpty else { return }
+        let reports = mesh!.replicaReports.sorted()
+        mesh!.replicaReports.removeAll()
+        for topic in reports {
+            guard let t = topics[topic], let home = t.replicaOf, let run = t.replicaRun else { continue }
+            route(.replicated(topic: topic, epoch: run.epoch, from: run.from, to: run.to, home: home), to: home)
+        }
+    }
+}
