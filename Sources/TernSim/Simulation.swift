@@ -69,8 +69,11 @@ public struct SimulationResult: Sendable, Codable {
     public var linkEntriesByKind: [String: Int]
     public var latencyByRegion: [String: Percentiles]
     public var latency: Percentiles
-    /// Latency histogram: upper bound in milliseconds → count.
+    /// Latency histogram: upper bound in milliseconds → count. The last bucket,
+    /// `SimulationResult.overflowBucket`, holds everything above 10 s (JSON has no infinity).
     public var histogram: [Double: Int]
+    /// The key of the histogram's open-ended last bucket.
+    public static let overflowBucket = 1e9
     /// Faults and notable moments: (seconds, label).
     public var timeline: [TimelineEntry]
     /// Deliveries per second of simulated time, for the report.
@@ -163,6 +166,9 @@ public final class Simulation {
         var clogUntil: TernInstant?
         var clogDelay: Duration = .zero
         var reconnectScheduled = false
+        /// Batches sent into a blackhole: TCP keeps retransmitting them, so they arrive, in order,
+        /// once the path heals, unless the connection is reset first.
+        var blackholed: [(from: String, to: String, generation: Int, batch: [LinkMessage])] = []
     }
 
     public let scenario: Scenario
@@ -288,8 +294,11 @@ public final class Simulation {
     private func process(_ kind: Kind) {
         switch kind {
         case .linkDeliver(let from, let to, let generation, let batch):
-            guard let c = connections[pairKey(from, to)], c.up, c.generation == generation, !cuts.contains("\(from)>\(to)"),
-                  !blackholes.contains(pairKey(from, to)) else { return }
+            guard let c = connections[pairKey(from, to)], c.up, c.generation == generation, !cuts.contains("\(from)>\(to)") else { return }
+            if blackholes.contains(pairKey(from, to)) {
+                c.blackholed.append((from, to, generation, batch))
+                return
+            }
             mix("L\(now.nanoseconds)\(from)\(to)\(batch.count)")
             onLinkDelivery?(now, from, to)
             handle(to, .linkBatch(from, batch))
@@ -457,6 +466,7 @@ public final class Simulation {
         guard let c = connections[pairKey(a, b)], c.up else { return }
         c.up = false
         c.generation += 1
+        c.blackholed = []
         mix("D\(now.nanoseconds)\(a)\(b)")
         handle(a, .linkDown(b))
         handle(b, .linkDown(a))
@@ -465,8 +475,12 @@ public final class Simulation {
 
     private func sendLink(_ from: String, _ to: String, _ batch: [LinkMessage]) {
         guard let c = connections[pairKey(from, to)], c.up else { return }
-        // A blackholed path swallows the batch: no error, no reset; the peer's read deadline must notice.
-        if blackholes.contains(pairKey(from, to)) { return }
+        // A blackholed path swallows the batch for now: no error, no reset; the peer's read deadline must
+        // notice. TCP retransmits it once the path heals, if the connection is still there.
+        if blackholes.contains(pairKey(from, to)) {
+            c.blackholed.append((from, to, c.generation, batch))
+            return
+        }
         if cuts.contains("\(from)>\(to)") {
             // A one-way cut: the sender's writes go nowhere; TCP notices and breaks the connection.
             breakLink(from, to)
@@ -535,6 +549,17 @@ public final class Simulation {
         case .heal:
             cuts.removeAll()
             blackholes.removeAll()
+            for key in connections.keys.sorted() {
+                let c = connections[key]!
+                let held = c.blackholed
+                c.blackholed = []
+                for h in held where c.up && c.generation == h.generation {
+                    let link = scenario.topology.links.first { $0.joins(h.from, h.to) }!
+                    let at = max(now + sample(link.latency, scenario.network.latency), c.lastDelivery[h.from] ?? .zero)
+                    c.lastDelivery[h.from] = at
+                    schedule(at, .linkDeliver(from: h.from, to: h.to, generation: h.generation, batch: h.batch))
+                }
+            }
             lastHeal = now
             for l in scenario.topology.links { scheduleReconnect(l.between.0, l.between.1) }
         case .flap(let a, let b, let times, let every):
@@ -807,7 +832,7 @@ public final class Simulation {
     private func result() -> SimulationResult {
         let all = latencies.values.flatMap { $0 }
         var histogram: [Double: Int] = [:]
-        let bounds: [Double] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, .infinity]
+        let bounds: [Double] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, SimulationResult.overflowBucket]
         for ns in all {
             let ms = Double(ns) / 1e6
             histogram[bounds.first { ms <= $0 }!, default: 0] += 1

@@ -159,7 +159,7 @@ struct SimCommand: ParsableCommand {
             for (i, b) in buckets.enumerated() {
                 let h = Double(r.histogram[b]!) / Double(maxCount) * 150
                 bars += "<rect x='\(i * 44 + 10)' y='\(170 - h)' width='36' height='\(h)' fill='#4a7'/>"
-                bars += "<text x='\(i * 44 + 28)' y='190' font-size='10' text-anchor='middle'>≤\(b.isInfinite ? "∞" : String(Int(b)))</text>"
+                bars += "<text x='\(i * 44 + 28)' y='190' font-size='10' text-anchor='middle'>\(b >= SimulationResult.overflowBucket ? ">10000" : "≤" + String(Int(b)))</text>"
                 bars += "<text x='\(i * 44 + 28)' y='\(165 - h)' font-size='9' text-anchor='middle'>\(r.histogram[b]!)</text>"
             }
             let perSecond = r.deliveriesPerSecond
