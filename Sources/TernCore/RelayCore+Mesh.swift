@@ -251,7 +251,9 @@ extension RelayCore {
            known.incarnation > advert.incarnation || (known.incarnation == advert.incarnation && known.sequence >= advert.sequence) {
             return
         }
+        let restarted = mesh!.adverts[origin].map { $0.incarnation < advert.incarnation } ?? false
         mesh!.adverts[origin] = advert
+        if restarted { presenceOwnerRestarted(origin, incarnation: advert.incarnation) }
         for next in mesh!.up.sorted() where next != peer {
             enqueueLink(next, .linkState(origin: origin, incarnation: advert.incarnation, sequence: advert.sequence, neighbours: advert.neighbours.sorted()))
         }

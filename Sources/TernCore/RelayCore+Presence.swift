@@ -57,7 +57,9 @@ extension RelayCore {
     /// A full state exchange: everything this region knows for `topic`, owner by owner.
     mutating func sendPresenceSnapshots(_ topic: String, to child: String) {
         guard let table = topics[topic]?.presence, topics[topic]?.options.presence == true else { return }
-        var owners = Set(table.regions)
+        // Every owner this region knows, including those with no entries left, so the child drops
+        // entries it still holds for them.
+        var owners = Set(table.regions).union(mesh!.presenceSeen[topic]?.keys ?? [:].keys)
         owners.insert(config.region)
         for owner in owners.sorted() {
             let seen = owner == config.region
@@ -91,10 +93,16 @@ extension RelayCore {
     /// Applies a remote change unless it is older than what this region holds; returns whether it applied.
     mutating func applyPresence(_ topic: String, owner: String, incarnation: UInt64, sequence: UInt64, _ change: PresenceChange) -> Bool {
         let seen = mesh!.presenceSeen[topic]?[owner]
+        // A restarted owner's earlier incarnation has nothing left to say.
+        if let seen, incarnation < seen.incarnation { return false }
         if case .snapshot = change {
             if let seen, seen.incarnation == incarnation, seen.sequence > sequence { return false }
         } else if let seen, seen.incarnation == incarnation, seen.sequence >= sequence {
             return false
+        }
+        if let seen, incarnation > seen.incarnation {
+            // A new incarnation replaces everything the old one held: its connections are gone.
+            dropPresence(topic, owner: owner)
         }
         mesh!.presenceSeen[topic, default: [:]][owner] = (incarnation, sequence)
         mesh!.stalePresence[topic]?[owner] = nil
@@ -130,7 +138,8 @@ extension RelayCore {
     mutating func refreshPresenceRoutes(now: TernInstant) {
         for topic in topics.keys.sorted() where topics[topic]!.options.presence {
             let table = topics[topic]!.presence
-            if !isHome(topic), table.count(in: config.region) > 0 || mesh!.presenceRoute[topic] != nil {
+            // Also when this region has no members left but once announced some: the home must learn it holds none.
+            if !isHome(topic), table.count(in: config.region) > 0 || mesh!.presenceRoute[topic] != nil || mesh!.presenceSequence[topic] != nil {
                 let hop = mesh!.routes.firstHop(to: home(of: topic))
                 if let hop, hop != mesh!.presenceRoute[topic] {
                     mesh!.presenceRoute[topic] = hop
@@ -150,6 +159,31 @@ extension RelayCore {
                     schedule(now + mesh!.config.presenceTimeout, .presenceTimeout(topic, owner))
                 }
             }
+        }
+    }
+
+    /// Removes every entry `owner` holds in `topic`, telling local subscribers they left.
+    mutating func dropPresence(_ topic: String, owner: String) {
+        guard let t = topics[topic] else { return }
+        let joinLeave = t.options.joinLeave
+        for entry in t.presence.entries(of: owner) {
+            topics[topic]!.presence.remove(PresenceKey(region: owner, client: entry.client))
+            if joinLeave { broadcast(topic, .leave(topic: topic, entry), volatileKey: "presence/\(topic)/\(owner)/\(entry.client)") }
+        }
+    }
+
+    /// A region restarted (its link-state report carries a newer incarnation): the connections its
+    /// earlier incarnation held are gone, so their presence entries go everywhere at once.
+    mutating func presenceOwnerRestarted(_ owner: String, incarnation: UInt64) {
+        for topic in mesh!.presenceSeen.keys.sorted() {
+            guard let seen = mesh!.presenceSeen[topic]?[owner], seen.incarnation < incarnation else { continue }
+            dropPresence(topic, owner: owner)
+            mesh!.presenceSeen[topic]![owner] = (incarnation, 0)
+            mesh!.stalePresence[topic]?[owner] = nil
+            if mesh!.stalePresence[topic]?.isEmpty == true { mesh!.stalePresence[topic] = nil }
+            // Regions below this one in the topic's tree hear it from here too.
+            sendPresenceDown(topic, .presence(topic: topic, owner: owner, incarnation: incarnation, sequence: 0,
+                                              change: .snapshot([]), towardsHome: false))
         }
     }
 

@@ -373,6 +373,48 @@ struct MeshPresenceTests {
     }
 }
 
+@Suite("Presence across restarts, over in-memory links")
+struct MeshPresenceRestartTests {
+    func users(_ m: inout MeshHarness, _ region: String, _ client: ClientID, _ topic: String) -> [String] {
+        m.handle(region, .command(client, ref: 41, .presence(topic: topic, limit: 100)))
+        for message in m.received(region, client) {
+            if case .reply(41, .presence(_, let entries, _)) = message { return entries.map { "\($0.user)@\($0.region)" }.sorted() }
+        }
+        return []
+    }
+
+    @Test("a region that restarts within presence_timeout leaves none of its earlier members behind, and an owner whose last member left during a partition converges on heal")
+    func restartAndEmptyOwner() {
+        var m = MeshHarness(tune: { $0.presenceTimeout = .seconds(30); $0.incarnation = 1 })
+        let topic = "room:lobby"
+        let alice = m.connectClient("a", 1, user: "alice")
+        let carol = m.connectClient("c", 2, user: "carol")
+        let bob = m.connectClient("b", 3, user: "bob")
+        for (r, c) in [("a", alice), ("c", carol), ("b", bob)] { m.handle(r, .command(c, ref: 1, .subscribe(topic: topic, since: nil))) }
+        m.advance(.milliseconds(50))
+        #expect(users(&m, "a", alice, topic) == ["alice@a", "bob@b", "carol@c"])
+        // c crashes and is back within a second, well inside presence_timeout; carol does not come back.
+        m.crashAndRestart("c", seed: 99, links: ["a", "b"])
+        m.advance(.seconds(1))
+        m.connect("a", "c")
+        m.connect("b", "c")
+        m.advance(.milliseconds(100))
+        #expect(users(&m, "a", alice, topic) == ["alice@a", "bob@b"])
+        #expect(users(&m, "b", bob, topic) == ["alice@a", "bob@b"])
+        // b is cut off; its only member leaves; on heal nobody keeps bob.
+        m.cut("a", "b")
+        m.cut("b", "c")
+        m.handle("b", .command(bob, ref: 2, .unsubscribe(topic: topic)))
+        m.advance(.seconds(1))
+        m.connect("a", "b")
+        m.connect("b", "c")
+        m.advance(.milliseconds(100))
+        #expect(users(&m, "a", alice, topic) == ["alice@a"])
+        let watcher = m.connectClient("c", 4, user: "watcher")
+        #expect(users(&m, "c", watcher, topic) == ["alice@a"])
+    }
+}
+
 @Suite("Failover and heal, over in-memory links")
 struct MeshFailoverTests {
     func ids(_ m: inout MeshHarness, _ region: String, _ c: ClientID) -> [String] {
