@@ -69,6 +69,8 @@ public struct SimulationResult: Sendable, Codable {
     public var linkEntriesByKind: [String: Int]
     public var latencyByRegion: [String: Percentiles]
     public var latency: Percentiles
+    /// Publish → acknowledgment latency, as the publishing client sees it.
+    public var ackLatency: Percentiles
     /// Latency histogram: upper bound in milliseconds → count. The last bucket,
     /// `SimulationResult.overflowBucket`, holds everything above 10 s (JSON has no infinity).
     public var histogram: [Double: Int]
@@ -847,6 +849,7 @@ public final class Simulation {
             linkBytesPerPublish: Double(linkWire) / Double(published),
             linkEntriesByKind: entryKinds,
             latencyByRegion: latencies.mapValues(Percentiles.init), latency: Percentiles(all),
+            ackLatency: Percentiles(acks.compactMap { id, ack in sentAt[id].map { (ack.at - $0.at).ternNanoseconds } }),
             histogram: histogram, timeline: timeline, deliveriesPerSecond: deliveriesPerSecond)
     }
 }

@@ -35,9 +35,13 @@ struct SimCommand: ParsableCommand {
     @Flag(name: .long, help: "Run each seed twice and compare trace hashes.")
     var checkDeterminism = false
 
+    @Option(name: .long, help: "Override every namespace's acknowledgment mode: replicated or leader (to compare their cost).")
+    var ack: String?
+
     func validate() throws {
         if seeds != nil, parseSeeds() == nil { throw ValidationError("--seeds takes a range like 1..20") }
         if let swarm, swarm < 1 { throw ValidationError("--swarm takes a positive number of runs") }
+        if let ack, AckMode(rawValue: ack) == nil { throw ValidationError("--ack takes 'replicated' or 'leader'") }
     }
 
     func parseSeeds() -> [UInt64]? {
@@ -48,8 +52,11 @@ struct SimCommand: ParsableCommand {
     }
 
     func run() throws {
-        let base: Scenario
+        var base: Scenario
         do { base = try ScenarioLoader.load(path: file) } catch { throw ValidationError("\(error)") }
+        if let ack, let mode = AckMode(rawValue: ack) {
+            for name in base.topology.namespaces.keys { base.topology.namespaces[name]!.ack = mode }
+        }
         var runs: [(UInt64, Scenario)] = []
         if let swarm {
             let first = seed ?? base.seed
@@ -126,15 +133,17 @@ struct SimCommand: ParsableCommand {
         func f(_ v: Double, _ digits: Int = 1) -> String { String(format: "%.\(digits)f", v) }
         let header = [pad("scenario", 22, left: true), pad("seed", 6), pad("result", 6), pad("clients", 8), pad("publish", 8),
                       pad("deliveries", 10), pad("p50 ms", 8), pad("p99 ms", 8), pad("msgs/pub", 9), pad("bytes/pub", 9),
-                      pad("sim/wall", 9), "  trace"]
+                      pad("ack p50", 8), pad("sim/wall", 9), "  trace"]
         var out = header.joined(separator: " ") + "\n"
         for (r, wall) in zip(results, walls) {
             out += [pad(r.scenario, 22, left: true), pad(String(r.seed), 6), pad(r.passed ? "ok" : "FAIL", 6),
                     pad(String(r.clients), 8), pad(String(r.publishes), 8), pad(String(r.deliveries), 10),
                     pad(f(r.latency.p50Ms), 8), pad(f(r.latency.p99Ms), 8), pad(f(r.linkMessagesPerPublish, 2), 9),
-                    pad(f(r.linkBytesPerPublish), 9), pad(f(r.simulatedSeconds / max(wall, 1e-9)), 9), "  " + r.traceHash].joined(separator: " ") + "\n"
+                    pad(f(r.linkBytesPerPublish), 9), pad(f(r.ackLatency.p50Ms), 8),
+                    pad(f(r.simulatedSeconds / max(wall, 1e-9)), 9), "  " + r.traceHash].joined(separator: " ") + "\n"
         }
         if let r = results.first, results.count == 1 {
+            out += "\npublish → acknowledgment: p50 \(f(r.ackLatency.p50Ms)) ms  p90 \(f(r.ackLatency.p90Ms)) ms  p99 \(f(r.ackLatency.p99Ms)) ms  (\(r.ackLatency.count) acknowledged)\n"
             out += "\nper region (publish → deliver):\n"
             for region in r.latencyByRegion.keys.sorted() {
                 let p = r.latencyByRegion[region]!
