@@ -101,6 +101,10 @@ struct MeshState: Sendable {
     var presencePending: [String: [PresenceChange]] = [:]
     /// Since when each unreachable region has been unreachable.
     var unreachableSince: [String: TernInstant] = [:]
+    /// Regions passed over as homes: unreachable for `failoverAfter`, as of the last topology change.
+    /// Homes move only when this set is recomputed, together with the epoch changes that go with it,
+    /// so nothing is ever sequenced in another region's epoch in between.
+    var failed: Set<String> = []
     /// The home each topic had at the last topology change.
     var lastHome: [String: String] = [:]
     /// Topics whose replica report is due at the end of the current batch.
@@ -122,10 +126,7 @@ extension RelayCore {
         guard let mesh else { return config.region }
         if let ns = TopicName.namespace(of: topic), let pinned = mesh.config.pinnedHomes[String(ns)] { return pinned }
         // Regions unreachable for longer than failover_after are passed over; the next by rendezvous order takes over.
-        let alive = mesh.config.graph.regions.filter { r in
-            guard let since = mesh.unreachableSince[r] else { return true }
-            return since + mesh.config.failoverAfter > clock
-        }
+        let alive = mesh.failed.isEmpty ? mesh.config.graph.regions : mesh.config.graph.regions.filter { !mesh.failed.contains($0) }
         return Rendezvous.ranking(topic: topic, regions: alive).first ?? config.region
     }
 
@@ -277,6 +278,11 @@ extension RelayCore {
             } else if mesh!.unreachableSince[r] == nil {
                 mesh!.unreachableSince[r] = now
                 schedule(now + mesh!.config.failoverAfter, .failoverCheck)
+            }
+            if let since = mesh!.unreachableSince[r], since + mesh!.config.failoverAfter <= now {
+                mesh!.failed.insert(r)
+            } else {
+                mesh!.failed.remove(r)
             }
         }
         for topic in topics.keys.sorted() {

@@ -117,7 +117,7 @@ extension RelayCore {
         }
         guard let t = topics[topic], isHome(topic), t.replication.epoch == epoch else { return }
         var r = t.replication
-        if from <= r.through + 1, to > r.through { r.through = min(to, t.offset) }
+        if from <= r.through + 1, to > r.through { r.through = t.epoch == epoch ? min(to, t.offset) : to }
         topics[topic]!.replication = r
         releaseAcknowledgments(topic)
     }

@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import Synchronization
 import TernCore
@@ -127,6 +128,7 @@ final class RelayRuntime: Sendable {
         defer { for (close, code) in closes { close(code) } }
         return state.withLock { state in
             let actions = state.core.handle(event, now: now)
+            if Self.traceFile != nil { trace(event, actions, region: state.core.config.region) }
             var callerActions: [RelayAction] = []
             for action in actions {
                 switch action {
@@ -162,6 +164,37 @@ final class RelayRuntime: Sendable {
                 state.lastStats = stats
             }
             return callerActions
+        }
+    }
+
+    /// Where to append a line per mesh event and action (`TERN_TRACE_FILE`), for debugging.
+    static let traceFile: String? = ProcessInfo.processInfo.environment["TERN_TRACE_FILE"]
+
+    private func trace(_ event: RelayEvent, _ actions: [RelayAction], region: String) {
+        var lines: [String] = []
+        switch event {
+        case .linkBatch(let peer, let batch):
+            let shown = batch.filter { if case .credit = $0 { false } else if case .heartbeat = $0 { false } else if case .linkState = $0 { false } else { true } }
+            if !shown.isEmpty { lines.append("\(region) <- \(peer): \(shown)") }
+        case .apiPublish, .linkUp, .linkDown: lines.append("\(region) event \(event)")
+        default: break
+        }
+        for action in actions {
+            switch action {
+            case .sendLink(let peer, let batch):
+                let shown = batch.filter { if case .credit = $0 { false } else if case .heartbeat = $0 { false } else if case .linkState = $0 { false } else { true } }
+                if !shown.isEmpty { lines.append("\(region) -> \(peer): \(shown)") }
+            case .apiReply: lines.append("\(region) action \(action)")
+            default: break
+            }
+        }
+        guard !lines.isEmpty, let path = Self.traceFile, let data = (lines.joined(separator: "\n") + "\n").data(using: .utf8) else { return }
+        if let handle = FileHandle(forWritingAtPath: path) {
+            handle.seekToEndOfFile()
+            handle.write(data)
+            try? handle.close()
+        } else {
+            FileManager.default.createFile(atPath: path, contents: data)
         }
     }
 
