@@ -27,7 +27,7 @@ const state = {
   me: null, // our user name once joined
   myClient: null, // our connection's id (WebSocket only)
   client: null,
-  members: new Map(), // client id -> {client, user, region}
+  members: new Map(), // `${region}/${client}` -> {client, user, region}; client ids are per relay
   typing: new Map(), // user -> timeout id
   lastTypingSent: 0,
 };
@@ -117,6 +117,11 @@ function addMessage(p) {
   if (atBottom) ui.messages.scrollTop = ui.messages.scrollHeight;
 }
 
+/// Presence entries are named by their region and the connection's id there.
+function memberKey(m) {
+  return `${m.region}/${m.client}`;
+}
+
 function renderPresence() {
   ui.presence.replaceChildren();
   const entries = [...state.members.values()].sort((a, b) => (a.user + a.region + a.client).localeCompare(b.user + b.region + b.client));
@@ -126,7 +131,7 @@ function renderPresence() {
     li.dataset.region = m.region;
     li.dataset.client = m.client;
     const name = document.createElement('span');
-    name.textContent = m.user + (m.client === state.myClient ? ' (you)' : '');
+    name.textContent = m.user + (m.client === state.myClient && m.region === state.region ? ' (you)' : '');
     const region = document.createElement('span');
     region.className = 'region';
     region.textContent = m.region;
@@ -148,7 +153,7 @@ async function refreshPresence() {
   }
   try {
     const reply = await client.presence(topic, { limit: 200 });
-    state.members = new Map(reply.entries.map((e) => [e.client, e]));
+    state.members = new Map(reply.entries.map((e) => [memberKey(e), e]));
     ui.presenceNote.textContent = reply.truncated ? `${reply.total} here; showing ${reply.entries.length}` : '';
     renderPresence();
   } catch (error) {
@@ -234,12 +239,12 @@ function join(name) {
   client.on('join', (m) => {
     if (m.topic !== topic) return;
     state.members.delete('self');
-    state.members.set(m.client, { client: m.client, user: m.user, region: m.region });
+    state.members.set(memberKey(m), { client: m.client, user: m.user, region: m.region });
     renderPresence();
   });
   client.on('leave', (m) => {
     if (m.topic !== topic) return;
-    state.members.delete(m.client);
+    state.members.delete(memberKey(m));
     renderPresence();
   });
   client.on('resync', ({ reason }) => {
