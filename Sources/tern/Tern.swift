@@ -92,7 +92,7 @@ struct RelayCommand: AsyncParsableCommand {
 struct UpCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "up",
-        abstract: "Run every region of a topology in this process, for local development.",
+        abstract: "Run the regions of a topology in this process (all of them unless --region says), for local development.",
         discussion: """
         Secrets the topology reads from environment variables that are unset are \
         replaced by throwaway values, printed at start, so the mesh runs with no setup. \
