@@ -1,4 +1,5 @@
 import Prometheus
+import Synchronization
 import TernCore
 
 /// The relay's Prometheus metrics, in a registry of its own so several
@@ -17,6 +18,10 @@ public final class RelayMetrics: Sendable {
     let slowConsumers: Counter
     let rejected: Counter
     let publishToDeliver: DurationHistogram
+    private let latest = Mutex(RelayStats())
+
+    /// The relay core's counters as of the last event that changed them (for `/status`).
+    public var coreStats: RelayStats { latest.withLock { $0 } }
 
     /// Metrics labelled with `region`.
     public init(region: String, registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
@@ -42,6 +47,7 @@ public final class RelayMetrics: Sendable {
 
     /// Brings counters and gauges up to date with the core's stats.
     func update(from stats: RelayStats, previous: RelayStats, queued: Int) {
+        latest.withLock { $0 = stats }
         connections.set(Int64(stats.connections))
         subscriptions.set(Int64(stats.subscriptions))
         topics.set(Int64(stats.topics))

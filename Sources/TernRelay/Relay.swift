@@ -39,10 +39,22 @@ public final class Relay: Service, Sendable {
     private let address: HostPort
     private let listening = BoundPort()
     let links: LinkService?
+    /// The topology this relay was started with.
+    let topology: Topology
+    /// Browser-facing settings.
+    let web: RelayWebOptions
+    /// The JavaScript client and pages, read at startup.
+    let assets: WebAssets
+    /// The HS256 secret development tokens are signed with (only when `web.devTokens`).
+    let devTokenSecret: String?
+    /// Per-user publish limit of token-authenticated HTTP publishes.
+    let userPublishLimiter: UserPublishLimiter
 
     /// A relay for `region` of `topology`, listening on the region's client address unless `listenOn` overrides it.
+    /// `web` says where the browser files are, which origins may call the relay, and whether it hands out development tokens.
     public init(topology: Topology, region: String, secrets: SecretResolver = SecretResolver(),
-                listenOn: HostPort? = nil, linkListenOn: HostPort? = nil, seed: UInt64? = nil, logger: Logger? = nil) async throws {
+                listenOn: HostPort? = nil, linkListenOn: HostPort? = nil, seed: UInt64? = nil, logger: Logger? = nil,
+                web: RelayWebOptions = RelayWebOptions()) async throws {
         guard let r = topology.region(named: region) else {
             let names = topology.regions.map(\.name).joined(separator: ", ")
             throw RelayConfigError("region '\(region)' is not in \(topology.file); choose one of: \(names)")
@@ -54,6 +66,24 @@ public final class Relay: Service, Sendable {
         self.logger = logger
         self.metrics = RelayMetrics(region: region)
         self.authenticator = try await Authenticator(auth: topology.auth, secrets: secrets)
+        self.topology = topology
+        self.web = web
+        let root = WebRoot.locate(configured: web.root)
+        self.assets = WebAssets(root: root, clientMaxAge: web.clientMaxAge) { problem in
+            logger.warning("browser files are incomplete", metadata: ["problem": "\(problem)"])
+        }
+        if web.devTokens {
+            if let source = topology.auth.hs256Secret {
+                self.devTokenSecret = try secrets.resolve(source, for: "auth.jwt.hs256_secret")
+                logger.notice("handing out development tokens at /dev/token (room:* only, loopback callers only)")
+            } else {
+                self.devTokenSecret = nil
+                logger.warning("development tokens need auth.jwt.hs256_secret in the topology; /dev/token will refuse")
+            }
+        } else {
+            self.devTokenSecret = nil
+        }
+        self.userPublishLimiter = UserPublishLimiter(rate: topology.limits.publishRatePerSecond, burst: topology.limits.publishBurst)
         var coreConfig = topology.coreConfig(for: region)
         // The incarnation grows with each start of this region: microseconds of wall-clock time.
         coreConfig.mesh?.incarnation = UInt64(max(1, Date().timeIntervalSince1970 * 1_000_000))
@@ -115,6 +145,7 @@ public final class Relay: Service, Sendable {
 
     func makeRouter() -> Router<RelayRequestContext> {
         let router = Router(context: RelayRequestContext.self)
+        router.add(middleware: CrossOriginMiddleware(policy: CrossOriginPolicy(web.allowOrigin)))
         router.ws("/ws") { [self] inbound, outbound, context in
             await webSocketSession(inbound: inbound, outbound: outbound, channel: context.requestContext.channel)
         }
@@ -131,6 +162,7 @@ public final class Relay: Service, Sendable {
                      headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                      body: .init(byteBuffer: ByteBuffer(bytes: metrics.registry.emitToBuffer())))
         }
+        addWebRoutes(to: router)
         return router
     }
 
@@ -266,7 +298,7 @@ public final class Relay: Service, Sendable {
         let identity: ClientIdentity
         switch await self.identity(for: request) {
         case .success(let i): identity = i
-        case .failure(let f): return errorResponse(Self.authError(f))
+        case .failure(let f): return Self.sseRefusal(f)
         }
         let runtime = self.runtime
         let resume = cursor
@@ -283,8 +315,9 @@ public final class Relay: Service, Sendable {
             runtime.handle(.opened(client, .sse))
             runtime.handle(.authenticated(client, ref: nil, identity))
             if !resume.isEmpty { runtime.handle(.resumeCursor(client, resume)) }
-            for topic in topics {
-                runtime.handle(.command(client, ref: nil, .subscribe(topic: topic, since: resume[topic])))
+            // Each subscribe is numbered by its topic's place in the list, so an error can name its topic.
+            for (i, topic) in topics.enumerated() {
+                runtime.handle(.command(client, ref: UInt64(i + 1), .subscribe(topic: topic, since: resume[topic])))
             }
             // A comment line now (so proxies and clients see the stream open), then keep-alives.
             try? await writer.write(ByteBuffer(string: ": tern \(topics.joined(separator: ","))\n\n"))
@@ -299,11 +332,11 @@ public final class Relay: Service, Sendable {
                     loop: for await signal in signals {
                         switch signal {
                         case .flush:
-                            try await Self.writeQueued(client, to: &writer, runtime: runtime)
+                            try await Self.writeQueued(client, to: &writer, runtime: runtime, topics: topics)
                         case .heartbeat:
                             try await writer.write(ByteBuffer(string: ": keep-alive\n\n"))
                         case .close:
-                            try await Self.writeQueued(client, to: &writer, runtime: runtime)
+                            try await Self.writeQueued(client, to: &writer, runtime: runtime, topics: topics)
                             break loop
                         case .poll:
                             continue
@@ -317,13 +350,35 @@ public final class Relay: Service, Sendable {
         })
     }
 
-    private static func writeQueued(_ client: ClientID, to writer: inout any ResponseBodyWriter, runtime: RelayRuntime) async throws {
+    private static func writeQueued(_ client: ClientID, to writer: inout any ResponseBodyWriter, runtime: RelayRuntime, topics: [String]) async throws {
         while true {
             let frames = runtime.takeOutbound(client)
             if frames.isEmpty { return }
-            try await writer.write(contentsOf: frames.map(\.bytes))
+            try await writer.write(contentsOf: frames.map { naming(topics, in: $0.bytes) })
             runtime.recordWritten(frames)
         }
+    }
+
+    /// An SSE subscribe error carries the number of the subscribe it answers (`"ref":N`);
+    /// this puts the topic's name in its place, so an `EventSource` knows which topic failed.
+    static func naming(_ topics: [String], in frame: ByteBuffer) -> ByteBuffer {
+        let prefix = "event: error\ndata: {\"ref\":"
+        guard frame.readableBytesView.starts(with: prefix.utf8) else { return frame }
+        let text = String(buffer: frame)
+        let rest = text.dropFirst(prefix.count)
+        let digits = rest.prefix { $0.isASCII && $0.isNumber }
+        guard let n = Int(digits), n >= 1, n <= topics.count, rest.dropFirst(digits.count).first == "," else { return frame }
+        return ByteBuffer(string: "event: error\ndata: {\"topic\":\(JSONText.quoted(topics[n - 1])),\(rest.dropFirst(digits.count + 1))")
+    }
+
+    /// A refused token on `/sse`: a stream an `EventSource` can read (it cannot see a 401),
+    /// with the error and a disconnect that says whether to come back, then the end.
+    static func sseRefusal(_ failure: AuthFailure) -> Response {
+        let close: CloseCode = failure == .expired ? .tokenExpired : .unauthorized
+        let body = "event: error\ndata: \(JSONServerEncoder.json(.error(ref: nil, authError(failure))))\n\n"
+            + "event: disconnect\ndata: \(JSONServerEncoder.json(.disconnect(code: close, reconnectAfter: nil)))\n\n"
+        return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"],
+                         body: .init(byteBuffer: ByteBuffer(string: body)))
     }
 
     // MARK: - Long-poll
@@ -369,23 +424,25 @@ public final class Relay: Service, Sendable {
 
     // MARK: - HTTP publish
 
+    /// `POST /api/publish`: a backend with the API key (`X-API-Key`, or `Authorization: Bearer KEY`),
+    /// or a client with its token (`Authorization: Bearer TOKEN`, see `tokenPublish`).
     private func apiPublish(_ request: Request) async throws -> Response {
-        var key = request.headers[.init("X-API-Key")!]
-        if key == nil, let header = request.headers[.authorization], header.hasPrefix("Bearer ") {
-            key = String(header.dropFirst("Bearer ".count))
+        var bearer: String?
+        if let header = request.headers[.authorization], header.hasPrefix("Bearer ") {
+            bearer = String(header.dropFirst("Bearer ".count))
         }
-        guard authenticator.checkAPIKey(key) else {
-            return errorResponse(TernError(.unauthorized, "missing or wrong API key; send it as 'X-API-Key: KEY' or 'Authorization: Bearer KEY'"))
-        }
-        let limit = runtime.limits.maxFrameBytes
-        let body: ByteBuffer
-        do {
-            body = try await request.body.collect(upTo: limit)
-        } catch {
-            return errorResponse(TernError(.messageTooLarge, "the request body is over the \(limit)-byte limit"))
+        if let key = request.headers[.init("X-API-Key")!] {
+            guard authenticator.checkAPIKey(key) else {
+                return errorResponse(TernError(.unauthorized, "wrong API key in X-API-Key"))
+            }
+        } else if let bearer, !bearer.isEmpty {
+            if !authenticator.checkAPIKey(bearer) { return try await tokenPublish(token: bearer, request) }
+        } else {
+            return errorResponse(TernError(.unauthorized,
+                "missing credentials: send the API key as 'X-API-Key: KEY', or a client token as 'Authorization: Bearer TOKEN'"))
         }
         let publish: APIPublishRequest
-        switch APIPublishRequest.decode(body.readableBytesView) {
+        switch await readPublishBody(request) {
         case .success(let p): publish = p
         case .failure(let e): return errorResponse(e)
         }

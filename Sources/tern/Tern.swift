@@ -32,6 +32,22 @@ struct LogOptions: ParsableArguments {
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
 
+/// Options for what a relay serves to browsers.
+struct WebOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp(
+        "The directory holding clients/js/tern.js and web/ (the Tern checkout).",
+        discussion: "Default: found by walking up from the working directory, then from the tern executable."))
+    var webRoot: String?
+
+    @Option(name: .long, help: ArgumentHelp(
+        "Access-Control-Allow-Origin for /sse, /poll, /api/publish, /status and /client/*: '*', an origin, or a comma-separated list; 'none' sends no CORS headers."))
+    var corsOrigin: String = "*"
+
+    func options(devTokens: Bool) -> RelayWebOptions {
+        RelayWebOptions(root: webRoot, allowOrigin: corsOrigin == "none" ? nil : corsOrigin, devTokens: devTokens)
+    }
+}
+
 func loadTopology(_ path: String) throws -> Topology {
     do {
         return try TopologyLoader.load(path: path)
@@ -52,6 +68,8 @@ struct RelayCommand: AsyncParsableCommand {
     @Option(name: .long, help: "The region this relay serves.")
     var region: String
 
+    @OptionGroup var web: WebOptions
+
     @OptionGroup var log: LogOptions
 
     func run() async throws {
@@ -59,7 +77,7 @@ struct RelayCommand: AsyncParsableCommand {
         let topology = try loadTopology(self.topology)
         let relay: Relay
         do {
-            relay = try await Relay(topology: topology, region: region)
+            relay = try await Relay(topology: topology, region: region, web: web.options(devTokens: false))
         } catch let error as RelayConfigError {
             throw ValidationError(error.description)
         }
@@ -74,21 +92,39 @@ struct RelayCommand: AsyncParsableCommand {
 struct UpCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "up",
-        abstract: "Run every region of a topology in this process, for local development.",
+        abstract: "Run the regions of a topology in this process (all of them unless --region says), for local development.",
         discussion: """
         Secrets the topology reads from environment variables that are unset are \
-        replaced by throwaway values, printed at start, so the mesh runs with no setup.
+        replaced by throwaway values, printed at start, so the mesh runs with no setup. \
+        Each relay serves the demo room at / and the mesh status at /status.html, and \
+        hands out development tokens (room:* only) at /dev/token to loopback callers. \
+        With --region, only the named regions run here; start the others in other \
+        processes with the same secrets (exported), e.g. to stop and restart one region.
         """
     )
 
     @Argument(help: "The topology file.")
     var topology: String = "Topology/local.yaml"
 
+    @Option(name: .long, help: "Run only this region (repeat for several); the default is every region of the topology.")
+    var region: [String] = []
+
+    @OptionGroup var web: WebOptions
+
     @OptionGroup var log: LogOptions
+
+    func validate() throws {
+        guard !region.isEmpty, let topology = try? TopologyLoader.load(path: self.topology) else { return }
+        let names = Set(topology.regions.map(\.name))
+        for r in region where !names.contains(r) {
+            throw ValidationError("region '\(r)' is not in \(self.topology); choose from: \(topology.regions.map(\.name).joined(separator: ", "))")
+        }
+    }
 
     func run() async throws {
         log.bootstrap()
         let topology = try loadTopology(self.topology)
+        let chosen = topology.regions.filter { region.isEmpty || region.contains($0.name) }
         var environment = ProcessInfo.processInfo.environment
         var generated: [String] = []
         for source in [topology.auth.hs256Secret, topology.auth.apiKey].compactMap({ $0 }) {
@@ -99,9 +135,9 @@ struct UpCommand: AsyncParsableCommand {
         }
         let secrets = SecretResolver(environment: environment)
         var relays: [Relay] = []
-        for region in topology.regions {
+        for region in chosen {
             do {
-                relays.append(try await Relay(topology: topology, region: region.name, secrets: secrets))
+                relays.append(try await Relay(topology: topology, region: region.name, secrets: secrets, web: web.options(devTokens: true)))
             } catch let error as RelayConfigError {
                 throw ValidationError(error.description)
             }
@@ -113,17 +149,24 @@ struct UpCommand: AsyncParsableCommand {
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await group.run() }
             for relay in relays { _ = await relay.waitUntilListening() }
-            printBanner(topology: topology, environment: environment, generated: generated)
+            printBanner(topology: topology, running: chosen, environment: environment, generated: generated)
             try await tasks.next()
             tasks.cancelAll()
         }
     }
 
-    private func printBanner(topology: Topology, environment: [String: String], generated: [String]) {
-        var out = "tern: mesh '\(topology.mesh)' is up with \(topology.regions.count) regions\n\n"
-        for r in topology.regions {
+    private func printBanner(topology: Topology, running: [Region], environment: [String: String], generated: [String]) {
+        var out = running.count == topology.regions.count
+            ? "tern: mesh '\(topology.mesh)' is up with \(topology.regions.count) regions\n\n"
+            : "tern: \(running.count) of the \(topology.regions.count) regions of mesh '\(topology.mesh)' run here\n\n"
+        for r in running {
             let base = "\(r.client.host):\(r.client.port)"
             out += "  \(r.name.padding(toLength: 12, withPad: " ", startingAt: 0)) ws://\(base)/ws   http://\(base)/sse   http://\(base)/api/publish   http://\(base)/metrics\n"
+        }
+        if let first = running.first {
+            out += "\nDemo room: open http://\(first.client)/"
+            if running.count > 1 { out += " and http://\(running[1].client)/ in two windows" }
+            out += "\nMesh status: http://\(first.client)/status.html\n"
         }
         if !generated.isEmpty {
             out += "\nThrowaway secrets for this run (set them yourself to keep them):\n"
