@@ -132,6 +132,13 @@ extension RelayCore {
 
     func isHome(_ topic: String) -> Bool { mesh == nil || home(of: topic) == config.region }
 
+    /// The region that sequences `topic` when every region is alive: a failover home is any other.
+    func canonicalHome(of topic: String) -> String {
+        guard let mesh else { return config.region }
+        if let ns = TopicName.namespace(of: topic), let pinned = mesh.config.pinnedHomes[String(ns)] { return pinned }
+        return Rendezvous.ranking(topic: topic, regions: mesh.config.graph.regions).first ?? config.region
+    }
+
     // MARK: Link events
 
     mutating func linkUp(_ peer: String, now: TernInstant) {
@@ -356,7 +363,9 @@ extension RelayCore {
     /// Sends the publications this region accepted as a failover home to the canonical home,
     /// which sequences them again, deduplicated by id.
     mutating func resequenceFailoverLog(_ topic: String, now: TernInstant) {
-        guard let log = topics[topic]?.failoverLog, !log.isEmpty, !isHome(topic) else { return }
+        // Only the canonical home's stream is final: while another failover home sequences, the log waits.
+        guard let log = topics[topic]?.failoverLog, !log.isEmpty, !isHome(topic),
+              home(of: topic) == canonicalHome(of: topic) else { return }
         topics[topic]!.failoverLog = []
         for p in log { routePublish(.resequence, topic: topic, id: p.id, data: p.data, user: p.user, now: now) }
     }
@@ -588,6 +597,11 @@ extension RelayCore {
         }
         t.offset = publication.position.offset
         t.history.append(publication)
+        if let home = t.replicaOf, home != canonicalHome(of: topic), publication.position.epoch.hasPrefix(home + "."),
+           t.failoverLog.count < 100_000 {
+            // The replica of a failover home keeps its log too, so it outlives that home's crash.
+            t.failoverLog.append(publication)
+        }
         topics[topic] = t
         replicaReceived(publication)
         stats.relayedPublications += 1
@@ -641,7 +655,15 @@ extension RelayCore {
         }
         let waiting = topics[topic]!.pendingSubscribes
         topics[topic]!.pendingSubscribes = []
+        let current = topics[topic]!.position
+        let catchingUp = topics[topic]!.resyncing
         for pending in waiting where clients[pending.client]?.subscriptions.contains(topic) == true {
+            if catchingUp, let since = pending.since, since.epoch == current.epoch, since.offset > current.offset {
+                // The client already stands further on than this region, which is still catching up:
+                // answer once the region has reached it, rather than send the client backwards.
+                topics[topic]!.pendingSubscribes.append(pending)
+                continue
+            }
             let reply = subscribeReply(topic, since: pending.since, now: now)
             sendSubscribed(pending.client, ref: pending.ref, reply, now: now)
         }
@@ -759,7 +781,16 @@ extension RelayCore {
     }
 
     mutating func subscribeTimedOut(_ topic: String, now: TernInstant) {
-        guard let t = topics[topic], !t.synced else { return }
+        guard let t = topics[topic], !t.pendingSubscribes.isEmpty else { return }
+        if t.synced {
+            // Waiting for this region to catch up past the client's own position took too long:
+            // answer with what the region has (the client is told if it cannot be recovered).
+            topics[topic]!.pendingSubscribes = []
+            for pending in t.pendingSubscribes where clients[pending.client]?.subscriptions.contains(topic) == true {
+                sendSubscribed(pending.client, ref: pending.ref, subscribeReply(topic, since: pending.since, now: now), now: now)
+            }
+            return
+        }
         topics[topic]!.pendingSubscribes = []
         for pending in t.pendingSubscribes where clients[pending.client]?.subscriptions.contains(topic) == true {
             clients[pending.client]?.subscriptions.removeValue(forKey: topic)

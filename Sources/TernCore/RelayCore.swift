@@ -617,10 +617,11 @@ public struct RelayCore: Sendable {
         }
         ensureTopic(topic, options, now: now)
         var id = id
-        if topics[topic]!.fork != nil, id.isEmpty, mesh != nil {
-            // Publications of a failover epoch are re-sequenced after the heal, deduplicated by id: give each one.
+        if id.isEmpty, mesh != nil {
+            // Publications may have to be sequenced again after a failover, deduplicated by id: give each one.
             id = generatedPublishID()
         }
+        let failoverHome = mesh != nil && canonicalHome(of: topic) != config.region
         if !id.isEmpty, let earlier = topics[topic]!.idempotency.lookup(id, now: now) {
             stats.duplicatePublishes += 1
             return .success(.published(topic: topic, position: earlier, duplicate: true))
@@ -632,7 +633,8 @@ public struct RelayCore: Sendable {
         let publication = Publication(topic: topic, position: topics[topic]!.position, id: id, data: data, user: user, acceptedAt: now)
         topics[topic]!.history.append(publication)
         if !id.isEmpty { topics[topic]!.idempotency.remember(id, position: publication.position, now: now) }
-        if topics[topic]!.fork != nil, topics[topic]!.failoverLog.count < 100_000 { topics[topic]!.failoverLog.append(publication) }
+        // A failover home keeps what it sequences until the canonical home has sequenced it again.
+        if failoverHome, topics[topic]!.failoverLog.count < 100_000 { topics[topic]!.failoverLog.append(publication) }
         stats.publications += 1
         deliver(publication)
         sweepIfIdle(topic, now: now)
@@ -652,7 +654,9 @@ public struct RelayCore: Sendable {
             if state.fork != nil, state.forkIDs.count < 100_000 { topics[topic]!.forkIDs.insert(publication.id) }
         }
         let shared = OutboundFrame(bytes: encoder.encode(.publication(publication)), acceptedAt: publication.acceptedAt)
-        for client in state.subscribers.orderedKeys {
+        // Clients still waiting for their subscribe reply get the stream through that reply, not before it.
+        let waiting = state.pendingSubscribes.isEmpty ? [] : Set(state.pendingSubscribes.map(\.client))
+        for client in state.subscribers.orderedKeys where !waiting.contains(client) {
             guard let transport = clients[client]?.transport else { continue }
             if transport == .websocket {
                 enqueue(client, shared, volatileKey: nil)

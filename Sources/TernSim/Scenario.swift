@@ -57,6 +57,12 @@ public struct Workload: Sendable {
     public var presenceTopic = "room:presence"
     /// When publishing stops, so the run can drain before the checkers look.
     public var quietAfter: Duration?
+    /// Regions whose clients subscribe (nil: every region).
+    public var subscriberRegions: [String]?
+    /// Regions whose clients publish (nil: every region).
+    public var publisherRegions: [String]?
+    /// Clients per region that join and leave the presence room.
+    public var churnersPerRegion = 10
 
     /// One topic with many subscribers in all regions.
     public struct Celebrity: Sendable {
@@ -299,7 +305,8 @@ private struct NodeReader {
             if let v = duration(m["reconnect_delay"], "reconnect_delay") { s.network.reconnectDelay = v }
         }
         if let n = top["workload"], let m = map(n, "workload", ["topics", "namespace", "subscribers_per_region", "publish_rate",
-                                                                "celebrity", "presence_churn", "presence_topic", "quiet_after"]) {
+                                                                "celebrity", "presence_churn", "presence_topic", "quiet_after",
+                                                                "subscriber_regions", "publisher_regions", "churners_per_region"]) {
             if let v = int(m["topics"], "topics") { s.workload.topics = max(1, v) }
             if let v = m["namespace"]?.string { s.workload.namespace = v }
             if let v = int(m["subscribers_per_region"], "subscribers_per_region") { s.workload.subscribersPerRegion = v }
@@ -307,6 +314,17 @@ private struct NodeReader {
             if let v = number(m["presence_churn"], "presence_churn") { s.workload.presenceChurn = v }
             if let v = m["presence_topic"]?.string { s.workload.presenceTopic = v }
             if let v = duration(m["quiet_after"], "quiet_after") { s.workload.quietAfter = v }
+            let known = Set(topology.regions.map(\.name))
+            for (key, set) in [("subscriber_regions", { (s: inout Scenario, v: [String]) in s.workload.subscriberRegions = v }),
+                               ("publisher_regions", { (s: inout Scenario, v: [String]) in s.workload.publisherRegions = v })] {
+                guard let n = m[key], let list = regionList(n, key) else { continue }
+                if let unknown = list.first(where: { !known.contains($0) }) {
+                    fail(n, "\(key) names '\(unknown)', which is not a region of the topology (\(known.sorted().joined(separator: ", ")))")
+                } else {
+                    set(&s, list)
+                }
+            }
+            if let v = int(m["churners_per_region"], "churners_per_region") { s.workload.churnersPerRegion = max(1, v) }
             if let c = m["celebrity"], let cm = map(c, "celebrity", ["topic", "subscribers_per_region", "publish_rate"]) {
                 s.workload.celebrity = .init(topic: cm["topic"]?.string ?? "room:celebrity",
                                              subscribersPerRegion: int(cm["subscribers_per_region"], "subscribers_per_region") ?? 100,

@@ -173,6 +173,9 @@ public final class Simulation {
         var blackholed: [(from: String, to: String, generation: Int, batch: [LinkMessage])] = []
     }
 
+    /// A topic whose link traffic is printed as it is delivered (`TERN_SIM_TRACE_TOPIC`), for debugging.
+    static let traceTopic = ProcessInfo.processInfo.environment["TERN_SIM_TRACE_TOPIC"]
+
     public let scenario: Scenario
     public let seed: UInt64
     /// Observes every link batch delivered: (time, from, to). For tests.
@@ -297,6 +300,10 @@ public final class Simulation {
         switch kind {
         case .linkDeliver(let from, let to, let generation, let batch):
             guard let c = connections[pairKey(from, to)], c.up, c.generation == generation, !cuts.contains("\(from)>\(to)") else { return }
+            if let topic = Self.traceTopic {
+                let shown = batch.filter { "\($0)".contains("\"\(topic)\"") }
+                if !shown.isEmpty { print("t=\(String(format: "%.3f", seconds(now))) \(from)->\(to): \(shown)") }
+            }
             if blackholes.contains(pairKey(from, to)) {
                 c.blackholed.append((from, to, generation, batch))
                 return
@@ -597,10 +604,12 @@ public final class Simulation {
     private func setUpClients() {
         let w = scenario.workload
         for r in regionNames {
-            for i in 0..<w.subscribersPerRegion { addClient(r, .subscriber("\(w.namespace):t\(i % w.topics)")) }
-            if let c = w.celebrity { for _ in 0..<c.subscribersPerRegion { addClient(r, .subscriber(c.topic)) } }
-            publishers[r] = addClient(r, .publisher)
-            if w.presenceChurn > 0 { churners[r] = (0..<10).map { _ in addClient(r, .churner) } }
+            if w.subscriberRegions?.contains(r) ?? true {
+                for i in 0..<w.subscribersPerRegion { addClient(r, .subscriber("\(w.namespace):t\(i % w.topics)")) }
+                if let c = w.celebrity { for _ in 0..<c.subscribersPerRegion { addClient(r, .subscriber(c.topic)) } }
+            }
+            if w.publisherRegions?.contains(r) ?? true { publishers[r] = addClient(r, .publisher) }
+            if w.presenceChurn > 0 { churners[r] = (0..<w.churnersPerRegion).map { _ in addClient(r, .churner) } }
         }
     }
 
@@ -744,7 +753,9 @@ public final class Simulation {
     }
 
     private func publish(topic: String) {
-        let region = regionNames[Int(random(0...0.999_999) * Double(regionNames.count))]
+        let from = scenario.workload.publisherRegions ?? regionNames
+        guard !from.isEmpty else { return }
+        let region = from[Int(random(0...0.999_999) * Double(from.count))]
         guard let p = publishers[region], p.connected else { return }
         publishCount += 1
         let id = "p\(publishCount)"
