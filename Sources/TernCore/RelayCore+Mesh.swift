@@ -380,9 +380,17 @@ extension RelayCore {
             }
             return
         }
+        let canonical = canonicalHome(of: topic) + "."
         if let fork = t.fork, fork.epoch == to.epoch {
             // Back on the canonical epoch: what it brings that was delivered here in the failover epoch is skipped.
             t.mergingIDs = t.forkIDs
+            t.mergeUntil = now + config.limits.idempotencyWindow
+            t.fork = nil
+            t.forkIDs = []
+        } else if to.epoch.hasPrefix(canonical), !from.epoch.hasPrefix(canonical) {
+            // Back on a canonical epoch from a failover epoch this region joined without knowing its fork
+            // (it restarted meanwhile): skip what it delivered in failover epochs, as far as it remembers.
+            t.mergingIDs = t.forkIDs.union(t.history.all.lazy.filter { !$0.position.epoch.hasPrefix(canonical) }.map(\.id))
             t.mergeUntil = now + config.limits.idempotencyWindow
             t.fork = nil
             t.forkIDs = []

@@ -162,6 +162,8 @@ public struct RelayCore: Sendable {
         var replication = ReplicationState()
         /// At a replica: the home this region follows the topic for, whether or not it has subscribers.
         var replicaOf: String?
+        /// The region that sequences this topic when every region is alive.
+        var canonicalHome = ""
         /// What this region has received of the stream, contiguously, for replica reports.
         var replicaRun: ReplicaRun?
         /// While not synced: the position this region asked its upstream to start after (for a replica,
@@ -443,6 +445,7 @@ public struct RelayCore: Sendable {
             idempotency: IdempotencyCache(capacity: config.limits.idempotencyCapacity, window: config.limits.idempotencyWindow),
             lastActivity: now
         )
+        topics[topic]!.canonicalHome = canonicalHome(of: topic)
         if !isHome(topic) {
             // A regional cache: its epoch and offset come from upstream.
             topics[topic]!.synced = false
@@ -651,7 +654,9 @@ public struct RelayCore: Sendable {
         if !publication.id.isEmpty {
             // After a heal, publications this region already delivered in the failover epoch come again: skip them.
             if let until = state.mergeUntil, clock < until, state.mergingIDs.contains(publication.id) { return }
-            if state.fork != nil, state.forkIDs.count < 100_000 { topics[topic]!.forkIDs.insert(publication.id) }
+            if state.fork != nil || (mesh != nil && !state.epoch.hasPrefix(state.canonicalHome + ".")), state.forkIDs.count < 100_000 {
+                topics[topic]!.forkIDs.insert(publication.id)
+            }
         }
         let shared = OutboundFrame(bytes: encoder.encode(.publication(publication)), acceptedAt: publication.acceptedAt)
         // Clients still waiting for their subscribe reply get the stream through that reply, not before it.

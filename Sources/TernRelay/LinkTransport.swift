@@ -103,8 +103,9 @@ final class LinkSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
         let timeout = links.topology.tuning.linkReadTimeout
         let logger = links.logger
         let expected = expectedPeer
-        context.eventLoop.scheduleTask(in: .nanoseconds(timeout.ternNanoseconds)) { [weak self] in
-            guard let self, self.peer == nil, channel.isActive else { return }
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        context.eventLoop.scheduleTask(in: .nanoseconds(timeout.ternNanoseconds)) {
+            guard handler.value.peer == nil, channel.isActive else { return }
             logger.warning("link handshake timed out", metadata: ["peer": "\(expected ?? "?")", "after": "\(timeout)"])
             channel.close(promise: nil)
         }
