@@ -4,6 +4,32 @@ import TernCore
 /// of partitions, crashes, flaps and clogs, always healed with time to spare
 /// so the checkers can judge convergence.
 public enum Swarm {
+    /// `scenario` with a fault schedule and a workload shape drawn from `seed`.
+    public static func scenario(_ scenario: Scenario, seed: UInt64) -> Scenario {
+        var s = scenario
+        s.faults = faults(for: scenario, seed: seed)
+        s.workload = workload(for: scenario, seed: seed)
+        return s
+    }
+
+    /// A workload shape for `scenario`, drawn from `seed`: subscribers in only some regions,
+    /// publishers in regions with no subscribers (so successors often have no local interest),
+    /// one presence member per region or many, and more or fewer topics.
+    public static func workload(for scenario: Scenario, seed: UInt64) -> Workload {
+        var rng = SplitMix64(seed: seed ^ 0x0b5e_55ed)
+        var w = scenario.workload
+        let regions = scenario.topology.regions.map(\.name)
+        func subset() -> [String] {
+            let picked = regions.filter { _ in Bool.random(using: &rng) }
+            return picked.isEmpty ? [regions.randomElement(using: &rng)!] : picked
+        }
+        if regions.count > 1, Int.random(in: 0..<3, using: &rng) > 0 { w.subscriberRegions = subset() }
+        if regions.count > 1, Bool.random(using: &rng) { w.publisherRegions = subset() }
+        if w.presenceChurn > 0, Bool.random(using: &rng) { w.churnersPerRegion = Int.random(in: 1...3, using: &rng) }
+        if Bool.random(using: &rng) { w.topics = max(1, w.topics + Int.random(in: -2...4, using: &rng)) }
+        return w
+    }
+
     /// A fault schedule for `scenario`, drawn from `seed`.
     public static func faults(for scenario: Scenario, seed: UInt64) -> [ScheduledFault] {
         var rng = SplitMix64(seed: seed ^ 0x5eed_5eed)

@@ -61,9 +61,7 @@ struct SimCommand: ParsableCommand {
         if let swarm {
             let first = seed ?? base.seed
             for s in first..<(first + UInt64(swarm)) {
-                var scenario = base
-                scenario.faults = Swarm.faults(for: base, seed: s)
-                runs.append((s, scenario))
+                runs.append((s, Swarm.scenario(base, seed: s)))
             }
         } else {
             for s in parseSeeds() ?? [seed ?? base.seed] { runs.append((s, base)) }
