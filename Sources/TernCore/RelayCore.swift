@@ -654,6 +654,12 @@ public struct RelayCore: Sendable {
         if !publication.id.isEmpty {
             // After a heal, publications this region already delivered in the failover epoch come again: skip them.
             if let until = state.mergeUntil, clock < until, state.mergingIDs.contains(publication.id) { return }
+            if mesh != nil {
+                // Sequenced again somewhere (a failover merge, a restarted home's retry) after this region
+                // already delivered it: its subscribers have it. Every region remembers what it delivered.
+                if let earlier = topics[topic]!.idempotency.lookup(publication.id, now: clock), earlier != publication.position { return }
+                topics[topic]!.idempotency.remember(publication.id, position: publication.position, now: clock)
+            }
             if state.fork != nil || (mesh != nil && !state.epoch.hasPrefix(state.canonicalHome + ".")), state.forkIDs.count < 100_000 {
                 topics[topic]!.forkIDs.insert(publication.id)
             }
