@@ -124,6 +124,16 @@ struct TopologyTests {
         #expect(d.first?.message.contains("at least twice heartbeat_interval") == true)
     }
 
+    @Test("a namespace chooses its acknowledgment mode, and a wrong one names the choices")
+    func ackMode() throws {
+        let leader = try TopologyLoader.parse(Self.valid.replacingOccurrences(of: "{presence: true}", with: "{presence: true, ack: leader}"), file: "ok.yaml")
+        #expect(leader.namespaces["room"]?.ack == .leader)
+        let standard = try TopologyLoader.parse(Self.valid, file: "ok.yaml")
+        #expect(standard.namespaces["room"]?.ack == .replicated)
+        let d = diagnostics(Self.valid.replacingOccurrences(of: "{presence: true}", with: "{presence: true, ack: fast}"))
+        #expect(d.first?.message.contains("'replicated'") == true && d.first?.message.contains("'leader'") == true, "\(d)")
+    }
+
     @Test("inline secrets are refused")
     func inlineSecret() {
         let d = diagnostics(Self.valid + "\nauth:\n  api_key: hunter2\n")
