@@ -130,6 +130,7 @@ function drawLinks(view) {
       const s = cell(tr, v.link ? v.link.state : 'not known', 'left');
       s.classList.add('state');
       cell(tr, `${l.latency} ms`);
+      cell(tr, typeof v.link?.rtt_ms === 'number' ? `${num(v.link.rtt_ms)} ms` : '–');
       const sent = v.link?.sent ?? {};
       for (const key of ['batches', 'entries', 'entries_per_batch', 'publications', 'raw_bytes', 'wire_bytes']) cell(tr, num(sent[key]));
       cell(tr, typeof sent.compression_ratio === 'number' ? `${num(sent.compression_ratio)}×` : '–');

@@ -36,9 +36,11 @@ public enum LinkMessage: Sendable, Hashable {
     /// A replica holds the publications `from...to` of `epoch` (received as data, contiguously);
     /// routed hop by hop to `home`, which acknowledges publishes they cover.
     case replicated(topic: String, epoch: String, from: UInt64, to: UInt64, home: String)
-    /// Sent on a link that has been quiet for a heartbeat interval, so the peer's read deadline
-    /// tells a silent path from an idle one.
-    case heartbeat
+    /// Sent on every link once a heartbeat interval, so the peer's read deadline tells a silent
+    /// path from an idle one; `sentAt` is the sender's clock, echoed back to measure the round trip.
+    case heartbeat(sentAt: Int64)
+    /// The answer to a heartbeat, carrying its `sentAt` back.
+    case heartbeatReply(sentAt: Int64)
     /// A change to the presence entries `owner` holds for `topic`, numbered per owner incarnation.
     /// It travels up to the topic's home (`towardsHome`), which fans it out down the tree.
     case presence(topic: String, owner: String, incarnation: UInt64, sequence: UInt64, change: PresenceChange, towardsHome: Bool)
@@ -46,7 +48,7 @@ public enum LinkMessage: Sendable, Hashable {
     /// Whether this message travels outside flow control (it is never acknowledged).
     public var isControl: Bool {
         switch self {
-        case .credit, .heartbeat: true
+        case .credit, .heartbeat, .heartbeatReply: true
         default: false
         }
     }
@@ -63,7 +65,7 @@ public enum LinkMessage: Sendable, Hashable {
         case .publish(let t, let i, let d, let u, let o, _, _): 24 + t.utf8.count + i.utf8.count + d.utf8.count + (u?.utf8.count ?? 0) + o.utf8.count
         case .ack(let o, _, let t, _): 32 + o.utf8.count + t.utf8.count
         case .credit: 5
-        case .heartbeat: 1
+        case .heartbeat, .heartbeatReply: 9
         case .follow(let t, let r, let h, let f): 20 + t.utf8.count + r.utf8.count + h.utf8.count + f.epoch.utf8.count
         case .unfollow(let t, let r): 8 + t.utf8.count + r.utf8.count
         case .replicated(let t, let e, _, _, let h): 28 + t.utf8.count + e.utf8.count + h.utf8.count

@@ -15,14 +15,19 @@ struct LinkOutbox: Sendable {
     var flushScheduled = false
     /// When anything last arrived from the peer; past `linkReadTimeout` the path is silent and the link is down.
     var lastReceivedAt: TernInstant
-    /// When a batch last went to the peer; past `heartbeatInterval` a heartbeat goes instead.
+    /// When a batch last went to the peer.
     var lastSentAt: TernInstant
+    /// When the last heartbeat went to the peer; one goes every `heartbeatInterval`.
+    var lastHeartbeatAt: TernInstant
     /// When this link's liveness check is due (earlier scheduled checks are stale).
     var livenessAt: TernInstant?
+    /// The smoothed round-trip time measured with heartbeats.
+    var roundTrip: Duration?
 
     init(now: TernInstant) {
         lastReceivedAt = now
         lastSentAt = now
+        lastHeartbeatAt = now
     }
 }
 
@@ -117,6 +122,9 @@ extension RelayCore {
 
     /// Per-link counters, by neighbour.
     public var linkCounters: [String: LinkCounters] { mesh?.counters ?? [:] }
+
+    /// The smoothed round-trip time of each up link, measured with heartbeats.
+    public var linkRoundTrips: [String: Duration] { mesh?.links.compactMapValues(\.roundTrip) ?? [:] }
 
     /// The neighbours whose links are up.
     public var upLinks: [String] { mesh?.up.sorted() ?? [] }
@@ -226,8 +234,16 @@ extension RelayCore {
         case .presence(let topic, let owner, let incarnation, let sequence, let change, let towardsHome):
             receivePresence(topic: topic, owner: owner, incarnation: incarnation, sequence: sequence, change: change,
                             towardsHome: towardsHome, now: now)
-        case .heartbeat:
-            break
+        case .heartbeat(let sentAt):
+            enqueueLink(peer, .heartbeatReply(sentAt: sentAt))
+        case .heartbeatReply(let sentAt):
+            // Smoothed like TCP's estimate: an eighth of each new sample.
+            let sample = Duration.nanoseconds(max(0, now.nanoseconds - sentAt))
+            if let rtt = mesh!.links[peer]?.roundTrip {
+                mesh!.links[peer]?.roundTrip = .nanoseconds(rtt.ternNanoseconds + (sample.ternNanoseconds - rtt.ternNanoseconds) / 8)
+            } else {
+                mesh!.links[peer]?.roundTrip = sample
+            }
         case .follow(let topic, let replica, let home, let from):
             receiveFollow(topic: topic, replica: replica, home: home, from: from, now: now)
         case .unfollow(let topic, let replica):
@@ -904,7 +920,10 @@ extension RelayCore {
             linkDown(peer, now: now)
             return
         }
-        if now - link.lastSentAt >= config.heartbeatInterval { enqueueLink(peer, .heartbeat) }
+        if now - link.lastHeartbeatAt >= config.heartbeatInterval {
+            enqueueLink(peer, .heartbeat(sentAt: now.nanoseconds))
+            mesh!.links[peer]?.lastHeartbeatAt = now
+        }
         let next = min(now + config.heartbeatInterval, link.lastReceivedAt + config.linkReadTimeout)
         scheduleLiveness(peer, at: max(next, now + .milliseconds(1)))
     }

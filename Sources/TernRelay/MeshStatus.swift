@@ -126,6 +126,7 @@ extension Relay {
         let up = Set(runtime.upLinks)
         let neighbours = Set(topology.links(of: region).map(\.peer.name))
         let counters = runtime.linkCounters
+        let roundTrips = runtime.linkRoundTrips
         let bytes = LinkByteCounters.parse(String(decoding: metrics.registry.emitToBuffer(), as: UTF8.self), region: region)
         let stats = metrics.coreStats
 
@@ -155,6 +156,7 @@ extension Relay {
             m.append(("own", .bool(true)))
             m.append(("peer", .string(peer)))
             m.append(("state", .string(up.contains(peer) ? "up" : "down")))
+            m.append(("rtt_ms", roundTrips[peer].map { .double(Double($0.ternNanoseconds) / 1e6) } ?? .null))
             let c = counters[peer]
             let batches = c?.batches ?? 0, entries = c?.messages ?? 0
             let b = bytes[peer] ?? LinkByteCounters()

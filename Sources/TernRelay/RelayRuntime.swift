@@ -104,6 +104,9 @@ final class RelayRuntime: Sendable {
     /// The core's home for a topic.
     func home(of topic: String) -> String { state.withLock { $0.core.home(of: topic) } }
 
+    /// The smoothed round-trip time of each up link.
+    var linkRoundTrips: [String: Duration] { state.withLock { $0.core.linkRoundTrips } }
+
     /// Neighbours with an up link.
     var upLinks: [String] { state.withLock { $0.core.upLinks } }
 
@@ -174,7 +177,7 @@ final class RelayRuntime: Sendable {
         var lines: [String] = []
         switch event {
         case .linkBatch(let peer, let batch):
-            let shown = batch.filter { if case .credit = $0 { false } else if case .heartbeat = $0 { false } else if case .linkState = $0 { false } else { true } }
+            let shown = batch.filter { switch $0 { case .credit, .heartbeat, .heartbeatReply, .linkState: false; default: true } }
             if !shown.isEmpty { lines.append("\(region) <- \(peer): \(shown)") }
         case .apiPublish, .linkUp, .linkDown: lines.append("\(region) event \(event)")
         default: break
@@ -182,7 +185,7 @@ final class RelayRuntime: Sendable {
         for action in actions {
             switch action {
             case .sendLink(let peer, let batch):
-                let shown = batch.filter { if case .credit = $0 { false } else if case .heartbeat = $0 { false } else if case .linkState = $0 { false } else { true } }
+                let shown = batch.filter { switch $0 { case .credit, .heartbeat, .heartbeatReply, .linkState: false; default: true } }
                 if !shown.isEmpty { lines.append("\(region) -> \(peer): \(shown)") }
             case .apiReply: lines.append("\(region) action \(action)")
             default: break

@@ -502,7 +502,7 @@ public final class Simulation {
         linkRaw += codec.rawBytesSent - raw
         linkWire += codec.wireBytesSent - wire
         linkBatches += 1
-        linkEntries += batch.count { switch $0 { case .credit, .linkState, .heartbeat: false; default: true } }
+        linkEntries += batch.count { switch $0 { case .credit, .linkState, .heartbeat, .heartbeatReply: false; default: true } }
         for m in batch { entryKinds[String(describing: m).prefix(while: { $0 != "(" }).description, default: 0] += 1 }
         let link = scenario.topology.links.first { $0.joins(from, to) }!
         var delay = sample(link.latency, scenario.network.latency)

@@ -57,7 +57,7 @@ public final class LinkCodec {
 
     enum Kind: UInt8 {
         case topic = 0, linkState, interest, uninterest, data, caughtUp, gap, resync, publish, ack, credit, presence, epochSwitch
-        case heartbeat, topicsReset, follow, unfollow, replicated
+        case heartbeat, topicsReset, follow, unfollow, replicated, heartbeatReply
     }
 
     /// The largest frame accepted, in bytes.
@@ -218,8 +218,12 @@ public final class LinkCodec {
         case .credit(let batches):
             out.writeInteger(Kind.credit.rawValue)
             out.writeInteger(UInt32(clamping: batches))
-        case .heartbeat:
+        case .heartbeat(let sentAt):
             out.writeInteger(Kind.heartbeat.rawValue)
+            out.writeInteger(sentAt)
+        case .heartbeatReply(let sentAt):
+            out.writeInteger(Kind.heartbeatReply.rawValue)
+            out.writeInteger(sentAt)
         case .follow(let topic, let replica, let home, let from):
             let id = topicID(topic, &out)
             out.writeInteger(Kind.follow.rawValue)
@@ -366,7 +370,9 @@ public final class LinkCodec {
             case .topicsReset:
                 receivedTopics.removeAll(keepingCapacity: true)
             case .heartbeat:
-                messages.append(.heartbeat)
+                messages.append(.heartbeat(sentAt: try read(&body)))
+            case .heartbeatReply:
+                messages.append(.heartbeatReply(sentAt: try read(&body)))
             case .follow:
                 messages.append(.follow(topic: try readTopic(&body), replica: try readString(&body), home: try readString(&body),
                                         from: try readPosition(&body)))

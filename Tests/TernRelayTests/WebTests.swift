@@ -454,6 +454,15 @@ struct MeshStatusTests {
             #expect(toB["entries_per_batch"] is Double)
             let counts = try #require(json["counts"] as? [String: Any])
             #expect(counts["connections"] is Int)
+            // Round trips come from the links' heartbeats (one a second): wait for the first answers.
+            var roundTrips: [Double] = []
+            for _ in 0..<40 where roundTrips.count < 2 {
+                try await Task.sleep(for: .milliseconds(100))
+                let links = try #require(try await a.http(["\(a.httpURL)/status"]).json["links"] as? [[String: Any]])
+                roundTrips = links.filter { $0["own"] as? Bool == true }.compactMap { $0["rtt_ms"] as? Double }
+            }
+            #expect(roundTrips.count == 2, "no round trip measured on a's links")
+            #expect(roundTrips.allSatisfy { $0 >= 0 && $0 < 1000 }, "\(roundTrips)")
 
             let described = try await a.http(["-G", "\(a.httpURL)/status", "--data-urlencode", "topic=\(topic)"])
             let t = try #require(described.json["topic"] as? [String: Any])
