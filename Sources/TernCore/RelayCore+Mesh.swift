@@ -424,6 +424,12 @@ extension RelayCore {
         for child in mesh!.children[topic]?.orderedKeys ?? [] where mesh!.children[topic]?[child] == .live {
             enqueueLink(child, .epochSwitch(topic: topic, from: from, to: to))
         }
+        // Children that were waiting for this region to reach them in the old epoch are served in the new one.
+        if t.synced, !t.resyncing, let parked = mesh!.awaitingSync.removeValue(forKey: topic) {
+            for (child, since, fork) in parked where mesh!.up.contains(child) {
+                serveChild(child, topic: topic, since: since, fork: fork, now: now)
+            }
+        }
     }
 
     mutating func tree(rootedAt home: String) -> ShortestPaths {
@@ -523,6 +529,13 @@ extension RelayCore {
         }
         topics[topic]!.fresh = false
         let current = topics[topic]!.position
+        if !isHome(topic), let since, since.epoch == current.epoch, since.offset > current.offset {
+            // The child is further on than this region (it followed a parent that was ahead): sending
+            // it back with a gap would repeat what its subscribers have. Serve it once this region is there.
+            mesh!.awaitingSync[topic, default: []].removeAll { $0.child == child }
+            mesh!.awaitingSync[topic, default: []].append((child, since, fork))
+            return
+        }
         if let adopted = topics[topic]!.adoptedFrom, let from = [since, fork].compactMap({ $0 }).first, from == adopted || fork == adopted,
            case let jumped = StreamPosition(epoch: adopted.epoch, offset: adopted.offset + Self.adoptionJump),
            case .recovered(let publications) = topics[topic]!.history.publications(after: jumped, current: current, now: now) {
@@ -630,6 +643,7 @@ extension RelayCore {
         replicaReceived(publication)
         stats.relayedPublications += 1
         deliver(publication)
+        serveChildrenCaughtUp(topic, now: clock)
     }
 
     mutating func receiveCaughtUp(_ topic: String, _ position: StreamPosition, now: TernInstant) {
@@ -670,6 +684,18 @@ extension RelayCore {
             for client in t.pollWaiters.orderedKeys { completePoll(client) }
         }
         becameSynced(topic, now: now)
+    }
+
+    /// Serves children that were further on than this region once it has reached them.
+    mutating func serveChildrenCaughtUp(_ topic: String, now: TernInstant) {
+        guard let waiting = mesh!.awaitingSync[topic], let t = topics[topic], t.synced else { return }
+        let ready = waiting.filter { $0.since.map { $0.epoch == t.epoch && $0.offset <= t.offset } ?? false }
+        guard !ready.isEmpty else { return }
+        mesh!.awaitingSync[topic]!.removeAll { w in ready.contains { $0.child == w.child } }
+        if mesh!.awaitingSync[topic]!.isEmpty { mesh!.awaitingSync[topic] = nil }
+        for (child, since, fork) in ready where mesh!.up.contains(child) {
+            serveChild(child, topic: topic, since: since, fork: fork, now: now)
+        }
     }
 
     mutating func becameSynced(_ topic: String, now: TernInstant) {
