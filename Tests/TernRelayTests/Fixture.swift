@@ -104,14 +104,8 @@ final class OutputBox: Sendable {
     let data = Mutex(Data())
 }
 
-/// Starts a relay, runs `body` against it, then shuts it down gracefully.
-func withRelay(limits: String = "", auth: String = testAuth, _ body: (RelayFixture) async throws -> Void) async throws {
-    var logger = Logger(label: "test.relay")
-    logger.logLevel = .warning
-    let relay = try await Relay(
-        topology: testTopology(limits: limits, auth: auth), region: "eu-west",
-        secrets: SecretResolver(environment: ["TEST_JWT_SECRET": jwtSecret, "TEST_API_KEY": apiKey]),
-        listenOn: HostPort(host: "127.0.0.1", port: 0), seed: 42, logger: logger)
+/// Runs `relay` in a service group, runs `body` against it once it listens, then shuts it down gracefully.
+func serve(_ relay: Relay, logger: Logger, _ body: (RelayFixture) async throws -> Void) async throws {
     let group = ServiceGroup(configuration: .init(services: [.init(service: relay)], gracefulShutdownSignals: [], logger: logger))
     try await withThrowingTaskGroup(of: Void.self) { tasks in
         tasks.addTask { try await group.run() }
@@ -126,6 +120,17 @@ func withRelay(limits: String = "", auth: String = testAuth, _ body: (RelayFixtu
         try await tasks.waitForAll()
         if let failure { throw failure }
     }
+}
+
+/// Starts a relay, runs `body` against it, then shuts it down gracefully.
+func withRelay(limits: String = "", auth: String = testAuth, _ body: (RelayFixture) async throws -> Void) async throws {
+    var logger = Logger(label: "test.relay")
+    logger.logLevel = .warning
+    let relay = try await Relay(
+        topology: testTopology(limits: limits, auth: auth), region: "eu-west",
+        secrets: SecretResolver(environment: ["TEST_JWT_SECRET": jwtSecret, "TEST_API_KEY": apiKey]),
+        listenOn: HostPort(host: "127.0.0.1", port: 0), seed: 42, logger: logger)
+    try await serve(relay, logger: logger, body)
 }
 
 /// A client running in the background of a test, with its events collected.

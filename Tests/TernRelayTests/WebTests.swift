@@ -74,20 +74,7 @@ func withWebRelay(limits: String = "", web: RelayWebOptions = RelayWebOptions(ro
         topology: try TopologyLoader.parse(yaml, file: "web-test.yaml"), region: "eu-west",
         secrets: SecretResolver(environment: ["TEST_JWT_SECRET": jwtSecret, "TEST_API_KEY": apiKey]),
         listenOn: HostPort(host: "127.0.0.1", port: 0), seed: 7, logger: logger, web: web)
-    let group = ServiceGroup(configuration: .init(services: [.init(service: relay)], gracefulShutdownSignals: [], logger: logger))
-    try await withThrowingTaskGroup(of: Void.self) { tasks in
-        tasks.addTask { try await group.run() }
-        let port = await relay.waitUntilListening()
-        var failure: (any Error)?
-        do {
-            try await body(RelayFixture(port: port))
-        } catch {
-            failure = error
-        }
-        await group.triggerGracefulShutdown()
-        try await tasks.waitForAll()
-        if let failure { throw failure }
-    }
+    try await serve(relay, logger: logger, body)
 }
 
 /// The SSE events in a stream's text, as (event name, data) pairs.
