@@ -639,13 +639,13 @@ public struct RelayCore: Sendable {
         // A failover home keeps what it sequences until the canonical home has sequenced it again.
         if failoverHome, topics[topic]!.failoverLog.count < 100_000 { topics[topic]!.failoverLog.append(publication) }
         stats.publications += 1
-        deliver(publication)
+        deliver(publication, sequencedHere: true)
         sweepIfIdle(topic, now: now)
         return .success(.published(topic: topic, position: publication.position, duplicate: false))
     }
 
     /// Writes one publication to every local subscriber, encoding it once for all WebSockets.
-    mutating func deliver(_ publication: Publication) {
+    mutating func deliver(_ publication: Publication, sequencedHere: Bool = false) {
         let topic = publication.topic
         guard let state = topics[topic] else { return }
         if mesh != nil, let children = mesh!.children[topic] {
@@ -654,10 +654,11 @@ public struct RelayCore: Sendable {
         if !publication.id.isEmpty {
             // After a heal, publications this region already delivered in the failover epoch come again: skip them.
             if let until = state.mergeUntil, clock < until, state.mergingIDs.contains(publication.id) { return }
-            if mesh != nil {
-                // Sequenced again somewhere (a failover merge, a restarted home's retry) after this region
-                // already delivered it: its subscribers have it. Every region remembers what it delivered.
-                if let earlier = topics[topic]!.idempotency.lookup(publication.id, now: clock), earlier != publication.position { return }
+            if mesh != nil, !sequencedHere {
+                // Sequenced again somewhere (a failover merge, a restarted home's retry), or brought again
+                // after this region's stream was reset to an earlier position: its subscribers have it.
+                // Every region remembers what it delivered.
+                if topics[topic]!.idempotency.lookup(publication.id, now: clock) != nil { return }
                 topics[topic]!.idempotency.remember(publication.id, position: publication.position, now: clock)
             }
             if state.fork != nil || (mesh != nil && !state.epoch.hasPrefix(state.canonicalHome + ".")), state.forkIDs.count < 100_000 {
