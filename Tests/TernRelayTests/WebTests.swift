@@ -53,7 +53,7 @@ extension RelayFixture {
     }
 }
 
-/// Starts one relay of `testTopology(limits:)` with `web` options, runs `body`, then shuts it down.
+/// Starts one relay of a one-region test topology (its own limits replace the defaults) with `web` options, runs `body`, then shuts it down.
 func withWebRelay(limits: String = "", web: RelayWebOptions = RelayWebOptions(root: repositoryRoot), capture: LogCapture? = nil,
                   _ body: (RelayFixture) async throws -> Void) async throws {
     var logger = capture.map { Logger(label: "test.web", factory: $0.handler) } ?? Logger(label: "test.web")

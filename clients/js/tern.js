@@ -401,16 +401,8 @@ export class TernClient extends Base {
   async #openWebSocket() {
     const gen = ++this.#gen;
     this.#setState('connecting');
-    let token;
-    try {
-      token = await this.#resolveToken();
-    } catch (error) {
-      if (gen !== this.#gen || this.#stopped) return;
-      this.#emitError(new TernError(`the token callback failed: ${error?.message ?? error}`, { codeName: 'token_error' }));
-      this.#connectionLost({ code: null, reason: 'token callback failed', handshakeDone: false });
-      return;
-    }
-    if (gen !== this.#gen || this.#stopped) return;
+    const { token, ok } = await this.#tokenForAttempt(gen);
+    if (!ok) return;
     if (typeof this.#WebSocket !== 'function') {
       this.#webSocketUnavailable(new TernError('WebSocket is not available in this runtime', { codeName: 'websocket_unavailable' }));
       return;
@@ -803,16 +795,8 @@ export class TernClient extends Base {
       this.#connectionLost({ code: null, reason: 'EventSource is not available', handshakeDone: false });
       return;
     }
-    let token;
-    try {
-      token = await this.#resolveToken();
-    } catch (error) {
-      if (gen !== this.#gen || this.#stopped) return;
-      this.#emitError(new TernError(`the token callback failed: ${error?.message ?? error}`, { codeName: 'token_error' }));
-      this.#connectionLost({ code: null, reason: 'token callback failed', handshakeDone: false });
-      return;
-    }
-    if (gen !== this.#gen || this.#stopped) return;
+    const { token, ok } = await this.#tokenForAttempt(gen);
+    if (!ok) return;
     let es;
     try {
       es = new this.#EventSource(this.#sseUrl(topics, token));
@@ -971,6 +955,21 @@ export class TernClient extends Base {
 
   #notOverSse(what) {
     return new TernError(`${what} is not available over SSE`, { codeName: 'not_available_over_sse' });
+  }
+
+  /** Resolves the token for connection attempt `gen`; `ok` is false when the attempt is over. */
+  async #tokenForAttempt(gen) {
+    let token;
+    try {
+      token = await this.#resolveToken();
+    } catch (error) {
+      if (gen !== this.#gen || this.#stopped) return { token: undefined, ok: false };
+      this.#emitError(new TernError(`the token callback failed: ${error?.message ?? error}`, { codeName: 'token_error' }));
+      this.#connectionLost({ code: null, reason: 'token callback failed', handshakeDone: false });
+      return { token: undefined, ok: false };
+    }
+    if (gen !== this.#gen || this.#stopped) return { token: undefined, ok: false };
+    return { token, ok: true };
   }
 
   async #resolveToken() {
