@@ -80,17 +80,40 @@ function renderBadge() {
   ui.badgeText.textContent = `${words[s] ?? s}${where}${how}`;
 }
 
-/// The path a message took, as far as this page knows it: the sender's region, then this one.
-/// Publications may later carry a per-hop `trace`; its hops go between the two.
+/// The regions a message passed through: from its per-hop trace (the relay it was published to,
+/// the topic's home, each region down the fan-out tree), else the sender's region and this one.
 function routeOf(p) {
   const hops = [];
+  const traced = Array.isArray(p.trace) && p.trace.length > 1;
   const origin = typeof p.data?.region === 'string' ? p.data.region : null;
-  if (origin) hops.push(origin);
+  if (origin && !traced) hops.push(origin);
   if (Array.isArray(p.trace)) {
     for (const hop of p.trace) if (hop && typeof hop.region === 'string' && hop.region !== hops.at(-1)) hops.push(hop.region);
   }
   if (state.region && hops.at(-1) !== state.region) hops.push(state.region);
   return hops;
+}
+
+/// Where the message waited: each hop with the time since the previous one (by each relay's own
+/// clock, so cross-region steps include clock skew), then the time until this browser showed it.
+function waitsOf(p, shownAt) {
+  if (!Array.isArray(p.trace) || p.trace.length === 0) return [];
+  const steps = [];
+  let previous = null;
+  for (const hop of p.trace) {
+    if (!hop || typeof hop.at !== 'number') continue;
+    steps.push({ label: `${hop.step} in ${hop.region}`, ms: previous === null ? null : hop.at - previous, at: hop.at });
+    previous = hop.at;
+  }
+  if (previous !== null) steps.push({ label: 'shown here', ms: shownAt - previous, at: shownAt });
+  return steps;
+}
+
+function formatWait(ms) {
+  if (ms === null) return '';
+  const sign = ms < 0 ? '−' : '+';
+  const v = Math.abs(ms);
+  return `${sign}${v < 10 ? v.toFixed(1) : Math.round(v)} ms `;
 }
 
 function addMessage(p) {
@@ -111,6 +134,14 @@ function addMessage(p) {
   route.className = 'route';
   route.textContent = routeOf(p).join(' → ');
   li.append(who, text, route);
+  const waits = waitsOf(p, Date.now());
+  if (waits.length > 0) {
+    const hops = document.createElement('span');
+    hops.className = 'hops';
+    hops.textContent = waits.map((w) => `${formatWait(w.ms)}${w.label}`).join(' · ');
+    hops.title = waits.map((w) => `${new Date(w.at).toISOString()}  ${w.label}`).join('\n');
+    li.append(hops);
+  }
   const atBottom = ui.messages.scrollTop + ui.messages.clientHeight >= ui.messages.scrollHeight - 4;
   ui.messages.append(li);
   while (ui.messages.children.length > MAX_MESSAGES) ui.messages.firstElementChild.remove();
@@ -260,7 +291,8 @@ function join(name) {
 
   renderBadge();
   client.connect().catch(() => {});
-  client.subscribe(topic).catch((error) => notice(`Could not join ${topic}: ${error.message}`, 'error', 'subscribe'));
+  // `trace: true`: every message carries the relays it passed and when, to show where it waited.
+  client.subscribe(topic, { trace: true }).catch((error) => notice(`Could not join ${topic}: ${error.message}`, 'error', 'subscribe'));
   ui.text.focus();
 }
 

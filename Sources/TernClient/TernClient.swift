@@ -16,6 +16,18 @@ public struct ClientPublication: Sendable, Hashable {
     public var user: String?
     /// The payload as JSON text.
     public var data: String
+    /// The hops that handled it, on a subscription made with `trace: true` (empty otherwise).
+    public var trace: [ClientTraceHop] = []
+}
+
+/// One relay's handling of a traced publication (see docs/PROTOCOL.md, "Per-hop timestamps").
+public struct ClientTraceHop: Sendable, Hashable {
+    /// The relay's region.
+    public var region: String
+    /// `received`, `sequenced`, `relayed` or `delivered`.
+    public var step: String
+    /// When, in Unix milliseconds by that relay's wall clock.
+    public var at: Double
 }
 
 /// Something the client observed.
@@ -108,6 +120,7 @@ public final class TernClient: Sendable {
         var outgoing: AsyncStream<String>.Continuation?
         var connected = false
         var subscriptions: [String: StreamPosition?] = [:]
+        var traced: Set<String> = []
         var order: [String] = []
         var advisedDelay: Duration?
         var stopReconnecting = false
@@ -236,14 +249,16 @@ public final class TernClient: Sendable {
     // MARK: - Requests
 
     /// Subscribes to `topic` (and again after every reconnect, recovering from the last position seen).
+    /// With `trace`, each publication carries the hops that handled it (`ClientPublication.trace`).
     @discardableResult
-    public func subscribe(_ topic: String) async throws -> StreamPosition {
+    public func subscribe(_ topic: String, trace: Bool = false) async throws -> StreamPosition {
         let (connected, since): (Bool, StreamPosition?) = state.withLock { s in
             guard s.connected else { return (false, nil) }
             if s.subscriptions[topic] == nil {
                 s.subscriptions[topic] = .some(nil)
                 s.order.append(topic)
             }
+            if trace { s.traced.insert(topic) } else { s.traced.remove(topic) }
             return (true, s.subscriptions[topic] ?? nil)
         }
         guard connected else { throw TernClientError.notConnected }
@@ -252,6 +267,7 @@ public final class TernClient: Sendable {
 
     private func sendSubscribe(_ topic: String, since: StreamPosition?) async throws -> StreamPosition {
         var fields = "\"op\":\"subscribe\",\"topic\":\(JSONText.quoted(topic))"
+        if state.withLock({ $0.traced.contains(topic) }) { fields += ",\"trace\":true" }
         if let since { fields += ",\"since\":{\"epoch\":\(JSONText.quoted(since.epoch)),\"offset\":\(since.offset)}" }
         let reply = try await send(fields, requireConnected: false, subscribeTopic: topic)
         guard let position = Self.position(reply) else { throw TernClientError.connectionLost }
@@ -262,6 +278,7 @@ public final class TernClient: Sendable {
     public func unsubscribe(_ topic: String) async throws {
         state.withLock { s in
             s.subscriptions[topic] = nil
+            s.traced.remove(topic)
             s.order.removeAll { $0 == topic }
         }
         _ = try await send("\"op\":\"unsubscribe\",\"topic\":\(JSONText.quoted(topic))")
@@ -407,7 +424,15 @@ public final class TernClient: Sendable {
         if case .string(let i)? = value["id"] { id = i }
         var user: String?
         if case .string(let u)? = value["user"] { user = u }
-        eventSink.yield(.publication(ClientPublication(topic: topic, position: position, id: id, user: user, data: data.rawText)))
+        var trace: [ClientTraceHop] = []
+        if case .array(let hops, _)? = value["trace"] {
+            for hop in hops {
+                guard case .string(let region)? = hop["region"], case .string(let step)? = hop["step"],
+                      case .number(let at)? = hop["at"], let ms = Double(at) else { continue }
+                trace.append(ClientTraceHop(region: region, step: step, at: ms))
+            }
+        }
+        eventSink.yield(.publication(ClientPublication(topic: topic, position: position, id: id, user: user, data: data.rawText, trace: trace)))
     }
 
     private static func position(_ value: JSONReader.Value) -> StreamPosition? {

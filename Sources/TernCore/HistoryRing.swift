@@ -12,18 +12,59 @@ public struct Publication: Sendable, Hashable {
     public var data: String
     /// The publishing user, when known.
     public var user: String?
-    /// When the origin relay accepted it, for publish→deliver latency.
+    /// When this relay accepted it (sequenced it, or received it from upstream), on this relay's
+    /// monotonic timeline, for publish→deliver latency and history expiry.
     public var acceptedAt: TernInstant
+    /// When the home sequenced it, in wall-clock nanoseconds since the Unix epoch on the home's clock
+    /// (0 when unknown), for the home→delivery latency of each region.
+    public var sequencedAtWall: Int64
+    /// The hops that handled it, when a subscriber somewhere asked for them (`trace: true`); nil otherwise.
+    public var trace: [TraceHop]?
 
     /// A publication with every field given.
-    public init(topic: String, position: StreamPosition, id: String, data: String, user: String?, acceptedAt: TernInstant) {
+    public init(topic: String, position: StreamPosition, id: String, data: String, user: String?, acceptedAt: TernInstant,
+                sequencedAtWall: Int64 = 0, trace: [TraceHop]? = nil) {
         self.topic = topic
         self.position = position
         self.id = id
         self.data = data
         self.user = user
         self.acceptedAt = acceptedAt
+        self.sequencedAtWall = sequencedAtWall
+        self.trace = trace
     }
+}
+
+/// One relay's handling of a traced publication: which region, what it did, and when by its wall clock.
+public struct TraceHop: Sendable, Hashable {
+    /// What a relay did with the publication.
+    public enum Step: String, Sendable, Hashable, CaseIterable {
+        /// The relay a client or backend published to took the publish.
+        case received
+        /// The topic's home gave it its position.
+        case sequenced
+        /// A region received it from its upstream on the fan-out tree (and cached it).
+        case relayed
+        /// The subscriber's relay queued it on the subscriber's connection.
+        case delivered
+    }
+
+    /// The region of the relay.
+    public var region: String
+    /// What it did.
+    public var step: Step
+    /// When, in wall-clock nanoseconds since the Unix epoch on that relay's clock.
+    public var at: Int64
+
+    /// A hop with every field given.
+    public init(region: String, step: Step, at: Int64) {
+        self.region = region
+        self.step = step
+        self.at = at
+    }
+
+    /// Hops kept on one publication at most; a longer path keeps its first hops (a mesh path is far shorter).
+    public static let maxHops = 16
 }
 
 /// Why a recovery request could not be served from history.

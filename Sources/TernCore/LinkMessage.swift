@@ -22,8 +22,12 @@ public enum LinkMessage: Sendable, Hashable {
     case gap(topic: String, position: StreamPosition, reason: RecoveryFailure)
     /// The receiver fell too far behind: re-express interest from its own position.
     case resync(topic: String)
-    /// A publish travelling towards the topic's home.
-    case publish(topic: String, id: String, data: String, user: String?, origin: String, ref: UInt64, acceptedAt: TernInstant)
+    /// A publish travelling towards the topic's home; `receivedAtWall` is when the origin relay took it,
+    /// in wall-clock nanoseconds on the origin's clock (the first hop of a trace).
+    case publish(topic: String, id: String, data: String, user: String?, origin: String, ref: UInt64, receivedAtWall: Int64)
+    /// A region's subscribers want (`on`) or no longer want per-hop timestamps on `topic`'s
+    /// publications; routed hop by hop to `home`, which stamps them while any region wants them.
+    case trace(topic: String, region: String, home: String, on: Bool)
     /// The home's answer to a publish, travelling back to `origin`.
     case ack(origin: String, ref: UInt64, topic: String, result: PublishResult)
     /// The receiver processed `batches` batches; the sender may send that many more.
@@ -61,6 +65,7 @@ public enum LinkMessage: Sendable, Hashable {
         case .epochSwitch(let t, let f, let to): 24 + t.utf8.count + f.epoch.utf8.count + to.epoch.utf8.count
         case .uninterest(let t), .resync(let t): 4 + t.utf8.count
         case .data(let p): 24 + p.topic.utf8.count + p.position.epoch.utf8.count + p.id.utf8.count + p.data.utf8.count + (p.user?.utf8.count ?? 0)
+            + (p.trace?.reduce(0) { $0 + 10 + $1.region.utf8.count } ?? 0)
         case .caughtUp(let t, let p), .gap(let t, let p, _): 12 + t.utf8.count + p.epoch.utf8.count
         case .publish(let t, let i, let d, let u, let o, _, _): 24 + t.utf8.count + i.utf8.count + d.utf8.count + (u?.utf8.count ?? 0) + o.utf8.count
         case .ack(let o, _, let t, _): 32 + o.utf8.count + t.utf8.count
@@ -68,6 +73,7 @@ public enum LinkMessage: Sendable, Hashable {
         case .heartbeat, .heartbeatReply: 9
         case .follow(let t, let r, let h, let f): 20 + t.utf8.count + r.utf8.count + h.utf8.count + f.epoch.utf8.count
         case .unfollow(let t, let r): 8 + t.utf8.count + r.utf8.count
+        case .trace(let t, let r, let h, _): 8 + t.utf8.count + r.utf8.count + h.utf8.count
         case .replicated(let t, let e, _, _, let h): 28 + t.utf8.count + e.utf8.count + h.utf8.count
         case .presence(let t, let o, _, _, let change, _):
             switch change {

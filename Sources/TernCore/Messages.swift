@@ -4,8 +4,9 @@ import NIOCore
 public enum ClientCommand: Hashable, Sendable {
     /// Authenticate; the driver verifies the token and reports `authenticated`.
     case connect(token: String?)
-    /// Subscribe to a topic, optionally recovering everything after `since`.
-    case subscribe(topic: String, since: StreamPosition?)
+    /// Subscribe to a topic, optionally recovering everything after `since`; `trace` asks for the
+    /// per-hop timestamps of each publication.
+    case subscribe(topic: String, since: StreamPosition?, trace: Bool = false)
     /// Stop receiving a topic.
     case unsubscribe(topic: String)
     /// Publish JSON `data`; `id` makes retries idempotent. Volatile publications skip history.

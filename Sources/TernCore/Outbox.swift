@@ -7,11 +7,15 @@ public struct OutboundFrame: Sendable {
     public var bytes: ByteBuffer
     /// When the publication was accepted, for publish→deliver latency (nil for other messages).
     public var acceptedAt: TernInstant?
+    /// When the home sequenced the publication, by the home's wall clock (0 for other messages),
+    /// for the home→delivery latency.
+    public var sequencedAtWall: Int64
 
-    /// A frame of `bytes`, stamped with the publication's acceptance time when it carries one.
-    public init(bytes: ByteBuffer, acceptedAt: TernInstant?) {
+    /// A frame of `bytes`, stamped with the publication's acceptance and sequencing times when it carries one.
+    public init(bytes: ByteBuffer, acceptedAt: TernInstant?, sequencedAtWall: Int64 = 0) {
         self.bytes = bytes
         self.acceptedAt = acceptedAt
+        self.sequencedAtWall = sequencedAtWall
     }
 }
 

@@ -21,7 +21,12 @@ extension RelayCore {
         var subscriptions = 0
         var counted = 0
         var queued = 0
+        var tracedByTopic: [String: Int] = [:]
         for (id, client) in clients {
+            for topic in client.traced {
+                tracedByTopic[topic, default: 0] += 1
+                if !client.subscriptions.contains(topic) { fail("client \(id) traces \(topic) without being subscribed to it") }
+            }
             if client.counted { counted += 1 }
             queued += client.outbox.queuedBytes
             subscriptions += client.subscriptions.count
@@ -39,6 +44,9 @@ extension RelayCore {
         if topics.count != stats.topics { fail("stats.topics is \(stats.topics) but \(topics.count) topics are held") }
 
         for (name, t) in topics {
+            if t.traceSubscribers != tracedByTopic[name, default: 0] {
+                fail("\(name) counts \(t.traceSubscribers) traced subscribers but clients trace it \(tracedByTopic[name, default: 0]) times")
+            }
             for client in t.subscribers.orderedKeys where clients[client]?.subscriptions.contains(name) != true {
                 fail("\(name) lists subscriber \(client), which is not subscribed to it")
             }

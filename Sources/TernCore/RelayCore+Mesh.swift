@@ -48,7 +48,8 @@ struct PendingPublish: Sendable {
     var id: String
     var data: String
     var user: String?
-    var acceptedAt: TernInstant
+    /// When the origin relay took the publish, by its wall clock (the first hop of a trace).
+    var receivedAtWall: Int64
     var sentVia: String?
     var sentTo: String?
 }
@@ -227,8 +228,10 @@ extension RelayCore {
                 topics[topic] = t
                 enqueueLink(peer, .interest(topic: topic, since: t.synced ? t.position : nil, fork: t.fork))
             }
-        case .publish(let topic, let id, let data, let user, let origin, let ref, let acceptedAt):
-            receivePublish(topic: topic, id: id, data: data, user: user, origin: origin, ref: ref, acceptedAt: acceptedAt, now: now)
+        case .publish(let topic, let id, let data, let user, let origin, let ref, let receivedAtWall):
+            receivePublish(topic: topic, id: id, data: data, user: user, origin: origin, ref: ref, receivedAtWall: receivedAtWall, now: now)
+        case .trace(let topic, let region, let home, let on):
+            receiveTraceRequest(topic: topic, region: region, home: home, on: on, now: now)
         case .ack(let origin, let ref, let topic, let result):
             receiveAck(origin: origin, ref: ref, topic: topic, result: result)
         case .presence(let topic, let owner, let incarnation, let sequence, let change, let towardsHome):
@@ -319,6 +322,7 @@ extension RelayCore {
                 topics[topic]!.replicaOf = nil
             }
             reconcileInterest(topic, now: now)
+            refreshTrace(topic)
         }
         for ref in mesh!.pending.keys.sorted() {
             let p = mesh!.pending[ref]!
@@ -632,6 +636,11 @@ extension RelayCore {
             }
             return
         }
+        var publication = publication
+        if var hops = publication.trace, hops.count < TraceHop.maxHops {
+            hops.append(TraceHop(region: config.region, step: .relayed, at: wallNow))
+            publication.trace = hops
+        }
         t.offset = publication.position.offset
         t.history.append(publication)
         if let home = t.replicaOf, home != canonicalHome(of: topic), publication.position.epoch.hasPrefix(home + "."),
@@ -734,7 +743,7 @@ extension RelayCore {
         let ref = mesh!.nextRef
         mesh!.nextRef += 1
         let id = id.isEmpty ? generatedPublishID() : id
-        mesh!.pending[ref] = PendingPublish(origin: origin, topic: topic, id: id, data: data, user: user, acceptedAt: now, sentVia: nil)
+        mesh!.pending[ref] = PendingPublish(origin: origin, topic: topic, id: id, data: data, user: user, receivedAtWall: wallNow, sentVia: nil)
         schedule(now + mesh!.config.homeTimeout, .publishTimeout(ref))
         forwardPending(ref)
     }
@@ -751,7 +760,9 @@ extension RelayCore {
         if home == config.region {
             // A failover made this region the home while the publish was on its way.
             mesh!.pending.removeValue(forKey: ref)
-            answerOnceHeld(p.topic, p.origin, publish(topic: p.topic, id: p.id, data: p.data, user: p.user, volatile: false, now: clock))
+            let received = TraceHop(region: origin, step: .received, at: p.receivedAtWall)
+            answerOnceHeld(p.topic, p.origin, publish(topic: p.topic, id: p.id, data: p.data, user: p.user, volatile: false,
+                                                      received: received, now: clock))
             return
         }
         guard let hop = mesh!.routes.firstHop(to: home) else {
@@ -760,30 +771,31 @@ extension RelayCore {
         }
         mesh!.pending[ref]!.sentVia = hop
         mesh!.pending[ref]!.sentTo = home
-        enqueueLink(hop, .publish(topic: p.topic, id: p.id, data: p.data, user: p.user, origin: origin, ref: originRef, acceptedAt: p.acceptedAt))
+        enqueueLink(hop, .publish(topic: p.topic, id: p.id, data: p.data, user: p.user, origin: origin, ref: originRef, receivedAtWall: p.receivedAtWall))
         if case .relay = p.origin {
             // Handed on: the origin keeps its own copy and retries if this hop fails.
             mesh!.pending.removeValue(forKey: ref)
         }
     }
 
-    mutating func receivePublish(topic: String, id: String, data: String, user: String?, origin: String, ref: UInt64, acceptedAt: TernInstant, now: TernInstant) {
+    mutating func receivePublish(topic: String, id: String, data: String, user: String?, origin: String, ref: UInt64, receivedAtWall: Int64, now: TernInstant) {
         let home = self.home(of: topic)
         if home != config.region {
             if let hop = mesh!.routes.firstHop(to: home) {
-                enqueueLink(hop, .publish(topic: topic, id: id, data: data, user: user, origin: origin, ref: ref, acceptedAt: acceptedAt))
+                enqueueLink(hop, .publish(topic: topic, id: id, data: data, user: user, origin: origin, ref: ref, receivedAtWall: receivedAtWall))
             } else {
                 // No route to the home as this region sees it (it may be about to fail over):
                 // hold the publish until the view settles, rather than drop it.
                 let local = mesh!.nextRef
                 mesh!.nextRef += 1
                 mesh!.pending[local] = PendingPublish(origin: .relay(origin: origin, ref: ref, topic: topic), topic: topic, id: id, data: data,
-                                                      user: user, acceptedAt: acceptedAt, sentVia: nil)
+                                                      user: user, receivedAtWall: receivedAtWall, sentVia: nil)
                 schedule(now + mesh!.config.homeTimeout, .publishTimeout(local))
             }
             return
         }
-        let result = publish(topic: topic, id: id, data: data, user: user, volatile: false, now: now)
+        let received = TraceHop(region: origin, step: .received, at: receivedAtWall)
+        let result = publish(topic: topic, id: id, data: data, user: user, volatile: false, received: received, now: now)
         answerOnceHeld(topic, .relay(origin: origin, ref: ref, topic: topic), result)
     }
 

@@ -121,6 +121,8 @@ public struct RelayCore: Sendable {
         var counted = false
         var pollNeedsSync: Set<String> = []
         var pollLostCursor: Set<String> = []
+        /// Topics this client subscribed to with `trace: true`.
+        var traced: Set<String> = []
     }
 
     struct TopicState: Sendable {
@@ -130,6 +132,10 @@ public struct RelayCore: Sendable {
         var history: HistoryRing
         var idempotency: IdempotencyCache
         var subscribers = IndexedMap<ClientID, Void>()
+        /// Local subscribers that asked for per-hop timestamps.
+        var traceSubscribers = 0
+        /// At the home: regions that have subscribers asking for per-hop timestamps.
+        var tracedBy: Set<String> = []
         var presence = PresenceTable()
         var pollWaiters = IndexedMap<ClientID, Void>()
         var lastActivity: TernInstant
@@ -217,6 +223,12 @@ public struct RelayCore: Sendable {
     var generatedIDs: UInt64 = 0
     /// The `now` of the event being handled.
     var clock = TernInstant.zero
+    /// Wall-clock nanoseconds since the Unix epoch at this core's monotonic origin. The driver sets it
+    /// (the runtime from the system clock, the simulator per region), so the core never reads a clock;
+    /// it is used only for the timestamps of traced publications and home→delivery latency.
+    public var wallClockOffset: Int64 = 0
+    /// The wall clock at the event being handled.
+    var wallNow: Int64 { clock.nanoseconds &+ wallClockOffset }
 
     /// A core for `config`, encoding with `encoder`, drawing randomness from `seed`.
     public init(config: RelayCoreConfig, encoder: any ServerMessageEncoding, seed: UInt64, now: TernInstant) {
@@ -315,6 +327,7 @@ public struct RelayCore: Sendable {
         guard let state = clients.removeValue(forKey: client) else { return }
         if state.counted { stats.connections -= 1 }
         queuedBytes -= state.outbox.queuedBytes
+        for topic in state.traced.sorted() { traceSubscriberGone(topic, now: now) }
         for topic in state.subscriptions.orderedKeys {
             removeSubscriber(client, from: topic, now: now)
         }
@@ -350,8 +363,10 @@ public struct RelayCore: Sendable {
         switch command {
         case .connect, .ping:
             return
-        case .subscribe(let topic, let since):
-            switch subscribe(client, identity, topic: topic, since: since, now: now) {
+        case .subscribe(let topic, let since, let trace):
+            let result = subscribe(client, identity, topic: topic, since: since, now: now)
+            if case .success = result, trace { setTraced(client, topic, true, now: now) }
+            switch result {
             case .success(let reply?): sendSubscribed(client, ref: ref, reply, now: now)
             case .success(nil):
                 // Waiting for the upstream region to say where the stream stands.
@@ -365,6 +380,7 @@ public struct RelayCore: Sendable {
                 send(client, .error(ref: ref, TernError(.notSubscribed, "not subscribed to '\(topic)'")))
                 return
             }
+            setTraced(client, topic, false, now: now)
             clients[client]?.subscriptions.removeValue(forKey: topic)
             clients[client]?.cursor[topic] = nil
             topics[topic]?.pendingSubscribes.removeAll { $0.client == client }
@@ -549,7 +565,7 @@ public struct RelayCore: Sendable {
 
     /// Answers a subscribe, then announces the subscriber's presence, so the reply comes first.
     mutating func sendSubscribed(_ client: ClientID, ref: UInt64?, _ reply: SubscribeReply, now: TernInstant) {
-        send(client, .reply(ref: ref, .subscribed(reply)))
+        send(client, .reply(ref: ref, .subscribed(withoutUnaskedHops(reply, for: client))))
         let topic = reply.topic
         guard let options = topics[topic]?.options, options.presence,
               let identity = clients[client]?.identity, !identity.isAnonymous else { return }
@@ -604,8 +620,10 @@ public struct RelayCore: Sendable {
     /// Sequences a publication in this region and delivers it to local subscribers.
     ///
     /// The mesh will route this to the topic's home region; here every topic's home is local.
+    ///
+    /// `received` is the trace hop of the relay that took the publish, when that was another region.
     mutating func publish(
-        topic: String, id: String, data: String, user: String?, volatile: Bool, now: TernInstant
+        topic: String, id: String, data: String, user: String?, volatile: Bool, received: TraceHop? = nil, now: TernInstant
     ) -> Result<ReplyBody, TernError> {
         let options: NamespaceOptions
         switch namespaceOptions(for: topic) {
@@ -633,7 +651,14 @@ public struct RelayCore: Sendable {
         topics[topic]!.offset += 1
         topics[topic]!.fresh = false
         topics[topic]!.lastActivity = now
-        let publication = Publication(topic: topic, position: topics[topic]!.position, id: id, data: data, user: user, acceptedAt: now)
+        let wall = wallNow
+        var trace: [TraceHop]?
+        if topics[topic]!.traceSubscribers > 0 || !topics[topic]!.tracedBy.isEmpty {
+            trace = [received ?? TraceHop(region: config.region, step: .received, at: wall),
+                     TraceHop(region: config.region, step: .sequenced, at: wall)]
+        }
+        let publication = Publication(topic: topic, position: topics[topic]!.position, id: id, data: data, user: user, acceptedAt: now,
+                                      sequencedAtWall: wall, trace: trace)
         topics[topic]!.history.append(publication)
         if !id.isEmpty { topics[topic]!.idempotency.remember(id, position: publication.position, now: now) }
         // A failover home keeps what it sequences until the canonical home has sequenced it again.
@@ -665,19 +690,36 @@ public struct RelayCore: Sendable {
                 topics[topic]!.forkIDs.insert(publication.id)
             }
         }
-        let shared = OutboundFrame(bytes: encoder.encode(.publication(publication)), acceptedAt: publication.acceptedAt)
+        // Ordinary subscribers get the publication without hops; those that asked for them get the
+        // hops so far plus their own delivery, encoded once for all of them.
+        var plain = publication
+        plain.trace = nil
+        let shared = OutboundFrame(bytes: encoder.encode(.publication(plain)), acceptedAt: publication.acceptedAt,
+                                   sequencedAtWall: publication.sequencedAtWall)
+        var traced: Publication?
+        var sharedTraced: OutboundFrame?
+        if state.traceSubscribers > 0 {
+            var p = publication
+            var hops = p.trace ?? []
+            if hops.count < TraceHop.maxHops { hops.append(TraceHop(region: config.region, step: .delivered, at: wallNow)) }
+            p.trace = hops
+            traced = p
+            sharedTraced = OutboundFrame(bytes: encoder.encode(.publication(p)), acceptedAt: publication.acceptedAt,
+                                         sequencedAtWall: publication.sequencedAtWall)
+        }
         // Clients still waiting for their subscribe reply get the stream through that reply, not before it.
         let waiting = state.pendingSubscribes.isEmpty ? [] : Set(state.pendingSubscribes.map(\.client))
         for client in state.subscribers.orderedKeys where !waiting.contains(client) {
-            guard let transport = clients[client]?.transport else { continue }
-            if transport == .websocket {
-                enqueue(client, shared, volatileKey: nil)
+            guard let c = clients[client] else { continue }
+            let wantsTrace = traced != nil && c.traced.contains(topic)
+            if c.transport == .websocket {
+                enqueue(client, wantsTrace ? sharedTraced! : shared, volatileKey: nil)
             } else {
-                send(client, .publication(publication))
+                send(client, .publication(wantsTrace ? traced! : plain))
             }
         }
         for client in state.pollWaiters.orderedKeys {
-            completePoll(client, publications: [publication])
+            completePoll(client, publications: [plain])
         }
     }
 
@@ -777,7 +819,11 @@ public struct RelayCore: Sendable {
             if let since {
                 switch topics[topic]!.history.publications(after: since, current: current, now: now) {
                 case .recovered(let publications):
-                    reply.publications += publications
+                    reply.publications += publications.map { p in
+                        var plain = p
+                        plain.trace = nil
+                        return plain
+                    }
                     if !publications.isEmpty { mustAnswer = true }
                 case .failed(let f):
                     recovered = false
@@ -903,9 +949,12 @@ public struct RelayCore: Sendable {
         case .poll:
             return
         }
-        var acceptedAt: TernInstant?
-        if case .publication(let p) = message { acceptedAt = p.acceptedAt }
-        enqueue(client, OutboundFrame(bytes: bytes, acceptedAt: acceptedAt), volatileKey: volatileKey)
+        var frame = OutboundFrame(bytes: bytes, acceptedAt: nil)
+        if case .publication(let p) = message {
+            frame.acceptedAt = p.acceptedAt
+            frame.sequencedAtWall = p.sequencedAtWall
+        }
+        enqueue(client, frame, volatileKey: volatileKey)
     }
 
     mutating func enqueue(_ client: ClientID, _ frame: OutboundFrame, volatileKey: String?) {

@@ -18,6 +18,7 @@ public final class RelayMetrics: Sendable {
     let slowConsumers: Counter
     let rejected: Counter
     let publishToDeliver: DurationHistogram
+    let homeToDeliver: DurationHistogram
     private let latest = Mutex(RelayStats())
 
     /// The relay core's counters as of the last event that changed them (for `/status`).
@@ -43,6 +44,12 @@ public final class RelayMetrics: Sendable {
             labels: labels,
             buckets: [.microseconds(100), .microseconds(500), .milliseconds(1), .milliseconds(5), .milliseconds(10),
                       .milliseconds(50), .milliseconds(100), .milliseconds(500), .seconds(1), .seconds(5)])
+        homeToDeliver = registry.makeDurationHistogram(
+            descriptor: .init(namespace: "tern", metricName: "home_to_deliver", unitName: "seconds",
+                              helpText: "Time from sequencing at the topic's home (home's wall clock) to the write to a subscriber here (this relay's wall clock)"),
+            labels: labels,
+            buckets: [.microseconds(100), .microseconds(500), .milliseconds(1), .milliseconds(5), .milliseconds(10),
+                      .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(5)])
     }
 
     /// Brings counters and gauges up to date with the core's stats.

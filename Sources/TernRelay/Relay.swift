@@ -302,6 +302,8 @@ public final class Relay: Service, Sendable {
         }
         let runtime = self.runtime
         let resume = cursor
+        // `trace=1` asks for per-hop timestamps on every topic of the stream.
+        let trace = ["1", "true"].contains(request.uri.queryParameters.get("trace") ?? "")
         let headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-cache", .init("X-Accel-Buffering")!: "no"]
         return Response(status: .ok, headers: headers, body: ResponseBody { writer in
             let (client, signals) = runtime.register(forceClose: { code in
@@ -317,7 +319,7 @@ public final class Relay: Service, Sendable {
             if !resume.isEmpty { runtime.handle(.resumeCursor(client, resume)) }
             // Each subscribe is numbered by its topic's place in the list, so an error can name its topic.
             for (i, topic) in topics.enumerated() {
-                runtime.handle(.command(client, ref: UInt64(i + 1), .subscribe(topic: topic, since: resume[topic])))
+                runtime.handle(.command(client, ref: UInt64(i + 1), .subscribe(topic: topic, since: resume[topic], trace: trace)))
             }
             // A comment line now (so proxies and clients see the stream open), then keep-alives.
             try? await writer.write(ByteBuffer(string: ": tern \(topics.joined(separator: ","))\n\n"))

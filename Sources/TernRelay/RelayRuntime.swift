@@ -50,6 +50,13 @@ final class RelayRuntime: Sendable {
     /// Now, on the core's timeline.
     func now() -> TernInstant { TernInstant(nanoseconds: (clock.now - origin).ternNanoseconds) }
 
+    /// The system's wall clock, in nanoseconds since the Unix epoch.
+    static func wallNanoseconds() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Int64(ts.tv_sec) &* 1_000_000_000 &+ Int64(ts.tv_nsec)
+    }
+
     /// Converts a core instant back to the clock's.
     func instant(_ t: TernInstant) -> ContinuousClock.Instant { origin + .nanoseconds(t.nanoseconds) }
 
@@ -130,6 +137,8 @@ final class RelayRuntime: Sendable {
         var closes: [(@Sendable (CloseCode) -> Void, CloseCode)] = []
         defer { for (close, code) in closes { close(code) } }
         return state.withLock { state in
+            // The wall clock is read here, never in the core; re-read per event so a stepped clock is followed.
+            state.core.wallClockOffset = Self.wallNanoseconds() &- now.nanoseconds
             let actions = state.core.handle(event, now: now)
             if Self.traceFile != nil { trace(event, actions, region: state.core.config.region) }
             var callerActions: [RelayAction] = []
@@ -223,8 +232,11 @@ final class RelayRuntime: Sendable {
     func recordWritten(_ frames: [OutboundFrame]) {
         let now = self.now()
         metrics.deliveries.increment(by: Int64(frames.count))
+        let wall = Self.wallNanoseconds()
         for frame in frames {
             if let accepted = frame.acceptedAt { metrics.publishToDeliver.record(now - accepted) }
+            // Across regions this includes the clock skew between the home and this relay (clamped at zero).
+            if frame.sequencedAtWall != 0 { metrics.homeToDeliver.record(.nanoseconds(max(0, wall &- frame.sequencedAtWall))) }
         }
     }
 

@@ -174,6 +174,8 @@ public final class Simulation {
     }
 
     /// A topic whose link traffic is printed as it is delivered (`TERN_SIM_TRACE_TOPIC`), for debugging.
+    /// The wall clock every simulated relay starts from (2025-01-01T00:00:00Z), plus its region's skew.
+    static let wallOrigin: Int64 = 1_735_689_600 * 1_000_000_000
     static let traceTopic = ProcessInfo.processInfo.environment["TERN_SIM_TRACE_TOPIC"]
 
     public let scenario: Scenario
@@ -385,6 +387,8 @@ public final class Simulation {
         config.mesh?.incarnation = r.restarts << 40 | UInt64(now.nanoseconds / 1_000_000 + 1)
         r.core = RelayCore(config: config, encoder: r.encoder,
                            seed: rng.next() ^ r.restarts, now: regionNow(name))
+        // A fixed wall-clock origin keeps runs reproducible; each region's skew shows in its trace hops.
+        r.core!.wallClockOffset = Self.wallOrigin
         r.tickAt = nil
         mix("R\(now.nanoseconds)\(name)")
     }

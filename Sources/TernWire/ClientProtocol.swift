@@ -48,7 +48,12 @@ public enum ClientMessageDecoder {
             if let s = root["since"], s != .null {
                 since = try position(s, field: "since")
             }
-            return .subscribe(topic: topic, since: since)
+            var trace = false
+            if let v = root["trace"], v != .null {
+                guard case .bool(let b) = v else { throw TernError(.badRequest, "'trace' must be true or false") }
+                trace = b
+            }
+            return .subscribe(topic: topic, since: since, trace: trace)
         case "unsubscribe":
             return .unsubscribe(topic: try requiredString(root, "topic"))
         case "publish":

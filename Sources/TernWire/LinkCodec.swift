@@ -45,7 +45,7 @@ public struct LinkProtocolError: Error, Equatable, CustomStringConvertible {
 /// connection's lifetime, so each connection needs a fresh codec.
 public final class LinkCodec {
     /// The link protocol version this build speaks.
-    public static let version: UInt16 = 2
+    public static let version: UInt16 = 3
     /// Topic names interned per direction before the sender starts the table over.
     public static let defaultMaxInternedTopics = 65_536
 
@@ -57,7 +57,7 @@ public final class LinkCodec {
 
     enum Kind: UInt8 {
         case topic = 0, linkState, interest, uninterest, data, caughtUp, gap, resync, publish, ack, credit, presence, epochSwitch
-        case heartbeat, topicsReset, follow, unfollow, replicated, heartbeatReply
+        case heartbeat, topicsReset, follow, unfollow, replicated, heartbeatReply, trace
     }
 
     /// The largest frame accepted, in bytes.
@@ -173,7 +173,15 @@ public final class LinkCodec {
             writeString(p.id, &out)
             writeOptional(p.user, &out)
             writeString(p.data, &out)
-            out.writeInteger(p.acceptedAt.nanoseconds)
+            // The receiver restamps its own acceptance time; what crosses is the home's sequencing time.
+            out.writeInteger(p.sequencedAtWall)
+            let hops = (p.trace ?? []).prefix(TraceHop.maxHops)
+            out.writeInteger(UInt8(p.trace == nil ? 0 : 1 + hops.count))
+            for hop in hops {
+                writeString(hop.region, &out)
+                out.writeInteger(UInt8(TraceHop.Step.allCases.firstIndex(of: hop.step)!))
+                out.writeInteger(hop.at)
+            }
         case .caughtUp(let topic, let position):
             let id = topicID(topic, &out)
             out.writeInteger(Kind.caughtUp.rawValue)
@@ -189,7 +197,7 @@ public final class LinkCodec {
             let id = topicID(topic, &out)
             out.writeInteger(Kind.resync.rawValue)
             out.writeInteger(id)
-        case .publish(let topic, let pid, let data, let user, let origin, let ref, let acceptedAt):
+        case .publish(let topic, let pid, let data, let user, let origin, let ref, let receivedAtWall):
             let id = topicID(topic, &out)
             out.writeInteger(Kind.publish.rawValue)
             out.writeInteger(id)
@@ -198,7 +206,14 @@ public final class LinkCodec {
             writeOptional(user, &out)
             writeString(origin, &out)
             out.writeInteger(ref)
-            out.writeInteger(acceptedAt.nanoseconds)
+            out.writeInteger(receivedAtWall)
+        case .trace(let topic, let region, let home, let on):
+            let id = topicID(topic, &out)
+            out.writeInteger(Kind.trace.rawValue)
+            out.writeInteger(id)
+            writeString(region, &out)
+            writeString(home, &out)
+            out.writeInteger(UInt8(on ? 1 : 0))
         case .ack(let origin, let ref, let topic, let result):
             let id = topicID(topic, &out)
             out.writeInteger(Kind.ack.rawValue)
@@ -378,6 +393,12 @@ public final class LinkCodec {
                                         from: try readPosition(&body)))
             case .unfollow:
                 messages.append(.unfollow(topic: try readTopic(&body), replica: try readString(&body)))
+            case .trace:
+                let topic = try readTopic(&body)
+                let region = try readString(&body)
+                let home = try readString(&body)
+                let on: UInt8 = try read(&body)
+                messages.append(.trace(topic: topic, region: region, home: home, on: on != 0))
             case .replicated:
                 let topic = try readTopic(&body)
                 let epoch = try readString(&body)
@@ -410,9 +431,23 @@ public final class LinkCodec {
                 let id = try readString(&body)
                 let user = try readOptional(&body)
                 let data = try readString(&body)
-                let accepted: Int64 = try read(&body)
+                let sequencedAtWall: Int64 = try read(&body)
+                let hopCount: UInt8 = try read(&body)
+                var trace: [TraceHop]?
+                if hopCount > 0 {
+                    guard Int(hopCount) - 1 <= TraceHop.maxHops else { throw LinkProtocolError("a publication carries \(hopCount - 1) trace hops; at most \(TraceHop.maxHops) are allowed") }
+                    var hops: [TraceHop] = []
+                    for _ in 1..<hopCount {
+                        let region = try readString(&body)
+                        let stepIndex: UInt8 = try read(&body)
+                        guard Int(stepIndex) < TraceHop.Step.allCases.count else { throw LinkProtocolError("unknown trace step \(stepIndex)") }
+                        hops.append(TraceHop(region: region, step: TraceHop.Step.allCases[Int(stepIndex)], at: try read(&body)))
+                    }
+                    trace = hops
+                }
+                // Acceptance is restamped by the receiving relay on its own clock.
                 messages.append(.data(Publication(topic: topic, position: position, id: id, data: data, user: user,
-                                                  acceptedAt: TernInstant(nanoseconds: accepted))))
+                                                  acceptedAt: .zero, sequencedAtWall: sequencedAtWall, trace: trace)))
             case .caughtUp:
                 let topic = try readTopic(&body)
                 messages.append(.caughtUp(topic: topic, position: try readPosition(&body)))
@@ -431,9 +466,9 @@ public final class LinkCodec {
                 let user = try readOptional(&body)
                 let origin = try readString(&body)
                 let ref: UInt64 = try read(&body)
-                let accepted: Int64 = try read(&body)
+                let receivedAtWall: Int64 = try read(&body)
                 messages.append(.publish(topic: topic, id: id, data: data, user: user, origin: origin, ref: ref,
-                                         acceptedAt: TernInstant(nanoseconds: accepted)))
+                                         receivedAtWall: receivedAtWall))
             case .ack:
                 let origin = try readString(&body)
                 let ref: UInt64 = try read(&body)

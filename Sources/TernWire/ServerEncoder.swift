@@ -163,6 +163,23 @@ public struct JSONServerEncoder: ServerMessageEncoding {
         if !p.id.isEmpty { w.string("id", p.id) }
         if let user = p.user { w.string("user", user) }
         w.raw("data", p.data)
+        if let hops = p.trace { w.raw("trace", traceJSON(hops)) }
+    }
+
+    /// Hops as `[{"region":…,"step":…,"at":…}]`, `at` in Unix milliseconds with microsecond decimals.
+    static func traceJSON(_ hops: [TraceHop]) -> String {
+        var out = "["
+        for (i, hop) in hops.enumerated() {
+            if i > 0 { out += "," }
+            var w = ObjectWriter()
+            w.string("region", hop.region)
+            w.string("step", hop.step.rawValue)
+            let micros = hop.at / 1_000
+            let fraction = String(abs(micros % 1_000))
+            w.raw("at", "\(micros / 1_000).\(String(repeating: "0", count: 3 - fraction.count))\(fraction)")
+            out += w.finish()
+        }
+        return out + "]"
     }
 
     static func presenceFields(_ e: PresenceEntry, into w: inout ObjectWriter) {

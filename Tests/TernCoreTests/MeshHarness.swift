@@ -13,6 +13,8 @@ struct MeshHarness {
     var up: Set<String> = []
     var apiReplies: [UInt64: Result<ReplyBody, TernError>] = [:]
     var dataEntriesByLink: [String: Int] = [:]
+    /// Every publication sent on any link, with the directed link it crossed.
+    var dataSent: [(link: String, publication: Publication)] = []
     let graph: MeshGraph
     var trace = false
     /// Directed links whose batches are held back (not delivered) until released.
@@ -60,6 +62,7 @@ struct MeshHarness {
                 guard up.contains(k) else { continue }
                 wires[k, default: []].append(batch)
                 if trace { print("TRACE \(k): \(batch.filter { if case .linkState = $0 { false } else if case .credit = $0 { false } else { true } })") }
+                for case .data(let p) in batch { dataSent.append((k, p)) }
                 let entries = batch.filter { if case .data = $0 { true } else { false } }.count
                 if entries > 0 { dataEntriesByLink[k, default: 0] += entries }
             case .apiReply(let request, let result):

@@ -36,6 +36,38 @@ struct MeshEndToEndTests {
         }
     }
 
+    @Test("a traced subscription sees every relay on the path with its timestamp, and the home→delivery histogram is exported")
+    func perHopTimestamps() async throws {
+        try await withMesh { mesh in
+            try await mesh.waitForLinks()
+            // Home a, tree a→b→c; published in c, subscribed in c.
+            let topic = mesh.topic(homedAt: "a", namespace: "room")
+            let traced = ClientHarness(url: mesh.url("c"), token: try await mesh.fixture("c").token("tracer"))
+            let plain = ClientHarness(url: mesh.url("c"), token: try await mesh.fixture("c").token("plain"))
+            try await traced.waitConnected()
+            try await plain.waitConnected()
+            try await traced.client.subscribe(topic, trace: true)
+            try await plain.client.subscribe(topic)
+            let publisher = ClientHarness(url: mesh.url("c"), token: try await mesh.fixture("c").token("pub"))
+            try await publisher.waitConnected()
+            // The home hears of the traced subscription shortly after the subscribe: publish until hops appear.
+            var hops: [ClientTraceHop] = []
+            for i in 1...40 where hops.count < 5 {
+                _ = try await publisher.client.publish(topic, data: "\(i)", id: "t\(i)")
+                try await traced.waitPublications(i)
+                hops = traced.publications.last?.trace ?? []
+            }
+            #expect(hops.map { "\($0.region):\($0.step)" } == ["c:received", "a:sequenced", "b:relayed", "c:relayed", "c:delivered"])
+            // One machine, one clock: the hops are in time order and recent.
+            #expect(zip(hops, hops.dropFirst()).allSatisfy { $0.at <= $1.at })
+            #expect(hops.allSatisfy { abs($0.at - Date().timeIntervalSince1970 * 1000) < 60_000 })
+            try await plain.waitPublications(traced.publications.count)
+            #expect(plain.publications.allSatisfy { $0.trace.isEmpty })
+            let metrics = try await mesh.fixture("c").curl(["http://127.0.0.1:\(mesh.clientPorts["c"]!)/metrics"])
+            #expect(metrics.body.contains("tern_home_to_deliver_seconds_count{region=\"c\"}"))
+        }
+    }
+
     @Test("each message crosses each tree edge exactly once, whatever the subscriber count")
     func celebrity() async throws {
         try await withMesh { mesh in

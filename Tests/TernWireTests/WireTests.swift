@@ -16,6 +16,10 @@ struct WireTests {
         #expect(sub.command == .subscribe(topic: "room:x", since: StreamPosition(epoch: "e.1", offset: 7)))
         let pub = try decode(#"{"op":"publish","topic":"room:x","id":"a","data": {"z": 1, "a": [1.50, "é\n"]}}"#).get()
         #expect(pub.command == .publish(topic: "room:x", id: "a", data: #"{"z":1,"a":[1.50,"é\n"]}"#, volatile: false))
+        let traced = try decode(#"{"op":"subscribe","topic":"room:x","trace":true}"#).get()
+        #expect(traced.command == .subscribe(topic: "room:x", since: nil, trace: true))
+        guard case .failure(let badTrace) = decode(#"{"op":"subscribe","topic":"room:x","trace":"yes"}"#) else { Issue.record("accepted"); return }
+        #expect(badTrace.error.message.contains("'trace'"))
         #expect(try decode(#"{"op":"ping"}"#).get().command == .ping)
         #expect(try decode(#"{"op":"connect"}"#).get().command == .connect(token: nil))
     }
@@ -49,6 +53,11 @@ struct WireTests {
         let p = Publication(topic: "room:x", position: StreamPosition(epoch: "e.1", offset: 2), id: "m\"1", data: "{\"k\":true}", user: "al", acceptedAt: .zero)
         let text = String(buffer: JSONServerEncoder().encode(.publication(p)))
         #expect(text == #"{"push":"pub","topic":"room:x","epoch":"e.1","offset":2,"id":"m\"1","user":"al","data":{"k":true}}"#)
+        var traced = p
+        traced.trace = [TraceHop(region: "eu", step: .sequenced, at: 1_763_900_000_123_004_999),
+                        TraceHop(region: "us", step: .delivered, at: 1_763_900_000_200_000_000)]
+        let tracedText = String(buffer: JSONServerEncoder().encode(.publication(traced)))
+        #expect(tracedText.hasSuffix(#""data":{"k":true},"trace":[{"region":"eu","step":"sequenced","at":1763900000123.004},{"region":"us","step":"delivered","at":1763900000200.000}]}"#))
         let err = String(buffer: JSONServerEncoder().encode(.error(ref: 1, TernError(.permissionDenied, "no"))))
         #expect(err == #"{"ref":1,"error":{"code":103,"name":"permission_denied","message":"no"}}"#)
     }

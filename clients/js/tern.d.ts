@@ -176,6 +176,16 @@ export interface PublicationEvent {
   /// The publishing user, when known.
   user?: string;
   data: JSONValue;
+  /// On a subscription made with `trace: true`: the relays that handled it, in order.
+  trace?: TraceHop[];
+}
+
+/// One relay's handling of a traced publication (docs/PROTOCOL.md, "Per-hop timestamps").
+export interface TraceHop {
+  region: string;
+  step: 'received' | 'sequenced' | 'relayed' | 'delivered';
+  /// Unix milliseconds (with microsecond decimals) by that relay's own wall clock.
+  at: number;
 }
 
 export interface PresenceEvent {
@@ -259,8 +269,8 @@ export class TernClient extends EventTarget {
   close(): void;
 
   /// Subscribes (and resubscribes after every reconnect from the last delivered position).
-  /// `since` starts from a position the app kept.
-  subscribe(topic: string, options?: { since?: Position }): Promise<SubscribeReply>;
+  /// `since` starts from a position the app kept; `trace` asks for per-hop timestamps.
+  subscribe(topic: string, options?: { since?: Position; trace?: boolean }): Promise<SubscribeReply>;
   /// Stops receiving `topic`.
   unsubscribe(topic: string): Promise<{ topic: string }>;
   /// Publishes any JSON value. Durable publications carry `id` (a random UUID when not given)

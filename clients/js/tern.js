@@ -307,16 +307,17 @@ export class TernClient extends Base {
   }
 
   /// Subscribes to `topic`; after every reconnect it is resubscribed from the
-  /// last delivered position. `since` starts from a position the app kept.
+  /// last delivered position. `since` starts from a position the app kept;
+  /// `trace: true` asks for each publication's per-hop timestamps (`trace`).
   /// Resolves with the subscribe reply.
-  subscribe(topic, { since } = {}) {
+  subscribe(topic, { since, trace = false } = {}) {
     if (this.#subs.has(topic)) {
       return Promise.reject(new TernError(`already subscribed to '${topic}'`, {
         code: ERR_ALREADY_SUBSCRIBED, codeName: 'already_subscribed', topic,
       }));
     }
     return new Promise((resolve, reject) => {
-      const sub = { topic, position: positionOf(since), active: false, waiters: [{ resolve, reject }], recentIds: new Map() };
+      const sub = { topic, position: positionOf(since), trace: trace === true, active: false, waiters: [{ resolve, reject }], recentIds: new Map() };
       this.#subs.set(topic, sub);
       if (this.#transport === 'sse') {
         this.#sseTopicsChanged();
@@ -618,6 +619,7 @@ export class TernClient extends Base {
 
   #sendSubscribe(sub) {
     const frame = { op: 'subscribe', topic: sub.topic };
+    if (sub.trace) frame.trace = true;
     if (sub.position) frame.since = { epoch: sub.position.epoch, offset: sub.position.offset };
     const ref = this.#nextRef++;
     this.#pending.set(ref, { kind: 'subscribe', frame, sub });
@@ -766,6 +768,7 @@ export class TernClient extends Base {
     const detail = { topic: p.topic, epoch: position.epoch, offset: position.offset, position: { ...position }, data: p.data };
     if (typeof p.id === 'string' && p.id) detail.id = p.id;
     if (typeof p.user === 'string') detail.user = p.user;
+    if (Array.isArray(p.trace)) detail.trace = p.trace.map((h) => ({ region: h.region, step: h.step, at: h.at }));
     this.#emit('publication', detail);
   }
 
@@ -847,6 +850,8 @@ export class TernClient extends Base {
     if (token) params.push(`token=${encodeURIComponent(token)}`);
     const cursor = encodeCursor(new Map([...this.#subs].map(([t, s]) => [t, s.position])));
     if (cursor) params.push(`since=${encodeURIComponent(cursor)}`);
+    // One EventSource carries every topic, so tracing is asked for the stream as a whole.
+    if ([...this.#subs.values()].some((s) => s.trace)) params.push('trace=1');
     return `${this.#httpUrl}/sse?${params.join('&')}`;
   }
 

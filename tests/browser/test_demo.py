@@ -1,4 +1,5 @@
 """The demo room in two browsers on two regions of a mesh started with `tern up`."""
+import re
 import uuid
 
 from playwright.sync_api import expect
@@ -23,12 +24,23 @@ def test_two_regions_chat_see_each_other_and_leave(mesh, pages, screenshots):
     expect_once(bob, hello)
     expect_once(alice, hello)
     expect(message(bob, hello).locator(".who")).to_have_text("alice")
-    expect(message(bob, hello).locator(".route")).to_have_text("eu-west → us-east")
+    # The path comes from the per-hop trace: the relay alice published to, the room's home, and so
+    # on down the fan-out tree to bob's region; the hops line says where it waited.
+    home = mesh.home_of("room:lobby")
+    route = message(bob, hello).locator(".route")
+    expect(route).to_have_text(re.compile(r"^eu-west → .*us-east$"))
+    expect(route).to_contain_text(home)
+    hops = message(bob, hello).locator(".hops")
+    expect(hops).to_contain_text("received in eu-west")
+    expect(hops).to_contain_text(f"sequenced in {home}")
+    expect(hops).to_contain_text("delivered in us-east")
+    expect(hops).to_contain_text(re.compile(r"[+−][0-9.]+ ms shown here$"))
 
     reply = "hi alice, bob here in us-east"
     send(bob, reply)
     expect_once(alice, reply)
-    expect(message(alice, reply).locator(".route")).to_have_text("us-east → eu-west")
+    expect(message(alice, reply).locator(".route")).to_have_text(re.compile(r"^us-east → .*eu-west$"))
+    expect(message(alice, reply).locator(".hops")).to_contain_text("delivered in eu-west")
 
     # Typing indicators are volatile publishes: carol, in alice's region, types and alice sees it.
     carol = join(pages, mesh, "eu-west", "carol", room)

@@ -317,3 +317,13 @@ test('an SSE error naming its topic rejects that subscribe even when others are 
   es().emit('subscribed', { ok: { topic: 'room:a', epoch: 'e', offset: 0 } });
   await a;
 });
+
+test('over SSE a traced subscription asks for trace=1 on the stream', async () => {
+  const { client, es } = await onSse();
+  client.subscribe('room:a');
+  await settle();
+  assert.ok(!es().url.includes('trace='), 'no traced subscription, no trace parameter');
+  client.subscribe('room:b', { trace: true });
+  await settle();
+  assert.ok(es().url.endsWith('&trace=1'), es().url);
+});

@@ -192,6 +192,28 @@ test('publications carry topic, position, id, user and data', async () => {
   }]);
 });
 
+test('trace: true is sent with the subscribe and again after a reconnect, and hops reach the publication event', async () => {
+  const { client, ws, clock, events } = await connected();
+  client.subscribe('room:a', { trace: true });
+  client.subscribe('room:b');
+  assert.equal(ws().sentOps('subscribe')[0].trace, true);
+  assert.equal(ws().sentOps('subscribe')[1].trace, undefined, 'an untraced subscribe does not ask');
+  ws().reply('subscribe', 'room:a', { topic: 'room:a', epoch: 'e1', offset: 0 });
+  const hops = [
+    { region: 'us', step: 'received', at: 1763900000100.5 },
+    { region: 'eu', step: 'sequenced', at: 1763900000140.25 },
+    { region: 'us', step: 'delivered', at: 1763900000180 },
+  ];
+  ws().receive(pub('room:a', 'e1', 1, 'x', { trace: hops }));
+  assert.deepEqual(events.of('publication')[0].trace, hops);
+  ws().serverClose(1006);
+  await clock.advance(events.of('disconnected')[0].delayMs);
+  ws().handshake();
+  const again = ws().sentOps('subscribe');
+  assert.equal(again.find((f) => f.topic === 'room:a').trace, true);
+  assert.equal(again.find((f) => f.topic === 'room:b').trace, undefined);
+});
+
 test('a publish unanswered at disconnect is re-sent with the same id after reconnect', async () => {
   const { client, ws, clock, events } = await connected();
   const generated = client.publish('room:a', { n: 1 });

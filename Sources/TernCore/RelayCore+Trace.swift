@@ -1,0 +1,73 @@
+/// Per-hop timestamps: a subscriber asks for them per subscription (`trace: true`), its region asks
+/// the topic's home, and while any region wants them the home starts each publication's hop list
+/// (received, sequenced), every region on the fan-out tree adds a `relayed` hop and the subscriber's
+/// relay adds `delivered`. Publications of topics nobody traces carry no hops, on links or to clients.
+extension RelayCore {
+    /// Marks `client`'s subscription to `topic` as traced, or no longer traced.
+    mutating func setTraced(_ client: ClientID, _ topic: String, _ on: Bool, now: TernInstant) {
+        guard let state = clients[client] else { return }
+        if on {
+            guard state.subscriptions.contains(topic), !state.traced.contains(topic), topics[topic] != nil else { return }
+            clients[client]!.traced.insert(topic)
+            topics[topic]!.traceSubscribers += 1
+            if topics[topic]!.traceSubscribers == 1 { tellHomeAboutTrace(topic, on: true) }
+        } else if state.traced.contains(topic) {
+            clients[client]!.traced.remove(topic)
+            traceSubscriberGone(topic, now: now)
+        }
+    }
+
+    /// One traced subscription of `topic` ended.
+    mutating func traceSubscriberGone(_ topic: String, now: TernInstant) {
+        guard let count = topics[topic]?.traceSubscribers, count > 0 else { return }
+        topics[topic]!.traceSubscribers = count - 1
+        if count == 1 { tellHomeAboutTrace(topic, on: false) }
+    }
+
+    /// Tells the topic's home whether this region's subscribers want hops.
+    mutating func tellHomeAboutTrace(_ topic: String, on: Bool) {
+        guard mesh != nil else { return }
+        let home = self.home(of: topic)
+        guard home != config.region else { return }
+        route(.trace(topic: topic, region: config.region, home: home, on: on), to: home)
+    }
+
+    /// A region's request for hops, on its way to the home or arrived there.
+    mutating func receiveTraceRequest(topic: String, region: String, home: String, on: Bool, now: TernInstant) {
+        guard home == config.region else {
+            route(.trace(topic: topic, region: region, home: home, on: on), to: home)
+            return
+        }
+        // A request for a home this region no longer is (or is not yet) is dropped: the region asks
+        // the right home again when its view of the mesh changes.
+        guard self.home(of: topic) == config.region else { return }
+        if on {
+            guard case .success(let options) = namespaceOptions(for: topic) else { return }
+            ensureTopic(topic, options, now: now)
+            topics[topic]!.tracedBy.insert(region)
+            sweepIfIdle(topic, now: now)
+        } else {
+            topics[topic]?.tracedBy.remove(region)
+        }
+    }
+
+    /// After the mesh changed shape: a home forgets regions it cannot reach (they ask again when they
+    /// come back), a region that is no longer the home forgets them all, and every region with traced
+    /// subscribers asks the topic's current home again.
+    mutating func refreshTrace(_ topic: String) {
+        guard let t = topics[topic] else { return }
+        if !t.tracedBy.isEmpty {
+            topics[topic]!.tracedBy = isHome(topic) ? t.tracedBy.filter { canReach($0) } : []
+        }
+        if t.traceSubscribers > 0 { tellHomeAboutTrace(topic, on: true) }
+    }
+
+    /// `reply` as `client` may see it: recovered publications carry hops only for a traced subscription.
+    func withoutUnaskedHops(_ reply: SubscribeReply, for client: ClientID) -> SubscribeReply {
+        if clients[client]?.traced.contains(reply.topic) == true { return reply }
+        guard reply.publications.contains(where: { $0.trace != nil }) else { return reply }
+        var plain = reply
+        for i in plain.publications.indices { plain.publications[i].trace = nil }
+        return plain
+    }
+}
