@@ -135,6 +135,8 @@ function drawLinks(view) {
       for (const key of ['batches', 'entries', 'entries_per_batch', 'publications', 'raw_bytes', 'wire_bytes']) cell(tr, num(sent[key]));
       cell(tr, typeof sent.compression_ratio === 'number' ? `${num(sent.compression_ratio)}×` : '–');
       cell(tr, num(v.link?.received?.batches));
+      const q = v.link?.queue;
+      cell(tr, q ? `${num(q.messages)} / ${num(q.bytes)} B / ${num(q.unacknowledged_batches)}` : '–').classList.add('queue');
       cell(tr, num(sent.overflows));
       body.append(tr);
     }

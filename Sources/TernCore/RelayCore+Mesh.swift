@@ -74,6 +74,16 @@ public struct LinkCounters: Sendable, Hashable {
     public var overflows = 0
 }
 
+/// The backlog of one link, for status pages.
+public struct LinkQueueDepth: Sendable, Hashable {
+    /// Messages queued and not yet sent.
+    public var messages: Int
+    /// Their estimated size in bytes.
+    public var bytes: Int
+    /// Batches sent that the peer has not credited yet.
+    public var unacknowledgedBatches: Int
+}
+
 /// Everything a relay knows about the mesh around it.
 struct MeshState: Sendable {
     var config: MeshConfig
@@ -126,6 +136,12 @@ extension RelayCore {
 
     /// The smoothed round-trip time of each up link, measured with heartbeats.
     public var linkRoundTrips: [String: Duration] { mesh?.links.compactMapValues(\.roundTrip) ?? [:] }
+
+    /// What waits to be sent on each link: messages and their estimated bytes not yet handed to
+    /// the driver, and batches sent but not yet credited by the peer.
+    public var linkQueues: [String: LinkQueueDepth] {
+        mesh?.links.mapValues { LinkQueueDepth(messages: $0.queue.count, bytes: $0.queuedBytes, unacknowledgedBatches: $0.unacknowledged) } ?? [:]
+    }
 
     /// The neighbours whose links are up.
     public var upLinks: [String] { mesh?.up.sorted() ?? [] }

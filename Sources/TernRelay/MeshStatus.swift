@@ -127,6 +127,7 @@ extension Relay {
         let neighbours = Set(topology.links(of: region).map(\.peer.name))
         let counters = runtime.linkCounters
         let roundTrips = runtime.linkRoundTrips
+        let queues = runtime.linkQueues
         let bytes = LinkByteCounters.parse(String(decoding: metrics.registry.emitToBuffer(), as: UTF8.self), region: region)
         let stats = metrics.coreStats
 
@@ -171,6 +172,15 @@ extension Relay {
                 ("overflows", .int(c?.overflows ?? 0)),
             ])))
             m.append(("received", .object([("batches", .int(b.receivedBatches))])))
+            if let q = queues[peer] {
+                m.append(("queue", .object([
+                    ("messages", .int(q.messages)),
+                    ("bytes", .int(q.bytes)),
+                    ("unacknowledged_batches", .int(q.unacknowledgedBatches)),
+                ])))
+            } else {
+                m.append(("queue", .null))
+            }
             return .object(m)
         }
         return [

@@ -113,6 +113,7 @@ final class RelayRuntime: Sendable {
 
     /// The smoothed round-trip time of each up link.
     var linkRoundTrips: [String: Duration] { state.withLock { $0.core.linkRoundTrips } }
+    var linkQueues: [String: LinkQueueDepth] { state.withLock { $0.core.linkQueues } }
 
     /// Neighbours with an up link.
     var upLinks: [String] { state.withLock { $0.core.upLinks } }

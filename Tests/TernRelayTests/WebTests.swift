@@ -439,6 +439,11 @@ struct MeshStatusTests {
             #expect((toB["wire_bytes"] as? Int ?? 0) > 0)
             #expect(toB["compression_ratio"] is Double)
             #expect(toB["entries_per_batch"] is Double)
+            // The queue is reported per link; with nothing in flight it is empty and within the send window.
+            let queue = try #require(own.first { $0["peer"] as? String == "b" }?["queue"] as? [String: Any])
+            #expect(queue["messages"] is Int)
+            #expect(queue["bytes"] is Int)
+            #expect((queue["unacknowledged_batches"] as? Int ?? -1) >= 0)
             let counts = try #require(json["counts"] as? [String: Any])
             #expect(counts["connections"] is Int)
             // Round trips come from the links' heartbeats (one a second): wait for the first answers.

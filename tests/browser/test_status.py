@@ -1,4 +1,5 @@
 """The mesh status page against a running mesh."""
+import re
 import signal
 
 from playwright.sync_api import expect
@@ -34,6 +35,9 @@ def test_status_page_lists_every_region_and_link_and_shows_a_stopped_peers_link_
     # One row per direction of each link, each reported by its sender.
     expect(page.locator("#links tbody tr")).to_have_count(6)
     expect(page.locator('#links tbody tr[data-state="up"]')).to_have_count(6)
+    # Each up link shows its queue: messages waiting / bytes / batches not yet credited.
+    expect(page.locator('#links tbody tr[data-state="up"] td.queue')).to_have_count(6)
+    expect(page.locator('#links tbody tr[data-state="up"] td.queue').first).to_have_text(re.compile(r"^[0-9,]+ / [0-9,]+ B / [0-9,]+$"))
     expect(page.locator("#regions tbody tr")).to_have_count(3)
     expect(page.locator("#topic-info pre")).to_contain_text("failover order")
     expect(page.locator("#topic-info pre")).to_contain_text("offset 20")
