@@ -12,6 +12,7 @@ let package = Package(
         .library(name: "TernRelay", targets: ["TernRelay"]),
         .library(name: "TernClient", targets: ["TernClient"]),
         .library(name: "TernSim", targets: ["TernSim"]),
+        .library(name: "TernBench", targets: ["TernBench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -98,11 +99,22 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        /// Load generator for `tern bench`: WebSocket connections on NIO event loops that speak
+        /// Tern's client protocol or the NATS text protocol, so both servers meet the same client.
+        .target(
+            name: "TernBench",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+            ]
+        ),
         /// The command-line tool: relay, up, topology.
         .executableTarget(
             name: "tern",
             dependencies: [
-                "TernRelay", "TernTopology", "TernClient", "TernSim",
+                "TernRelay", "TernTopology", "TernClient", "TernSim", "TernBench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -145,6 +145,8 @@ public final class Simulation {
         var nextRef: UInt64 = 1
         var pendingPublishes: [UInt64: String] = [:]
         var advisedDelay: Duration?
+        /// Every third subscriber asks for per-hop timestamps.
+        var traces: Bool { key.index % 3 == 0 }
         init(key: ClientKey, role: Role) { self.key = key; self.role = role }
     }
 
@@ -695,7 +697,7 @@ public final class Simulation {
         switch message {
         case .reply(_, .connected):
             switch c.role {
-            case .subscriber(let topic): send(c, .subscribe(topic: topic, since: c.position))
+            case .subscriber(let topic): send(c, .subscribe(topic: topic, since: c.position, trace: c.traces))
             case .churner: if c.wantsPresence { send(c, .subscribe(topic: scenario.workload.presenceTopic, since: nil)) }
             case .publisher: break
             }
@@ -714,6 +716,7 @@ public final class Simulation {
                 acks[id] = (sentAt[id]?.topic ?? "", position, now)
             }
         case .publication(let p):
+            checkHops(c, p)
             deliver(c, p)
         case .gap(_, let position, _):
             c.noticeCount += 1
@@ -727,6 +730,23 @@ public final class Simulation {
             c.pendingPublishes[ref] = nil
         default:
             break
+        }
+    }
+
+    /// A traced subscriber's live publication ends with its own relay's delivery, and any sequencing hop
+    /// names the region whose epoch it is; an untraced subscriber never receives hops.
+    private func checkHops(_ c: SimClient, _ p: Publication) {
+        guard case .subscriber = c.role else { return }
+        guard c.traces else {
+            if p.trace != nil { violations.append("hops sent to \(c.key.region)#\(c.key.index), which did not ask for them, on \(p.topic) \(p.position)") }
+            return
+        }
+        guard let hops = p.trace, let last = hops.last, last.step == .delivered, last.region == c.key.region else {
+            violations.append("traced subscriber \(c.key.region)#\(c.key.index) got \(p.topic) \(p.position) without its delivery hop: \(p.trace ?? [])")
+            return
+        }
+        if let sequenced = hops.first(where: { $0.step == .sequenced }), !p.position.epoch.hasPrefix(sequenced.region + ".") {
+            violations.append("\(p.topic) \(p.position) says it was sequenced in \(sequenced.region)")
         }
     }
 

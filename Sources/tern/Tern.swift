@@ -11,7 +11,7 @@ struct Tern: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tern",
         abstract: "Regional presence and fan-out relays.",
-        subcommands: [RelayCommand.self, UpCommand.self, TopologyCommand.self, SimCommand.self, TokenCommand.self]
+        subcommands: [RelayCommand.self, UpCommand.self, TopologyCommand.self, SimCommand.self, TokenCommand.self, BenchCommand.self]
     )
 }
 
