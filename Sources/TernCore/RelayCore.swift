@@ -670,15 +670,19 @@ public struct RelayCore: Sendable {
     }
 
     /// Writes one publication to every local subscriber, encoding it once for all WebSockets.
+    ///
+    /// The hot path: per subscriber it costs a lookup and an append to that client's queue. Stored
+    /// state is read and changed in place, never copied out: a copy of a topic or client held while
+    /// its collections change would make Swift copy those collections (copy-on-write) each time.
     mutating func deliver(_ publication: Publication, sequencedHere: Bool = false) {
         let topic = publication.topic
-        guard let state = topics[topic] else { return }
+        guard topics[topic] != nil else { return }
         if mesh != nil, let children = mesh!.children[topic] {
             for child in children.orderedKeys where children[child] == .live { sendData(child, publication, live: true) }
         }
         if !publication.id.isEmpty {
             // After a heal, publications this region already delivered in the failover epoch come again: skip them.
-            if let until = state.mergeUntil, clock < until, state.mergingIDs.contains(publication.id) { return }
+            if let until = topics[topic]!.mergeUntil, clock < until, topics[topic]!.mergingIDs.contains(publication.id) { return }
             if mesh != nil, !sequencedHere {
                 // Sequenced again somewhere (a failover merge, a restarted home's retry), or brought again
                 // after this region's stream was reset to an earlier position: its subscribers have it.
@@ -686,7 +690,8 @@ public struct RelayCore: Sendable {
                 if topics[topic]!.idempotency.lookup(publication.id, now: clock) != nil { return }
                 topics[topic]!.idempotency.remember(publication.id, position: publication.position, now: clock)
             }
-            if state.fork != nil || (mesh != nil && !state.epoch.hasPrefix(state.canonicalHome + ".")), state.forkIDs.count < 100_000 {
+            let forked = topics[topic]!.fork != nil || (mesh != nil && !topics[topic]!.epoch.hasPrefix(topics[topic]!.canonicalHome + "."))
+            if forked, topics[topic]!.forkIDs.count < 100_000 {
                 topics[topic]!.forkIDs.insert(publication.id)
             }
         }
@@ -698,7 +703,7 @@ public struct RelayCore: Sendable {
                                    sequencedAtWall: publication.sequencedAtWall)
         var traced: Publication?
         var sharedTraced: OutboundFrame?
-        if state.traceSubscribers > 0 {
+        if topics[topic]!.traceSubscribers > 0 {
             var p = publication
             var hops = p.trace ?? []
             if hops.count < TraceHop.maxHops { hops.append(TraceHop(region: config.region, step: .delivered, at: wallNow)) }
@@ -707,19 +712,21 @@ public struct RelayCore: Sendable {
             sharedTraced = OutboundFrame(bytes: encoder.encode(.publication(p)), acceptedAt: publication.acceptedAt,
                                          sequencedAtWall: publication.sequencedAtWall)
         }
+        let subscribers = topics[topic]!.subscribers.orderedKeys
         // Clients still waiting for their subscribe reply get the stream through that reply, not before it.
-        let waiting = state.pendingSubscribes.isEmpty ? [] : Set(state.pendingSubscribes.map(\.client))
-        for client in state.subscribers.orderedKeys where !waiting.contains(client) {
-            guard let c = clients[client] else { continue }
-            let wantsTrace = traced != nil && c.traced.contains(topic)
-            if c.transport == .websocket {
+        let waiting = topics[topic]!.pendingSubscribes.isEmpty ? [] : Set(topics[topic]!.pendingSubscribes.map(\.client))
+        for client in subscribers where waiting.isEmpty || !waiting.contains(client) {
+            guard let i = clients.index(forKey: client) else { continue }
+            let transport = clients.values[i].transport
+            let wantsTrace = traced != nil && clients.values[i].traced.contains(topic)
+            if transport == .websocket {
                 enqueue(client, wantsTrace ? sharedTraced! : shared, volatileKey: nil)
             } else {
                 send(client, .publication(wantsTrace ? traced! : plain))
             }
         }
-        for client in state.pollWaiters.orderedKeys {
-            completePoll(client, publications: [plain])
+        if let waiters = topics[topic]?.pollWaiters, !waiters.isEmpty {
+            for client in waiters.orderedKeys { completePoll(client, publications: [plain]) }
         }
     }
 
@@ -958,21 +965,26 @@ public struct RelayCore: Sendable {
     }
 
     mutating func enqueue(_ client: ClientID, _ frame: OutboundFrame, volatileKey: String?) {
+        // The client's queue is changed where it is stored: copying the client out first would copy
+        // its whole queue on every frame.
+        guard let i = clients.index(forKey: client) else { return }
         // Nothing more is queued for a closing client: what it was told before closing is already queued.
-        guard let state = clients[client], !state.closing else { return }
-        let wasEmpty = state.outbox.isEmpty
-        let before = state.outbox.queuedBytes
-        defer { queuedBytes += (clients[client]?.outbox.queuedBytes ?? before) - before }
-        switch clients[client]!.outbox.enqueue(frame, volatileKey: volatileKey) {
+        guard !clients.values[i].closing else { return }
+        let wasEmpty = clients.values[i].outbox.isEmpty
+        let before = clients.values[i].outbox.queuedBytes
+        let outcome = clients.values[i].outbox.enqueue(frame, volatileKey: volatileKey)
+        switch outcome {
         case .queued, .coalesced:
+            queuedBytes += clients.values[i].outbox.queuedBytes - before
             stats.deliveries += 1
             if wasEmpty { actions.append(.flush(client)) }
         case .droppedVolatile:
+            queuedBytes += clients.values[i].outbox.queuedBytes - before
             stats.volatileShed += 1
         case .overflow:
-            guard !state.closing else { return }
             stats.slowConsumerCloses += 1
-            clients[client]!.outbox.removeAll()
+            clients.values[i].outbox.removeAll()
+            queuedBytes -= before
             beginClose(client, .slowConsumer)
         }
     }
