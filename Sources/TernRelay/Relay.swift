@@ -1,6 +1,6 @@
 import Foundation
 import Hummingbird
-import HummingbirdWebSocket
+import HummingbirdCore
 import Logging
 import NIOCore
 import NIOWebSocket
@@ -12,15 +12,13 @@ import TernWire
 
 /// The request context of every relay route: it keeps the connection's
 /// channel so a slow consumer can be closed without waiting on its writer.
-public struct RelayRequestContext: RequestContext, WebSocketRequestContext {
+public struct RelayRequestContext: RequestContext {
     public var coreContext: CoreRequestContextStorage
-    public let webSocket: WebSocketHandlerReference<Self>
     /// The HTTP connection.
     public let channel: any Channel
 
     public init(source: ApplicationRequestContextSource) {
         self.coreContext = .init(source: source)
-        self.webSocket = .init()
         self.channel = source.channel
     }
 }
@@ -118,12 +116,16 @@ public final class Relay: Service, Sendable {
     public func run() async throws {
         let app = Application(
             router: makeRouter(),
-            server: .http1WebSocketUpgrade(
-                webSocketRouter: makeRouter(),
-                configuration: .init(ws: .init(
+            // /ws is served by NIO channel handlers (RelayWebSocketHandler); the rest by the router.
+            server: HTTPServerBuilder { [runtime, authenticator, logger] responder in
+                RelayServerChannel(
+                    responder: responder,
                     maxFrameSize: runtime.limits.maxFrameBytes * 4,
-                    autoPing: .enabled(timePeriod: .seconds(30)),
-                    closeTimeout: .seconds(5)))),
+                    makeHandler: { loop in
+                        RelayWebSocketHandler(runtime: runtime, authenticator: authenticator, logger: logger,
+                                              maxMessageBytes: runtime.limits.maxFrameBytes, eventLoop: loop)
+                    })
+            },
             configuration: .init(address: .hostname(address.host, port: address.port), serverName: "tern"),
             onServerRunning: { [self] channel in
                 let port = channel.localAddress?.port ?? address.port
@@ -146,9 +148,6 @@ public final class Relay: Service, Sendable {
     func makeRouter() -> Router<RelayRequestContext> {
         let router = Router(context: RelayRequestContext.self)
         router.add(middleware: CrossOriginMiddleware(policy: CrossOriginPolicy(web.allowOrigin)))
-        router.ws("/ws") { [self] inbound, outbound, context in
-            await webSocketSession(inbound: inbound, outbound: outbound, channel: context.requestContext.channel)
-        }
         router.get("/sse") { [self] request, context in try await sse(request, channel: context.channel) }
         router.get("/poll") { [self] request, _ in try await poll(request) }
         router.post("/api/publish") { [self] request, _ in try await apiPublish(request) }
@@ -164,86 +163,6 @@ public final class Relay: Service, Sendable {
         }
         addWebRoutes(to: router)
         return router
-    }
-
-    // MARK: - WebSocket
-
-    private func webSocketSession(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, channel: any Channel) async {
-        let (client, signals) = runtime.register(forceClose: { code in
-            Relay.forceClose(channel, code)
-        })
-        runtime.handle(.opened(client, .websocket))
-        let runtime = self.runtime
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask {
-                await Relay.writeLoop(client, signals, outbound: outbound, runtime: runtime)
-            }
-            await readLoop(client, inbound)
-            runtime.unregister(client)
-            await group.waitForAll()
-        }
-    }
-
-    private func readLoop(_ client: ClientID, _ inbound: WebSocketInboundStream) async {
-        let maxFrameBytes = runtime.limits.maxFrameBytes
-        do {
-            for try await message in inbound.messages(maxSize: maxFrameBytes * 4) {
-                let bytes: ByteBuffer
-                switch message {
-                case .text(let text): bytes = ByteBuffer(string: text)
-                case .binary(let buffer): bytes = buffer
-                }
-                if bytes.readableBytes > maxFrameBytes {
-                    runtime.handle(.badFrame(client, ref: nil, TernError(.messageTooLarge,
-                        "message of \(bytes.readableBytes) bytes is over the \(maxFrameBytes)-byte limit; it was dropped")))
-                    continue
-                }
-                switch ClientMessageDecoder.decode(bytes.readableBytesView) {
-                case .failure(let failure):
-                    runtime.handle(.badFrame(client, ref: failure.ref, failure.error))
-                case .success(let (ref, command)):
-                    for action in runtime.handle(.command(client, ref: ref, command)) {
-                        guard case .verifyToken(let c, let ref, let token) = action else { continue }
-                        switch await authenticator.verify(token, now: runtime.now()) {
-                        case .success(let identity): runtime.handle(.authenticated(c, ref: ref, identity))
-                        case .failure(let failure): runtime.handle(.authenticationFailed(c, ref: ref, failure))
-                        }
-                    }
-                }
-            }
-        } catch {
-            logger.debug("websocket read ended", metadata: ["client": "\(client)", "error": "\(error)"])
-        }
-    }
-
-    private static func writeLoop(_ client: ClientID, _ signals: AsyncStream<ClientSignal>, outbound: WebSocketOutboundWriter, runtime: RelayRuntime) async {
-        do {
-            for await signal in signals {
-                switch signal {
-                case .flush:
-                    try await writeQueued(client, outbound: outbound, runtime: runtime)
-                case .close(let code):
-                    if code != .slowConsumer { try await writeQueued(client, outbound: outbound, runtime: runtime) }
-                    try await outbound.close(.unknown(UInt16(code.rawValue)), reason: code.reason)
-                    return
-                case .poll, .heartbeat:
-                    continue
-                }
-            }
-        } catch {
-            return
-        }
-    }
-
-    private static func writeQueued(_ client: ClientID, outbound: WebSocketOutboundWriter, runtime: RelayRuntime) async throws {
-        while true {
-            let frames = runtime.takeOutbound(client)
-            if frames.isEmpty { return }
-            for frame in frames {
-                try await outbound.write(.custom(WebSocketFrame(fin: true, opcode: .text, data: frame.bytes)))
-            }
-            runtime.recordWritten(frames)
-        }
     }
 
     /// Writes a close frame behind whatever is buffered and closes the TCP

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOCore
 import Synchronization
 import TernCore
 import TernWire
@@ -16,12 +17,61 @@ enum ClientSignal: Sendable {
     case heartbeat
 }
 
-/// The driver's shared state: the relay core behind a lock, and a signal
-/// channel per connection. It only translates: events in, actions out.
+/// A connection the runtime writes to directly, on the connection's own event loop (WebSocket).
+protocol ConnectionWriter: AnyObject, Sendable {
+    /// The loop every call below runs on.
+    var eventLoop: any EventLoop { get }
+    /// Writes the frames and flushes once.
+    func write(_ frames: [OutboundFrame])
+    /// Writes the frames (not for a slow consumer), then a close frame with `code`, then closes.
+    func finish(_ code: CloseCode, after frames: [OutboundFrame])
+    /// Closes the connection at once (after a drain timed out); callable from any thread.
+    func forceClose()
+}
+
+/// Frames for the writers of one event loop, handed over in one task.
+private struct LoopWrites {
+    enum Item {
+        case write(any ConnectionWriter, [OutboundFrame])
+        case finish(any ConnectionWriter, CloseCode, [OutboundFrame])
+    }
+    let loop: any EventLoop
+    var items: [Item]
+
+    func run() {
+        for item in items {
+            switch item {
+            case .write(let writer, let frames): writer.write(frames)
+            case .finish(let writer, let code, let frames): writer.finish(code, after: frames)
+            }
+        }
+    }
+
+    /// Adds `item` to the batch of its writer's loop.
+    static func add(_ item: Item, writer: any ConnectionWriter, to batches: inout [LoopWrites]) {
+        let loop = writer.eventLoop
+        if let i = batches.firstIndex(where: { $0.loop === loop }) {
+            batches[i].items.append(item)
+        } else {
+            batches.append(LoopWrites(loop: loop, items: [item]))
+        }
+    }
+}
+
+/// The driver's shared state: the relay core behind a lock, a signal channel per SSE or
+/// long-poll connection and a writer per WebSocket. It only translates: events in, actions out.
+///
+/// After each event, the frames the core queued for WebSockets are taken while the lock is held
+/// and handed to their connections' event loops, one task per loop for all of them; each
+/// connection writes its frames with one flush. A connection whose socket is full is skipped
+/// until it drains, so its frames wait in the core's bounded queue.
 final class RelayRuntime: Sendable {
     private struct State: ~Copyable {
         var core: RelayCore
         var sinks: [ClientID: AsyncStream<ClientSignal>.Continuation] = [:]
+        var writers: [ClientID: (writer: any ConnectionWriter, writable: Bool)] = [:]
+        /// WebSockets with frames queued in the core since the last hand-over, in order.
+        var pendingWrites: [ClientID] = []
         var forceClosers: [ClientID: @Sendable (CloseCode) -> Void] = [:]
         var linkSenders: [String: @Sendable ([LinkMessage]) -> Void] = [:]
         var linkResetters: [String: @Sendable (String) -> Void] = [:]
@@ -76,6 +126,30 @@ final class RelayRuntime: Sendable {
         return (id, stream)
     }
 
+    /// Registers a WebSocket whose frames the runtime writes itself.
+    func registerWriter(_ writer: any ConnectionWriter, writable: Bool) -> ClientID {
+        state.withLock { state in
+            let id = ClientID(state.nextClient)
+            state.nextClient += 1
+            state.writers[id] = (writer, writable)
+            return id
+        }
+    }
+
+    /// A WebSocket's socket filled up (false) or drained (true); on drain, what waited is written.
+    func setWritable(_ client: ClientID, _ writable: Bool) {
+        let batches = state.withLock { state -> [LoopWrites] in
+            guard let entry = state.writers[client] else { return [] }
+            state.writers[client]!.writable = writable
+            guard writable else { return [] }
+            let frames = state.core.takeOutbound(client, maxBytes: .max)
+            guard !frames.isEmpty else { return [] }
+            metrics.queueBytes.set(Int64(state.core.queuedBytes))
+            return [LoopWrites(loop: entry.writer.eventLoop, items: [.write(entry.writer, frames)])]
+        }
+        for batch in batches { batch.loop.execute { batch.run() } }
+    }
+
     /// Publishes for a backend; the answer may come from another region.
     func apiPublish(topic: String, id: String, data: String) async -> Result<ReplyBody, TernError> {
         await withCheckedContinuation { continuation in
@@ -125,18 +199,28 @@ final class RelayRuntime: Sendable {
 
     /// Ends every remaining connection at once (after a drain timed out).
     func forceCloseAll(_ code: CloseCode) {
-        let closers = state.withLock { Array($0.forceClosers.values) }
+        let (closers, writers) = state.withLock { (Array($0.forceClosers.values), $0.writers.values.map(\.writer)) }
         for close in closers { close(code) }
+        for writer in writers { writer.forceClose() }
     }
 
     /// Feeds one event to the core, signals the affected connections and
     /// returns the actions the caller itself must carry out (token checks,
     /// API replies).
+    /// `deferWrites` leaves the frames for WebSockets queued until `dispatchWrites()`: a connection
+    /// reading a run of commands (a publisher sending many) calls it once the run is read, so each
+    /// subscriber gets everything from the run in one write.
     @discardableResult
-    func handle(_ event: RelayEvent) -> [RelayAction] {
+    func handle(_ event: RelayEvent, deferWrites: Bool = false) -> [RelayAction] {
         let now = self.now()
         var closes: [(@Sendable (CloseCode) -> Void, CloseCode)] = []
-        defer { for (close, code) in closes { close(code) } }
+        var batches: [LoopWrites] = []
+        defer {
+            for (close, code) in closes { close(code) }
+            // Never run inline, even on the writer's own loop: frames handed over earlier in a task
+            // on that loop must be written first.
+            for batch in batches { batch.loop.execute { batch.run() } }
+        }
         return state.withLock { state in
             // The wall clock is read here, never in the core; re-read per event so a stepped clock is followed.
             state.core.wallClockOffset = Self.wallNanoseconds() &- now.nanoseconds
@@ -146,8 +230,17 @@ final class RelayRuntime: Sendable {
             for action in actions {
                 switch action {
                 case .flush(let client):
-                    state.sinks[client]?.yield(.flush)
+                    if state.writers[client] != nil {
+                        state.pendingWrites.append(client)
+                    } else {
+                        state.sinks[client]?.yield(.flush)
+                    }
                 case .close(let client, let code):
+                    if let entry = state.writers[client] {
+                        let frames = code == .slowConsumer ? [] : state.core.takeOutbound(client, maxBytes: .max)
+                        LoopWrites.add(.finish(entry.writer, code, frames), writer: entry.writer, to: &batches)
+                        continue
+                    }
                     state.sinks[client]?.yield(.close(code))
                     if let close = state.forceClosers[client] { closes.append((close, code)) }
                 case .pollReply(let client, let reply):
@@ -165,6 +258,7 @@ final class RelayRuntime: Sendable {
                     callerActions.append(action)
                 }
             }
+            if !deferWrites { Self.collectWrites(&state, into: &batches) }
             if state.core.invariantFailureCount > state.reportedInvariantFailures {
                 for failure in state.core.invariantFailures.dropFirst(state.reportedInvariantFailures) {
                     invariantLogger.error("relay core invariant broken", metadata: ["failure": "\(failure)"])
@@ -178,6 +272,29 @@ final class RelayRuntime: Sendable {
             }
             return callerActions
         }
+    }
+
+    /// Hands the frames queued for WebSockets to their event loops (after `handle(_:deferWrites: true)`).
+    func dispatchWrites() {
+        var batches: [LoopWrites] = []
+        state.withLock { state in
+            guard !state.pendingWrites.isEmpty else { return }
+            Self.collectWrites(&state, into: &batches)
+            metrics.queueBytes.set(Int64(state.core.queuedBytes))
+        }
+        for batch in batches { batch.loop.execute { batch.run() } }
+    }
+
+    /// Takes the frames of every pending WebSocket whose socket can take them; the others keep
+    /// theirs in the core's queue until they drain (`setWritable`).
+    private static func collectWrites(_ state: inout State, into batches: inout [LoopWrites]) {
+        guard !state.pendingWrites.isEmpty else { return }
+        for client in state.pendingWrites {
+            guard let entry = state.writers[client], entry.writable else { continue }
+            let frames = state.core.takeOutbound(client, maxBytes: .max)
+            if !frames.isEmpty { LoopWrites.add(.write(entry.writer, frames), writer: entry.writer, to: &batches) }
+        }
+        state.pendingWrites.removeAll(keepingCapacity: true)
     }
 
     /// Where to append a line per mesh event and action (`TERN_TRACE_FILE`), for debugging.
@@ -217,6 +334,7 @@ final class RelayRuntime: Sendable {
         state.withLock { state in
             state.sinks.removeValue(forKey: client)?.finish()
             state.forceClosers[client] = nil
+            state.writers[client] = nil
         }
     }
 
@@ -251,5 +369,5 @@ final class RelayRuntime: Sendable {
     var connectionCount: Int { state.withLock { $0.core.stats.connections } }
 
     /// Open connection tasks, whether or not the core counts them.
-    var openSinks: Int { state.withLock { $0.sinks.count } }
+    var openSinks: Int { state.withLock { $0.sinks.count + $0.writers.count } }
 }

@@ -1,0 +1,340 @@
+import HTTPTypes
+import Hummingbird
+import HummingbirdCore
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOHTTPTypes
+import NIOHTTPTypesHTTP1
+import NIOWebSocket
+import TernCore
+import TernWire
+
+/// The relay's HTTP server connection: a request to upgrade `/ws` becomes a WebSocket served by
+/// NIO channel handlers on the connection's event loop (no task, no async stream, no lock held
+/// while writing); every other request goes to Hummingbird's router as before.
+///
+/// Modelled on hummingbird-websocket's `HTTP1WebSocketUpgradeChannel`, whose WebSocket side runs a
+/// Swift-concurrency task per connection: an idle subscribed connection costs that task's memory,
+/// and every frame written costs an `await`. Here a connection is a handler object and frames
+/// written in one wake-up go out with one flush.
+struct RelayServerChannel: ServerChildChannel, HTTPChannelHandler {
+    enum UpgradeResult: Sendable {
+        case websocket
+        case notUpgraded(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>)
+        case failedUpgrade(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>)
+    }
+
+    struct Value: ServerChildChannelValue {
+        let upgradeResult: EventLoopFuture<UpgradeResult>
+        let channel: any Channel
+    }
+
+    let responder: HTTPChannelHandler.Responder
+    /// The largest WebSocket frame read at all (bigger ones close the connection with 1009).
+    let maxFrameSize: Int
+    /// Builds the handler of an upgraded connection, on its event loop.
+    let makeHandler: @Sendable (any EventLoop) -> RelayWebSocketHandler
+
+    func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+        channel.eventLoop.makeCompletedFuture {
+            let upgradeAttempted = NIOLoopBoundBox(false, eventLoop: channel.eventLoop)
+            let makeHandler = self.makeHandler
+            let upgrader = NIOTypedWebSocketServerUpgrader<UpgradeResult>(
+                maxFrameSize: maxFrameSize,
+                shouldUpgrade: { channel, head in
+                    upgradeAttempted.value = true
+                    let path = head.uri.split(separator: "?", maxSplits: 1).first ?? ""
+                    return channel.eventLoop.makeSucceededFuture(path == "/ws" ? HTTPHeaders() : nil)
+                },
+                upgradePipelineHandler: { channel, _ in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(makeHandler(channel.eventLoop))
+                        return UpgradeResult.websocket
+                    }
+                })
+            let upgradeConfiguration = NIOTypedHTTPServerUpgradeConfiguration(
+                upgraders: [upgrader],
+                notUpgradingCompletionHandler: { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
+                        try channel.pipeline.syncOperations.addHandler(HTTPConnectionStateHandler(idleTimeout: nil, logger: logger))
+                        let asyncChannel = try NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>(
+                            wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true))
+                        return upgradeAttempted.value ? .failedUpgrade(asyncChannel) : .notUpgraded(asyncChannel)
+                    }
+                })
+            var configuration = NIOUpgradableHTTPServerPipelineConfiguration(upgradeConfiguration: upgradeConfiguration)
+            configuration.enablePipelining = false
+            configuration.enableErrorHandling = false
+            configuration.enableResponseHeaderValidation = false
+            let result = try channel.pipeline.syncOperations.configureUpgradableHTTPServerPipeline(configuration: configuration)
+            return Value(upgradeResult: result, channel: channel)
+        }
+    }
+
+    func handle(value: Value, logger: Logger) async {
+        do {
+            switch try await value.upgradeResult.get() {
+            case .websocket:
+                // The channel handlers own the connection from here on.
+                return
+            case .notUpgraded(let http):
+                await handleHTTP(asyncChannel: http, logger: logger)
+            case .failedUpgrade(let http):
+                try await http.executeThenClose { _, outbound in
+                    let head = HTTPResponse(status: .badRequest, headerFields: [.connection: "close", .contentLength: "0"])
+                    try await outbound.write(contentsOf: [.head(head), .end(nil)])
+                }
+            }
+        } catch {
+            logger.debug("connection ended during the upgrade", metadata: ["error": "\(error)"])
+        }
+    }
+}
+
+/// One client's WebSocket: reads commands into the relay core and writes what the core queued for it.
+///
+/// Everything runs on the connection's event loop. The runtime hands it frames (`write`) once per
+/// core event, in one task on this loop for all its connections; they are written and flushed
+/// once. While the socket cannot take more (`isWritable` false), the runtime leaves frames in the
+/// core's bounded per-client queue, where the slow-consumer rules apply.
+final class RelayWebSocketHandler: ChannelInboundHandler, ConnectionWriter, @unchecked Sendable {
+    typealias InboundIn = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
+
+    private let runtime: RelayRuntime
+    private let authenticator: Authenticator
+    private let logger: Logger
+    private let maxMessageBytes: Int
+    private let pingInterval: TimeAmount
+    private var context: ChannelHandlerContext?
+    private var client: ClientID?
+    /// A text message arriving in several frames.
+    private var fragments: ByteBuffer?
+    /// Messages that arrived while a token was being verified; handled in order once it is.
+    private var held: [ByteBuffer] = []
+    private var verifying = false
+    private var closing = false
+    private var receivedSincePing = true
+    private var pingTask: RepeatedTask?
+    let eventLoop: any EventLoop
+
+    init(runtime: RelayRuntime, authenticator: Authenticator, logger: Logger, maxMessageBytes: Int,
+         pingInterval: TimeAmount = .seconds(30), eventLoop: any EventLoop) {
+        self.runtime = runtime
+        self.authenticator = authenticator
+        self.logger = logger
+        self.maxMessageBytes = maxMessageBytes
+        self.pingInterval = pingInterval
+        self.eventLoop = eventLoop
+    }
+
+    // MARK: Channel events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        let client = runtime.registerWriter(self, writable: context.channel.isWritable)
+        self.client = client
+        runtime.handle(.opened(client, .websocket))
+        // A peer that answers nothing for two ping intervals is gone, even if TCP has not noticed.
+        pingTask = context.eventLoop.scheduleRepeatedTask(initialDelay: pingInterval, delay: pingInterval) { [weak self] _ in
+            self?.pingDue()
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        pingTask?.cancel()
+        pingTask = nil
+        if let client {
+            self.client = nil
+            runtime.unregister(client)
+        }
+        self.context = nil
+        context.fireChannelInactive()
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        // Everything this read produced for WebSockets goes out now, one write per connection.
+        runtime.dispatchWrites()
+        context.fireChannelReadComplete()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if let client { runtime.setWritable(client, context.channel.isWritable) }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // The server allows half-closed connections (for HTTP); a WebSocket peer that stops sending is gone.
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        logger.debug("websocket error", metadata: ["client": "\(client.map { "\($0)" } ?? "-")", "error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        receivedSincePing = true
+        switch frame.opcode {
+        case .text, .binary:
+            if frame.fin {
+                fragments = nil
+                message(frame.unmaskedData)
+            } else {
+                fragments = frame.unmaskedData
+            }
+        case .continuation:
+            guard var partial = fragments else { return }
+            var more = frame.unmaskedData
+            partial.writeBuffer(&more)
+            if partial.readableBytes > maxMessageBytes * 4 {
+                // Past what the relay reads at all: as for one oversized frame.
+                fragments = nil
+                closeNow(code: .messageTooLarge, reason: "message too big")
+                return
+            }
+            if frame.fin {
+                fragments = nil
+                message(partial)
+            } else {
+                fragments = partial
+            }
+        case .ping:
+            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)), promise: nil)
+        case .connectionClose:
+            // The peer closes: answer with a close frame, then close.
+            guard !closing else {
+                context.close(promise: nil)
+                return
+            }
+            closing = true
+            var data = frame.unmaskedData
+            let code = data.readInteger(as: UInt16.self) ?? 1000
+            var payload = context.channel.allocator.buffer(capacity: 2)
+            payload.writeInteger(code)
+            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: payload))).whenComplete { _ in
+                context.close(promise: nil)
+            }
+        default:
+            break
+        }
+    }
+
+    // MARK: Commands
+
+    private func message(_ bytes: ByteBuffer) {
+        guard !verifying else {
+            held.append(bytes)
+            return
+        }
+        guard let client else { return }
+        if bytes.readableBytes > maxMessageBytes {
+            runtime.handle(.badFrame(client, ref: nil, TernError(.messageTooLarge,
+                "message of \(bytes.readableBytes) bytes is over the \(maxMessageBytes)-byte limit; it was dropped")))
+            return
+        }
+        switch ClientMessageDecoder.decode(bytes.readableBytesView) {
+        case .failure(let failure):
+            runtime.handle(.badFrame(client, ref: failure.ref, failure.error))
+        case .success(let (ref, command)):
+            for action in runtime.handle(.command(client, ref: ref, command), deferWrites: true) {
+                guard case .verifyToken(let c, let ref, let token) = action else { continue }
+                verify(c, ref: ref, token: token)
+            }
+        }
+    }
+
+    /// Checks a token off the event loop, holding later messages until the answer is in.
+    private func verify(_ client: ClientID, ref: UInt64?, token: String) {
+        verifying = true
+        let runtime = self.runtime, authenticator = self.authenticator, loop = eventLoop
+        Task {
+            let result = await authenticator.verify(token, now: runtime.now())
+            switch result {
+            case .success(let identity): runtime.handle(.authenticated(client, ref: ref, identity))
+            case .failure(let failure): runtime.handle(.authenticationFailed(client, ref: ref, failure))
+            }
+            loop.execute { self.verified() }
+        }
+    }
+
+    private func verified() {
+        verifying = false
+        while !verifying, !held.isEmpty {
+            message(held.removeFirst())
+        }
+        runtime.dispatchWrites()
+    }
+
+    private func pingDue() {
+        guard let context, !closing else { return }
+        if !receivedSincePing {
+            logger.debug("websocket peer stopped answering pings", metadata: ["client": "\(client.map { "\($0)" } ?? "-")"])
+            context.close(promise: nil)
+            return
+        }
+        receivedSincePing = false
+        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: context.channel.allocator.buffer(capacity: 0))), promise: nil)
+    }
+
+    // MARK: Writing (ConnectionWriter)
+
+    func write(_ frames: [OutboundFrame]) {
+        guard let context, !closing, !frames.isEmpty else { return }
+        for frame in frames {
+            context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: frame.bytes)), promise: nil)
+        }
+        context.flush()
+        runtime.recordWritten(frames)
+    }
+
+    func finish(_ code: CloseCode, after frames: [OutboundFrame]) {
+        guard let context, !closing else { return }
+        if code == .slowConsumer {
+            // The peer is not reading: nothing more is written but the close frame, behind what is
+            // already buffered; the connection ends once that is out, or after a grace period.
+            closing = true
+            var payload = context.channel.allocator.buffer(capacity: 2 + code.reason.utf8.count)
+            payload.writeInteger(UInt16(code.rawValue))
+            payload.writeString(code.reason)
+            let channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: payload))).whenComplete { _ in
+                channel.close(promise: nil)
+            }
+            channel.eventLoop.scheduleTask(in: .seconds(10)) { channel.close(promise: nil) }
+            return
+        }
+        write(frames)
+        closing = true
+        var payload = context.channel.allocator.buffer(capacity: 2 + code.reason.utf8.count)
+        payload.writeInteger(UInt16(code.rawValue))
+        payload.writeString(code.reason)
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: payload))).whenComplete { _ in
+            // Give the peer a moment to answer the close, then end the connection regardless.
+            channel.eventLoop.scheduleTask(in: .seconds(5)) { channel.close(promise: nil) }
+        }
+    }
+
+    func forceClose() {
+        eventLoop.execute { self.context?.close(promise: nil) }
+    }
+
+    private func closeNow(code: WebSocketErrorCode, reason: String) {
+        guard let context else { return }
+        closing = true
+        var payload = context.channel.allocator.buffer(capacity: 2 + reason.utf8.count)
+        payload.write(webSocketErrorCode: code)
+        payload.writeString(reason)
+        context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: payload)), promise: nil)
+        context.flush()
+        context.close(promise: nil)
+    }
+}
