@@ -286,9 +286,11 @@ public struct RelayCore: Sendable {
 
     /// Takes up to `maxBytes` of a client's queued frames for writing.
     public mutating func takeOutbound(_ client: ClientID, maxBytes: Int = 256 * 1024) -> [OutboundFrame] {
-        guard let before = clients[client]?.outbox.queuedBytes else { return [] }
-        let frames = clients[client]!.outbox.take(maxBytes: maxBytes)
-        queuedBytes += clients[client]!.outbox.queuedBytes - before
+        // In place: a copy of the client would copy its queue.
+        guard let i = clients.index(forKey: client) else { return [] }
+        let before = clients.values[i].outbox.queuedBytes
+        let frames = clients.values[i].outbox.take(maxBytes: maxBytes)
+        queuedBytes += clients.values[i].outbox.queuedBytes - before
         return frames
     }
 

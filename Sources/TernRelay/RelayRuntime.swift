@@ -38,13 +38,29 @@ private struct LoopWrites {
     let loop: any EventLoop
     var items: [Item]
 
-    func run() {
+    func run(_ runtime: RelayRuntime) {
+        var written = 0
+        // Latency is observed once per publication per hand-over: the connections of one loop
+        // write it within microseconds of each other, and one histogram update per delivery
+        // would cost more than the delivery.
+        var timed: [OutboundFrame] = []
+        var seen = Set<Int64>()
         for item in items {
+            let frames: [OutboundFrame]
             switch item {
-            case .write(let writer, let frames): writer.write(frames)
-            case .finish(let writer, let code, let frames): writer.finish(code, after: frames)
+            case .write(let writer, let f):
+                writer.write(f)
+                frames = f
+            case .finish(let writer, let code, let f):
+                writer.finish(code, after: f)
+                frames = f
+            }
+            written += frames.count
+            for frame in frames {
+                if let accepted = frame.acceptedAt, seen.insert(accepted.nanoseconds).inserted { timed.append(frame) }
             }
         }
+        runtime.recordWritten(count: written, timed: timed)
     }
 
     /// Adds `item` to the batch of its writer's loop.
@@ -147,7 +163,7 @@ final class RelayRuntime: Sendable {
             metrics.queueBytes.set(Int64(state.core.queuedBytes))
             return [LoopWrites(loop: entry.writer.eventLoop, items: [.write(entry.writer, frames)])]
         }
-        for batch in batches { batch.loop.execute { batch.run() } }
+        for batch in batches { batch.loop.execute { batch.run(self) } }
     }
 
     /// Publishes for a backend; the answer may come from another region.
@@ -219,7 +235,7 @@ final class RelayRuntime: Sendable {
             for (close, code) in closes { close(code) }
             // Never run inline, even on the writer's own loop: frames handed over earlier in a task
             // on that loop must be written first.
-            for batch in batches { batch.loop.execute { batch.run() } }
+            for batch in batches { batch.loop.execute { batch.run(self) } }
         }
         return state.withLock { state in
             // The wall clock is read here, never in the core; re-read per event so a stepped clock is followed.
@@ -282,7 +298,7 @@ final class RelayRuntime: Sendable {
             Self.collectWrites(&state, into: &batches)
             metrics.queueBytes.set(Int64(state.core.queuedBytes))
         }
-        for batch in batches { batch.loop.execute { batch.run() } }
+        for batch in batches { batch.loop.execute { batch.run(self) } }
     }
 
     /// Takes the frames of every pending WebSocket whose socket can take them; the others keep
@@ -349,10 +365,16 @@ final class RelayRuntime: Sendable {
 
     /// Records that frames were written, for delivery metrics.
     func recordWritten(_ frames: [OutboundFrame]) {
+        recordWritten(count: frames.count, timed: frames)
+    }
+
+    /// Records `count` frames written, and the latencies of `timed` (a sample of them).
+    func recordWritten(count: Int, timed: [OutboundFrame]) {
+        guard count > 0 else { return }
         let now = self.now()
-        metrics.deliveries.increment(by: Int64(frames.count))
+        metrics.deliveries.increment(by: Int64(count))
         let wall = Self.wallNanoseconds()
-        for frame in frames {
+        for frame in timed {
             if let accepted = frame.acceptedAt { metrics.publishToDeliver.record(now - accepted) }
             // Across regions this includes the clock skew between the home and this relay (clamped at zero).
             if frame.sequencedAtWall != 0 { metrics.homeToDeliver.record(.nanoseconds(max(0, wall &- frame.sequencedAtWall))) }

@@ -292,7 +292,6 @@ final class RelayWebSocketHandler: ChannelInboundHandler, ConnectionWriter, @unc
             context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: frame.bytes)), promise: nil)
         }
         context.flush()
-        runtime.recordWritten(frames)
     }
 
     func finish(_ code: CloseCode, after frames: [OutboundFrame]) {
