@@ -224,7 +224,8 @@ public final class BenchRunner: Sendable {
         try await Task.sleep(for: .seconds(2))
         let open = pid.flatMap(Self.residentKiB)
         await closeAll(subs)
-        try await Task.sleep(for: .seconds(3))
+        // A relay returns freed memory to the system within a few seconds of a drop (MemoryTrimService).
+        try await Task.sleep(for: .seconds(7))
         let after = pid.flatMap(Self.residentKiB)
         var perConnection: Double?
         if let before, let open { perConnection = Double(open - before) * 1024 / Double(count) }

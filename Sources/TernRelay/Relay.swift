@@ -138,6 +138,7 @@ public final class Relay: Service, Sendable {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: app)]
         if let links { services.append(.init(service: links)) }
         services.append(.init(service: DrainService(runtime: runtime, logger: logger)))
+        services.append(.init(service: MemoryTrimService(runtime: runtime, logger: logger)))
         let group = ServiceGroup(configuration: .init(
             services: services,
             gracefulShutdownSignals: [],
@@ -436,3 +437,49 @@ struct DrainService: Service {
         }
     }
 }
+
+/// Gives memory back to the system after a burst: glibc's allocator keeps freed pages of
+/// thousands of closed connections or drained queues in its arenas, so the relay's RSS would stay
+/// at its peak. When connections or queued bytes have fallen well below their peak, or a busy
+/// spell of deliveries has gone quiet, `malloc_trim` returns the free pages.
+struct MemoryTrimService: Service {
+    let runtime: RelayRuntime
+    let logger: Logger
+    var interval: Duration = .seconds(5)
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown { await trimLoop() }
+    }
+
+    private func trimLoop() async {
+        var peakConnections = 0
+        var peakQueued = 0
+        var deliveriesAtTrim = 0
+        var lastDeliveries = 0
+        do {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: interval)
+                let (connections, queued, deliveries) = runtime.load
+                peakConnections = max(peakConnections, connections)
+                peakQueued = max(peakQueued, queued)
+                let quietAfterBurst = deliveries == lastDeliveries && deliveries - deliveriesAtTrim >= 100_000
+                lastDeliveries = deliveries
+                if peakConnections - connections >= 256 || peakQueued - queued >= 8 << 20 || quietAfterBurst {
+                    deliveriesAtTrim = deliveries
+                    #if os(Linux)
+                    _ = glibcMallocTrim(0)
+                    #endif
+                    logger.debug("returned free memory", metadata: ["connections": "\(connections)", "peak": "\(peakConnections)"])
+                    peakConnections = connections
+                    peakQueued = queued
+                }
+            }
+        }
+    }
+}
+
+#if os(Linux)
+/// glibc's `malloc_trim` (declared in <malloc.h>, which the Glibc module does not import).
+@_silgen_name("malloc_trim")
+func glibcMallocTrim(_ pad: Int) -> Int32
+#endif

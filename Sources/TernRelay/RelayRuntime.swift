@@ -387,6 +387,11 @@ final class RelayRuntime: Sendable {
     /// When the core next needs a tick.
     var nextDeadline: TernInstant? { state.withLock { $0.core.nextDeadline } }
 
+    /// Open connections and bytes queued for clients, as the core counts them.
+    var load: (connections: Int, queuedBytes: Int, deliveries: Int) {
+        state.withLock { ($0.core.stats.connections, $0.core.queuedBytes, $0.core.stats.deliveries) }
+    }
+
     /// Open connections, as the core counts them.
     var connectionCount: Int { state.withLock { $0.core.stats.connections } }
 
