@@ -133,7 +133,7 @@ let package = Package(
         .testTarget(
             name: "TernRelayTests",
             dependencies: [
-                "TernRelay", "TernClient", "TernWire", "TernTopology",
+                "TernRelay", "TernClient", "TernWire", "TernTopology", "TernBench",
                 .product(name: "JWTKit", package: "jwt-kit"),
                 .product(name: "WSClient", package: "swift-websocket"),
                 .product(name: "NIOCore", package: "swift-nio"),

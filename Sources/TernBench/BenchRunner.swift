@@ -61,10 +61,10 @@ public final class BenchRunner: Sendable {
 
     public func shutdown() async throws { try await group.shutdownGracefully() }
 
-    /// The topic (Tern) or subject (NATS) a benchmark uses for `name`.
-    static func channel(_ name: String, _ target: BenchTarget) -> String {
+    /// The topic (Tern, in `namespace`) or subject (NATS) a benchmark uses for `name`.
+    static func channel(_ name: String, _ target: BenchTarget, namespace: String) -> String {
         switch target {
-        case .tern: "bench:\(name)"
+        case .tern: "\(namespace):\(name)"
         case .nats: "bench.\(name)"
         }
     }
@@ -137,8 +137,8 @@ public final class BenchRunner: Sendable {
     /// One publisher sends `messages` publications of `size` bytes as fast as it can; `subscribers`
     /// connections read them. Deliveries per second over the time until the last one arrived.
     public func fanout(_ endpoint: BenchEndpoint, target: BenchTarget, subscribers: Int, messages: Int, size: Int,
-                       name: String = "fan", timeout: Duration = .seconds(120)) async throws -> FanoutResult {
-        let channel = Self.channel(name, target)
+                       name: String = "fan", namespace: String = "bench", timeout: Duration = .seconds(120)) async throws -> FanoutResult {
+        let channel = Self.channel(name, target, namespace: namespace)
         let tally = Tally(expected: subscribers * messages, eventLoop: group.next())
         let subs = try await openSubscribers(endpoint, target, count: subscribers, channel: channel, tally: tally, timed: false, label: target.name)
         let (publisher, frame, refusals) = try await openPublisher(endpoint, target, channel: channel)
@@ -173,8 +173,8 @@ public final class BenchRunner: Sendable {
     /// One publisher (on `publishEndpoint`, by default the same server) sends `rate` publications a
     /// second for `duration`; `subscribers` connections read them. Publish→deliver on one clock.
     public func latency(_ endpoint: BenchEndpoint, publishEndpoint: BenchEndpoint? = nil, target: BenchTarget, subscribers: Int,
-                        rate: Int, duration: Duration, size: Int, name: String = "lat") async throws -> LatencyResult {
-        let channel = Self.channel(name, target)
+                        rate: Int, duration: Duration, size: Int, name: String = "lat", namespace: String = "bench") async throws -> LatencyResult {
+        let channel = Self.channel(name, target, namespace: namespace)
         let total = max(1, Int(Double(rate) * Double(duration.ternNanoseconds) / 1e9))
         let tally = Tally(expected: subscribers * total, eventLoop: group.next())
         let subs = try await openSubscribers(endpoint, target, count: subscribers, channel: channel, tally: tally, timed: true, label: target.name)
@@ -214,8 +214,9 @@ public final class BenchRunner: Sendable {
 
     /// Opens `count` idle subscribed connections and reads the server's RSS (from /proc) before,
     /// with them open, and after they closed.
-    public func connections(_ endpoint: BenchEndpoint, target: BenchTarget, count: Int, pid: Int32?, name: String = "idle") async throws -> ConnectionsResult {
-        let channel = Self.channel(name, target)
+    public func connections(_ endpoint: BenchEndpoint, target: BenchTarget, count: Int, pid: Int32?, name: String = "idle",
+                            namespace: String = "bench") async throws -> ConnectionsResult {
+        let channel = Self.channel(name, target, namespace: namespace)
         let before = pid.flatMap(Self.residentKiB)
         let tally = Tally(expected: .max, eventLoop: group.next())
         let start = NIODeadline.now()

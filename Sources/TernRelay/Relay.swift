@@ -440,8 +440,8 @@ struct DrainService: Service {
 
 /// Gives memory back to the system after a burst: glibc's allocator keeps freed pages of
 /// thousands of closed connections or drained queues in its arenas, so the relay's RSS would stay
-/// at its peak. When connections or queued bytes have fallen well below their peak, or a busy
-/// spell of deliveries has gone quiet, `malloc_trim` returns the free pages.
+/// at its peak. When many connections have closed, queued bytes have fallen well below their
+/// peak, or a busy spell of deliveries has gone quiet, `malloc_trim` returns the free pages.
 struct MemoryTrimService: Service {
     let runtime: RelayRuntime
     let logger: Logger
@@ -452,25 +452,24 @@ struct MemoryTrimService: Service {
     }
 
     private func trimLoop() async {
-        var peakConnections = 0
+        var closedAtTrim = 0
         var peakQueued = 0
         var deliveriesAtTrim = 0
         var lastDeliveries = 0
         do {
             while !Task.isCancelled {
                 try? await Task.sleep(for: interval)
-                let (connections, queued, deliveries) = runtime.load
-                peakConnections = max(peakConnections, connections)
+                let (closed, queued, deliveries) = runtime.load
                 peakQueued = max(peakQueued, queued)
                 let quietAfterBurst = deliveries == lastDeliveries && deliveries - deliveriesAtTrim >= 100_000
                 lastDeliveries = deliveries
-                if peakConnections - connections >= 256 || peakQueued - queued >= 8 << 20 || quietAfterBurst {
+                if closed - closedAtTrim >= 256 || peakQueued - queued >= 8 << 20 || quietAfterBurst {
                     deliveriesAtTrim = deliveries
+                    closedAtTrim = closed
                     #if os(Linux)
                     _ = glibcMallocTrim(0)
                     #endif
-                    logger.debug("returned free memory", metadata: ["connections": "\(connections)", "peak": "\(peakConnections)"])
-                    peakConnections = connections
+                    logger.debug("returned free memory", metadata: ["closed connections": "\(closed)"])
                     peakQueued = queued
                 }
             }

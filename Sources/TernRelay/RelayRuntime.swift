@@ -88,6 +88,8 @@ final class RelayRuntime: Sendable {
         var writers: [ClientID: (writer: any ConnectionWriter, writable: Bool)] = [:]
         /// WebSockets with frames queued in the core since the last hand-over, in order.
         var pendingWrites: [ClientID] = []
+        /// Connections closed since the relay started.
+        var closedConnections = 0
         var forceClosers: [ClientID: @Sendable (CloseCode) -> Void] = [:]
         var linkSenders: [String: @Sendable ([LinkMessage]) -> Void] = [:]
         var linkResetters: [String: @Sendable (String) -> Void] = [:]
@@ -351,6 +353,7 @@ final class RelayRuntime: Sendable {
             state.sinks.removeValue(forKey: client)?.finish()
             state.forceClosers[client] = nil
             state.writers[client] = nil
+            state.closedConnections += 1
         }
     }
 
@@ -388,8 +391,8 @@ final class RelayRuntime: Sendable {
     var nextDeadline: TernInstant? { state.withLock { $0.core.nextDeadline } }
 
     /// Open connections and bytes queued for clients, as the core counts them.
-    var load: (connections: Int, queuedBytes: Int, deliveries: Int) {
-        state.withLock { ($0.core.stats.connections, $0.core.queuedBytes, $0.core.stats.deliveries) }
+    var load: (closedConnections: Int, queuedBytes: Int, deliveries: Int) {
+        state.withLock { ($0.closedConnections, $0.core.queuedBytes, $0.core.stats.deliveries) }
     }
 
     /// Open connections, as the core counts them.

@@ -98,7 +98,7 @@ struct FanoutBench: AsyncParsableCommand {
             let token = try await options.publishToken()
             results.append(try await runner.fanout(try BenchEndpoint(url: options.url), target: .tern(publishToken: token),
                                                    subscribers: subscribers, messages: messages, size: size,
-                                                   name: "fan-\(UInt32.random(in: 0...UInt32.max))", timeout: .seconds(timeout)))
+                                                   name: "fan-\(UInt32.random(in: 0...UInt32.max))", namespace: options.namespace, timeout: .seconds(timeout)))
             if let nats = options.nats {
                 results.append(try await runner.fanout(try BenchEndpoint(url: nats), target: .nats, subscribers: subscribers,
                                                        messages: messages, size: size, timeout: .seconds(timeout)))
@@ -158,7 +158,8 @@ struct LatencyBench: AsyncParsableCommand {
             let token = try await options.publishToken()
             results.append(try await runner.latency(try BenchEndpoint(url: options.url), publishEndpoint: try publishUrl.map(BenchEndpoint.init(url:)),
                                                     target: .tern(publishToken: token), subscribers: subscribers, rate: rate,
-                                                    duration: .seconds(duration), size: size, name: "lat-\(UInt32.random(in: 0...UInt32.max))"))
+                                                    duration: .seconds(duration), size: size, name: "lat-\(UInt32.random(in: 0...UInt32.max))",
+                                                    namespace: options.namespace))
             if let nats = options.nats {
                 results.append(try await runner.latency(try BenchEndpoint(url: nats), target: .nats, subscribers: subscribers, rate: rate,
                                                         duration: .seconds(duration), size: size))
@@ -205,7 +206,7 @@ struct ConnectionsBench: AsyncParsableCommand {
         var results: [ConnectionsResult] = []
         do {
             results.append(try await runner.connections(try BenchEndpoint(url: options.url), target: .tern(publishToken: nil),
-                                                        count: connections, pid: pid))
+                                                        count: connections, pid: pid, namespace: options.namespace))
             if let nats = options.nats {
                 results.append(try await runner.connections(try BenchEndpoint(url: nats), target: .nats, count: connections, pid: natsPid))
             }

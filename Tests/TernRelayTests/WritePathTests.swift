@@ -1,0 +1,145 @@
+import NIOCore
+import NIOEmbedded
+import NIOWebSocket
+import Testing
+import TernCore
+import TernWire
+@testable import TernRelay
+
+/// Counts flushes that reach the socket, to check one write per hand-over.
+final class FlushCounter: ChannelOutboundHandler, @unchecked Sendable {
+    typealias OutboundIn = WebSocketFrame
+    var flushes = 0
+    func flush(context: ChannelHandlerContext) {
+        flushes += 1
+        context.flush()
+    }
+}
+
+/// The WebSocket write path with its real parts (runtime, core, channel handler) on embedded channels.
+@Suite("WebSocket write path")
+struct WritePathTests {
+    struct Subscriber {
+        let channel: EmbeddedChannel
+        let flushes: FlushCounter
+
+        /// Runs the loop's tasks and returns the text frames written since the last call.
+        func frames() throws -> [WebSocketFrame] {
+            channel.embeddedEventLoop.run()
+            var out: [WebSocketFrame] = []
+            while let f = try channel.readOutbound(as: WebSocketFrame.self) { out.append(f) }
+            return out
+        }
+
+        func texts() throws -> [String] {
+            try frames().filter { $0.opcode == .text }.map { String(buffer: $0.unmaskedData) }
+        }
+
+        func send(_ text: String) throws {
+            try channel.writeInbound(WebSocketFrame(fin: true, opcode: .text, data: ByteBuffer(string: text)))
+            channel.embeddedEventLoop.run()
+        }
+    }
+
+    static let namespaces: [String: NamespaceOptions] = [
+        "feed": NamespaceOptions(presence: false, joinLeave: false, historySize: 100, historyTTL: .seconds(60), anonymous: true, clientPublish: true),
+    ]
+
+    func makeRuntime(maxQueueBytes: Int = 1 << 20) -> RelayRuntime {
+        var limits = RelayLimits()
+        limits.maxQueueBytes = maxQueueBytes
+        limits.publishRatePerSecond = 1_000_000
+        limits.publishBurst = 1_000_000
+        return RelayRuntime(config: RelayCoreConfig(region: "eu-west", namespaces: Self.namespaces, limits: limits),
+                            seed: 1, metrics: RelayMetrics(region: "eu-west"))
+    }
+
+    func connect(_ runtime: RelayRuntime, topic: String?) async throws -> Subscriber {
+        let authenticator = try await Authenticator(auth: testTopology().auth, secrets: SecretResolver(environment: ["TEST_JWT_SECRET": jwtSecret, "TEST_API_KEY": apiKey]))
+        let channel = EmbeddedChannel()
+        let flushes = FlushCounter()
+        try channel.pipeline.syncOperations.addHandler(flushes)
+        try channel.pipeline.syncOperations.addHandler(RelayWebSocketHandler(
+            runtime: runtime, authenticator: authenticator, logger: .init(label: "test"), maxMessageBytes: 65536,
+            eventLoop: channel.embeddedEventLoop))
+        try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).get()
+        let sub = Subscriber(channel: channel, flushes: flushes)
+        try sub.send(#"{"ref":1,"op":"connect"}"#)
+        if let topic { try sub.send(#"{"ref":2,"op":"subscribe","topic":"\#(topic)"}"#) }
+        _ = try sub.frames()
+        return sub
+    }
+
+    func publish(_ runtime: RelayRuntime, _ topic: String, _ data: String, deferWrites: Bool = false) {
+        runtime.handle(.apiPublish(request: 0, topic: topic, id: "", data: data), deferWrites: deferWrites)
+    }
+
+    @Test("a publication reaches every subscriber in order, as one shared buffer")
+    func orderAndSharing() async throws {
+        let runtime = makeRuntime()
+        let subs = try await [connect(runtime, topic: "feed:a"), connect(runtime, topic: "feed:a"), connect(runtime, topic: "feed:a")]
+        for i in 1...5 { publish(runtime, "feed:a", "\(i)") }
+        var firstBytes: [UnsafeRawPointer?] = []
+        for s in subs {
+            let frames = try s.frames().filter { $0.opcode == .text }
+            let offsets = frames.compactMap { ByteBuffer(buffer: $0.unmaskedData).readableBytesView.split(separator: UInt8(ascii: ",")).first { String(decoding: $0, as: UTF8.self).hasPrefix("\"offset\":") } }
+                .map { String(decoding: $0, as: UTF8.self).dropFirst("\"offset\":".count) }
+            #expect(offsets == ["1", "2", "3", "4", "5"])
+            firstBytes.append(frames.first?.data.withUnsafeReadableBytes { UnsafeRawPointer($0.baseAddress) })
+        }
+        // The relay encodes a publication once: every subscriber's frame points at the same bytes.
+        #expect(Set(firstBytes.compactMap { $0 }).count == 1)
+    }
+
+    @Test("what a read cycle produced goes out in one flush per connection")
+    func oneFlushPerHandOver() async throws {
+        let runtime = makeRuntime()
+        let sub = try await connect(runtime, topic: "feed:b")
+        let before = sub.flushes.flushes
+        for i in 1...10 { publish(runtime, "feed:b", "\(i)", deferWrites: true) }
+        runtime.dispatchWrites()
+        #expect(try sub.texts().count == 10)
+        #expect(sub.flushes.flushes - before == 1)
+    }
+
+    @Test("a connection whose socket is full is closed with 4003 at the byte limit; the others get everything")
+    func slowConsumer() async throws {
+        let runtime = makeRuntime(maxQueueBytes: 8192)
+        let fast = try await connect(runtime, topic: "feed:c")
+        let slow = try await connect(runtime, topic: "feed:c")
+        slow.channel.isWritable = false
+        slow.channel.pipeline.fireChannelWritabilityChanged()
+        let blob = "\"" + String(repeating: "z", count: 1000) + "\""
+        // Seven frames of about 1,070 bytes fit in 8 KB; the eighth does not.
+        for _ in 1...7 { publish(runtime, "feed:c", blob) }
+        #expect(try slow.frames().isEmpty, "nothing is written while the socket is full")
+        #expect(slow.channel.isActive)
+        publish(runtime, "feed:c", blob)
+        let last = try slow.frames().last
+        #expect(last?.opcode == .connectionClose)
+        var payload = last?.unmaskedData ?? ByteBuffer()
+        #expect(payload.readInteger(as: UInt16.self) == UInt16(CloseCode.slowConsumer.rawValue))
+        #expect(try fast.texts().count == 8)
+    }
+
+    @Test("while a socket is full, volatile events with the same key are coalesced to the newest")
+    func volatileShedding() async throws {
+        let runtime = makeRuntime(maxQueueBytes: 8192)
+        let slow = try await connect(runtime, topic: "feed:d")
+        let typist = try await connect(runtime, topic: nil)
+        // The typist's connection is authenticated as a user who may publish.
+        runtime.handle(.authenticated(ClientID(2), ref: nil, ClientIdentity(user: "ada", expiresAt: nil, subscribe: [], publish: [TopicPattern("feed:*")], presence: [])))
+        slow.channel.isWritable = false
+        slow.channel.pipeline.fireChannelWritabilityChanged()
+        let blob = "\"" + String(repeating: "z", count: 1000) + "\""
+        // Past half the limit, volatile events from one user replace each other.
+        for _ in 1...5 { publish(runtime, "feed:d", blob) }
+        for i in 1...6 { try typist.send(#"{"op":"publish","topic":"feed:d","data":{"typing":\#(i)},"volatile":true}"#) }
+        slow.channel.isWritable = true
+        slow.channel.pipeline.fireChannelWritabilityChanged()
+        let texts = try slow.texts()
+        let volatile = texts.filter { $0.contains(#""push":"volatile""#) }
+        #expect(texts.count - volatile.count == 5)
+        #expect(volatile == [#"{"push":"volatile","topic":"feed:d","user":"ada","data":{"typing":6}}"#])
+    }
+}
