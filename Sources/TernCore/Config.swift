@@ -102,6 +102,10 @@ public struct RelayCoreConfig: Sendable {
         false
         #endif
     }()
+    /// How much checking an event pays for, on average, in items visited (clients, topics, queued
+    /// link messages). A core smaller than this is checked after every event; a larger one after
+    /// every size/budget events, so a big simulated mesh is not slowed down by its checks.
+    public var invariantBudgetPerEvent: Int = 256
 
     /// A config for `region` with `namespaces` and `limits`.
     public init(region: String, namespaces: [String: NamespaceOptions], limits: RelayLimits = RelayLimits(), mesh: MeshConfig? = nil) {

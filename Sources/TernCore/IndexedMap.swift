@@ -61,3 +61,13 @@ public struct IndexedMap<Key: Hashable & Sendable, Value: Sendable>: Sendable {
         for i in keys.indices where !body(keys[i], values[i]) { return }
     }
 }
+
+extension Dictionary {
+    /// Gives `body` the value at `index` in place, through the modify accessor. Reading a field as
+    /// `values[index].field` goes through the getter, which copies (and retains) the whole value;
+    /// for the core's client and topic states that is a dozen reference counts per read.
+    @inline(__always)
+    mutating func inPlace<T>(_ index: Index, _ body: (inout Value) -> T) -> T {
+        body(&values[index])
+    }
+}

@@ -32,6 +32,8 @@ public struct PresenceTable: Sendable {
     public mutating func insert(_ entry: PresenceEntry) -> Bool {
         let key = PresenceKey(region: entry.region, client: entry.client)
         let old = entries[key]
+        // A snapshot repeats entries the table already holds: leave those as they are.
+        if let old, old == entry { return false }
         if let old { release(old) }
         entries[key] = entry
         connectionsPerUser[entry.user, default: 0] += 1

@@ -14,6 +14,12 @@ extension RelayCore {
     /// Visits every client, subscription, topic and link queue once, so the cost is linear in
     /// the core's state.
     public func checkInvariants() -> [String] {
+        var copy = self
+        return copy.checkInvariantsInPlace()
+    }
+
+    /// `checkInvariants`, reading the stored states in place instead of copying each one out.
+    mutating func checkInvariantsInPlace() -> [String] {
         var problems: [String] = []
         func fail(_ text: String) { if problems.count < 20 { problems.append(text) } }
 
@@ -22,42 +28,65 @@ extension RelayCore {
         var counted = 0
         var queued = 0
         var tracedByTopic: [String: Int] = [:]
-        for (id, client) in clients {
-            for topic in client.traced {
-                tracedByTopic[topic, default: 0] += 1
-                if !client.subscriptions.contains(topic) { fail("client \(id) traces \(topic) without being subscribed to it") }
+        // By index, reading fields in place: binding each client would copy (and retain) all of it.
+        var i = clients.startIndex
+        while i != clients.endIndex {
+            let id = clients.keys[i]
+            let (traced, subscribed, isCounted, bytes) = clients.inPlace(i) { c in
+                (c.traced, c.subscriptions.orderedKeys, c.counted, c.outbox.queuedBytes)
             }
-            if client.counted { counted += 1 }
-            queued += client.outbox.queuedBytes
-            subscriptions += client.subscriptions.count
-            for topic in client.subscriptions.orderedKeys {
-                guard let t = topics[topic] else {
+            for topic in traced {
+                tracedByTopic[topic, default: 0] += 1
+                if !subscribed.contains(topic) { fail("client \(id) traces \(topic) without being subscribed to it") }
+            }
+            if isCounted { counted += 1 }
+            queued += bytes
+            subscriptions += subscribed.count
+            for topic in subscribed {
+                guard let ti = topics.index(forKey: topic) else {
                     fail("client \(id) is subscribed to \(topic), which the relay does not hold")
                     continue
                 }
-                if !t.subscribers.contains(id) { fail("client \(id) is subscribed to \(topic) but is not among its subscribers") }
+                if !topics.inPlace(ti, { $0.subscribers.contains(id) }) { fail("client \(id) is subscribed to \(topic) but is not among its subscribers") }
             }
+            clients.formIndex(after: &i)
         }
         if counted != stats.connections { fail("stats.connections is \(stats.connections) but \(counted) connections are counted") }
         if subscriptions != stats.subscriptions { fail("stats.subscriptions is \(stats.subscriptions) but clients hold \(subscriptions)") }
         if queued != queuedBytes { fail("queuedBytes is \(queuedBytes) but client queues hold \(queued)") }
         if topics.count != stats.topics { fail("stats.topics is \(stats.topics) but \(topics.count) topics are held") }
 
-        for (name, t) in topics {
-            if t.traceSubscribers != tracedByTopic[name, default: 0] {
-                fail("\(name) counts \(t.traceSubscribers) traced subscribers but clients trace it \(tracedByTopic[name, default: 0]) times")
+        var ti = topics.startIndex
+        while ti != topics.endIndex {
+            let name = topics.keys[ti]
+            let (traceSubscribers, subscribers, waiters) = topics.inPlace(ti) { t in
+                (t.traceSubscribers, t.subscribers.orderedKeys, t.pollWaiters.orderedKeys)
             }
-            for client in t.subscribers.orderedKeys where clients[client]?.subscriptions.contains(name) != true {
-                fail("\(name) lists subscriber \(client), which is not subscribed to it")
+            if traceSubscribers != tracedByTopic[name, default: 0] {
+                fail("\(name) counts \(traceSubscribers) traced subscribers but clients trace it \(tracedByTopic[name, default: 0]) times")
             }
-            for client in t.pollWaiters.orderedKeys where clients[client]?.transport != .poll {
-                fail("\(name) has poll waiter \(client), which is not a waiting long-poll")
+            for client in subscribers {
+                guard let ci = clients.index(forKey: client), clients.inPlace(ci, { $0.subscriptions.contains(name) }) else {
+                    fail("\(name) lists subscriber \(client), which is not subscribed to it")
+                    continue
+                }
             }
-            if !t.history.isOrdered { fail("\(name)'s history is not in increasing offsets of one epoch") }
-            if t.history.count > t.history.capacity { fail("\(name)'s history holds \(t.history.count) of \(t.history.capacity)") }
-            if t.synced, let last = t.history.newest, last.position.epoch == t.epoch, last.position.offset > t.offset {
-                fail("\(name) stands at \(t.position) but its history holds \(last.position)")
+            for client in waiters {
+                guard let ci = clients.index(forKey: client), clients.inPlace(ci, { $0.transport == .poll }) else {
+                    fail("\(name) has poll waiter \(client), which is not a waiting long-poll")
+                    continue
+                }
             }
+            let problem = topics.inPlace(ti) { t -> String? in
+                if !t.history.isOrdered { return "\(name)'s history is not in increasing offsets of one epoch" }
+                if t.history.count > t.history.capacity { return "\(name)'s history holds \(t.history.count) of \(t.history.capacity)" }
+                if t.synced, let last = t.history.newest, last.position.epoch == t.epoch, last.position.offset > t.offset {
+                    return "\(name) stands at \(t.position) but its history holds \(last.position)"
+                }
+                return nil
+            }
+            if let problem { fail(problem) }
+            topics.formIndex(after: &ti)
         }
 
         guard let mesh else { return problems }
@@ -90,13 +119,13 @@ extension RelayCore {
     }
 
     /// Runs `checkInvariants` after an event and records what it finds. Large cores are checked
-    /// less often, so that on average a check visits at most about 256 items per event.
+    /// less often, so that on average a check visits at most `invariantBudgetPerEvent` items per event.
     mutating func checkInvariantsAfterEvent() {
         invariantLog.eventsSinceCheck += 1
         let size = clients.count + topics.count + (mesh?.links.values.reduce(0) { $0 + $1.queue.count } ?? 0)
-        guard invariantLog.eventsSinceCheck * 256 >= size else { return }
+        guard invariantLog.eventsSinceCheck * max(1, config.invariantBudgetPerEvent) >= size else { return }
         invariantLog.eventsSinceCheck = 0
-        for problem in checkInvariants() { invariantLog.record("t=\(clock) \(config.region): \(problem)") }
+        for problem in checkInvariantsInPlace() { invariantLog.record("t=\(clock) \(config.region): \(problem)") }
     }
 
     /// Removes a topic and every structure kept for it: one removal, nothing left behind.

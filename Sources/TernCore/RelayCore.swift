@@ -288,9 +288,12 @@ public struct RelayCore: Sendable {
     public mutating func takeOutbound(_ client: ClientID, maxBytes: Int = 256 * 1024) -> [OutboundFrame] {
         // In place: a copy of the client would copy its queue.
         guard let i = clients.index(forKey: client) else { return [] }
-        let before = clients.values[i].outbox.queuedBytes
-        let frames = clients.values[i].outbox.take(maxBytes: maxBytes)
-        queuedBytes += clients.values[i].outbox.queuedBytes - before
+        let (frames, delta) = clients.inPlace(i) { c -> ([OutboundFrame], Int) in
+            let before = c.outbox.queuedBytes
+            let frames = c.outbox.take(maxBytes: maxBytes)
+            return (frames, c.outbox.queuedBytes - before)
+        }
+        queuedBytes += delta
         return frames
     }
 
@@ -719,8 +722,7 @@ public struct RelayCore: Sendable {
         let waiting = topics[topic]!.pendingSubscribes.isEmpty ? [] : Set(topics[topic]!.pendingSubscribes.map(\.client))
         for client in subscribers where waiting.isEmpty || !waiting.contains(client) {
             guard let i = clients.index(forKey: client) else { continue }
-            let transport = clients.values[i].transport
-            let wantsTrace = traced != nil && clients.values[i].traced.contains(topic)
+            let (transport, wantsTrace) = clients.inPlace(i) { ($0.transport, traced != nil && $0.traced.contains(topic)) }
             if transport == .websocket {
                 enqueue(client, wantsTrace ? sharedTraced! : shared, volatileKey: nil)
             } else {
@@ -971,22 +973,24 @@ public struct RelayCore: Sendable {
         // its whole queue on every frame.
         guard let i = clients.index(forKey: client) else { return }
         // Nothing more is queued for a closing client: what it was told before closing is already queued.
-        guard !clients.values[i].closing else { return }
-        let wasEmpty = clients.values[i].outbox.isEmpty
-        let before = clients.values[i].outbox.queuedBytes
-        let outcome = clients.values[i].outbox.enqueue(frame, volatileKey: volatileKey)
-        switch outcome {
+        let result = clients.inPlace(i) { c -> (outcome: Outbox.Outcome, wasEmpty: Bool, delta: Int)? in
+            guard !c.closing else { return nil }
+            let wasEmpty = c.outbox.isEmpty
+            let before = c.outbox.queuedBytes
+            let outcome = c.outbox.enqueue(frame, volatileKey: volatileKey)
+            if outcome == .overflow { c.outbox.removeAll() }
+            return (outcome, wasEmpty, c.outbox.queuedBytes - before)
+        }
+        guard let result else { return }
+        queuedBytes += result.delta
+        switch result.outcome {
         case .queued, .coalesced:
-            queuedBytes += clients.values[i].outbox.queuedBytes - before
             stats.deliveries += 1
-            if wasEmpty { actions.append(.flush(client)) }
+            if result.wasEmpty { actions.append(.flush(client)) }
         case .droppedVolatile:
-            queuedBytes += clients.values[i].outbox.queuedBytes - before
             stats.volatileShed += 1
         case .overflow:
             stats.slowConsumerCloses += 1
-            clients.values[i].outbox.removeAll()
-            queuedBytes -= before
             beginClose(client, .slowConsumer)
         }
     }

@@ -164,6 +164,9 @@ public struct Scenario: Sendable {
     public var faults: [ScheduledFault] = []
     public var invariants = Invariants()
     public var debug = DebugFaults()
+    /// Items each relay's invariant check visits per event, on average (`RelayCoreConfig.invariantBudgetPerEvent`):
+    /// small cores are checked after every event, large ones after every size/budget events.
+    public var invariantBudgetPerEvent = 32
 }
 
 /// A problem in a scenario file, with its line.

@@ -385,6 +385,7 @@ public final class Simulation {
         r.clientsByConnection = [:]
         var config = scenario.topology.coreConfig(for: name)
         config.checkInvariants = true
+        config.invariantBudgetPerEvent = scenario.invariantBudgetPerEvent
         // Incarnations grow with each restart, as the relay's start time does.
         config.mesh?.incarnation = r.restarts << 40 | UInt64(now.nanoseconds / 1_000_000 + 1)
         r.core = RelayCore(config: config, encoder: r.encoder,
@@ -509,7 +510,7 @@ public final class Simulation {
         linkWire += codec.wireBytesSent - wire
         linkBatches += 1
         linkEntries += batch.count { switch $0 { case .credit, .linkState, .heartbeat, .heartbeatReply: false; default: true } }
-        for m in batch { entryKinds[String(describing: m).prefix(while: { $0 != "(" }).description, default: 0] += 1 }
+        for m in batch { entryKinds[m.kindName, default: 0] += 1 }
         let link = scenario.topology.links.first { $0.joins(from, to) }!
         var delay = sample(link.latency, scenario.network.latency)
         let bandwidth = link.bandwidthMbps ?? scenario.network.bandwidthMbps
@@ -886,5 +887,31 @@ public final class Simulation {
             latencyByRegion: latencies.mapValues(Percentiles.init), latency: Percentiles(all),
             ackLatency: Percentiles(acks.compactMap { id, ack in sentAt[id].map { (ack.at - $0.at).ternNanoseconds } }),
             histogram: histogram, timeline: timeline, deliveriesPerSecond: deliveriesPerSecond)
+    }
+}
+
+extension LinkMessage {
+    /// The case's name, for counting entries by kind.
+    var kindName: String {
+        switch self {
+        case .linkState: "linkState"
+        case .interest: "interest"
+        case .epochSwitch: "epochSwitch"
+        case .uninterest: "uninterest"
+        case .data: "data"
+        case .caughtUp: "caughtUp"
+        case .gap: "gap"
+        case .resync: "resync"
+        case .publish: "publish"
+        case .trace: "trace"
+        case .ack: "ack"
+        case .credit: "credit"
+        case .follow: "follow"
+        case .unfollow: "unfollow"
+        case .replicated: "replicated"
+        case .heartbeat: "heartbeat"
+        case .heartbeatReply: "heartbeatReply"
+        case .presence: "presence"
+        }
     }
 }

@@ -35,6 +35,11 @@ struct SimCommand: ParsableCommand {
     @Flag(name: .long, help: "Run each seed twice and compare trace hashes.")
     var checkDeterminism = false
 
+    @Option(name: .long, help: ArgumentHelp(
+        "Items each relay's invariant check may visit per event on average (default 32).",
+        discussion: "A relay with fewer clients, topics and queued link messages than this is checked after every event; a larger one after every size/budget events. Use a large value to check after every event."))
+    var invariantBudget: Int?
+
     @Option(name: .long, help: "Override every namespace's acknowledgment mode: replicated or leader (to compare their cost).")
     var ack: String?
 
@@ -54,6 +59,7 @@ struct SimCommand: ParsableCommand {
     func run() throws {
         var base: Scenario
         do { base = try ScenarioLoader.load(path: file) } catch { throw ValidationError("\(error)") }
+        if let invariantBudget { base.invariantBudgetPerEvent = max(1, invariantBudget) }
         if let ack, let mode = AckMode(rawValue: ack) {
             for name in base.topology.namespaces.keys { base.topology.namespaces[name]!.ack = mode }
         }
