@@ -724,7 +724,7 @@ public struct RelayCore: Sendable {
             guard let i = clients.index(forKey: client) else { continue }
             let (transport, wantsTrace) = clients.inPlace(i) { ($0.transport, traced != nil && $0.traced.contains(topic)) }
             if transport == .websocket {
-                enqueue(client, wantsTrace ? sharedTraced! : shared, volatileKey: nil)
+                enqueue(client, at: i, wantsTrace ? sharedTraced! : shared, volatileKey: nil)
             } else {
                 send(client, .publication(wantsTrace ? traced! : plain))
             }
@@ -969,9 +969,14 @@ public struct RelayCore: Sendable {
     }
 
     mutating func enqueue(_ client: ClientID, _ frame: OutboundFrame, volatileKey: String?) {
+        guard let i = clients.index(forKey: client) else { return }
+        enqueue(client, at: i, frame, volatileKey: volatileKey)
+    }
+
+    /// `enqueue` for a client whose place in `clients` the caller already looked up.
+    mutating func enqueue(_ client: ClientID, at i: Dictionary<ClientID, ClientState>.Index, _ frame: OutboundFrame, volatileKey: String?) {
         // The client's queue is changed where it is stored: copying the client out first would copy
         // its whole queue on every frame.
-        guard let i = clients.index(forKey: client) else { return }
         // Nothing more is queued for a closing client: what it was told before closing is already queued.
         let result = clients.inPlace(i) { c -> (outcome: Outbox.Outcome, wasEmpty: Bool, delta: Int)? in
             guard !c.closing else { return nil }
