@@ -109,6 +109,9 @@ final class RelayWebSocketHandler: ChannelInboundHandler, ConnectionWriter, @unc
     private let maxMessageBytes: Int
     private let pingInterval: TimeAmount
     private var context: ChannelHandlerContext?
+    /// The frame encoder's context: what is written on it skips the encoder and goes straight to
+    /// the socket. Queued text frames are framed here, several to a buffer (see `write`).
+    private var rawContext: ChannelHandlerContext?
     private var client: ClientID?
     /// A text message arriving in several frames.
     private var fragments: ByteBuffer?
@@ -134,6 +137,7 @@ final class RelayWebSocketHandler: ChannelInboundHandler, ConnectionWriter, @unc
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        rawContext = try? context.pipeline.syncOperations.context(handlerType: WebSocketFrameEncoder.self)
         let client = runtime.registerWriter(self, writable: context.channel.isWritable)
         self.client = client
         runtime.handle(.opened(client, .websocket))
@@ -288,9 +292,25 @@ final class RelayWebSocketHandler: ChannelInboundHandler, ConnectionWriter, @unc
 
     func write(_ frames: [OutboundFrame]) {
         guard let context, !closing, !frames.isEmpty else { return }
-        for frame in frames {
-            context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: frame.bytes)), promise: nil)
+        guard let raw = rawContext else {
+            for frame in frames {
+                context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: frame.bytes)), promise: nil)
+            }
+            context.flush()
+            return
         }
+        // The frames of one hand-over go out as one buffer: each frame's header followed by a copy
+        // of its payload. NIOWebSocket's encoder would write a separately allocated header and the
+        // payload for every frame (two writes); copying a payload of a few hundred bytes costs less
+        // than that, and one write per connection keeps the socket's write queue short.
+        var size = 0
+        for frame in frames { size += frame.bytes.readableBytes + WebSocketFraming.maxHeaderBytes }
+        var out = context.channel.allocator.buffer(capacity: size)
+        for frame in frames {
+            WebSocketFraming.writeTextHeader(length: frame.bytes.readableBytes, into: &out)
+            out.writeImmutableBuffer(frame.bytes)
+        }
+        raw.write(NIOAny(out), promise: nil)
         context.flush()
     }
 
@@ -335,5 +355,26 @@ final class RelayWebSocketHandler: ChannelInboundHandler, ConnectionWriter, @unc
         context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: payload)), promise: nil)
         context.flush()
         context.close(promise: nil)
+    }
+}
+
+/// The header of an unmasked server-to-client WebSocket frame (RFC 6455, section 5.2), written in
+/// front of payloads the relay has already encoded. Only final text frames are written this way;
+/// control frames go through NIOWebSocket's encoder.
+enum WebSocketFraming {
+    /// The longest header: two bytes and a 64-bit length.
+    static let maxHeaderBytes = 10
+
+    static func writeTextHeader(length: Int, into buffer: inout ByteBuffer) {
+        buffer.writeInteger(UInt8(0x81))  // FIN, opcode 1 (text)
+        if length < 126 {
+            buffer.writeInteger(UInt8(length))
+        } else if length <= Int(UInt16.max) {
+            buffer.writeInteger(UInt8(126))
+            buffer.writeInteger(UInt16(length))
+        } else {
+            buffer.writeInteger(UInt8(127))
+            buffer.writeInteger(UInt64(length))
+        }
     }
 }

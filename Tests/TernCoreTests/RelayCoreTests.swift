@@ -3,6 +3,22 @@ import TernCore
 
 @Suite("RelayCore, driven on a manual clock with no I/O")
 struct RelayCoreTests {
+    @Test("a publication is encoded once: every WebSocket subscriber's queue holds the same buffer")
+    func encodedOnceAndShared() {
+        var h = CoreHarness()
+        let subs = (1...3).map { i -> ClientID in
+            let c = h.connect(UInt64(i), as: CoreHarness.user("u\(i)"))
+            h.send(.command(c, ref: 1, .subscribe(topic: "news:shared", since: nil)))
+            _ = h.received(c)
+            return c
+        }
+        h.send(.apiPublish(request: 1, topic: "news:shared", id: "", data: "1"))
+        let frames = subs.map { h.core.takeOutbound($0, maxBytes: .max) }
+        #expect(frames.allSatisfy { $0.count == 1 })
+        let addresses = Set(frames.compactMap { $0.first?.bytes.withUnsafeReadableBytes { UnsafeRawPointer($0.baseAddress) } })
+        #expect(addresses.count == 1)
+    }
+
     @Test("publications reach every subscriber in order with increasing offsets")
     func publishOrder() {
         var h = CoreHarness()
