@@ -66,6 +66,16 @@ enum BenchPayload {
 
 // MARK: - Tern
 
+/// Sends Tern's connect command, numbered 1, with `token` when there is one.
+func sendConnect(_ token: String?, on socket: BenchSocket) {
+    if let token {
+        socket.send(#"{"ref":1,"op":"connect","token":"\#(token)"}"#)
+    } else {
+        socket.send(#"{"ref":1,"op":"connect"}"#)
+    }
+    socket.flush()
+}
+
 /// A Tern subscriber: connects (anonymously or with a token), subscribes, then counts publications.
 final class TernSubscriber: BenchProtocolHandler, @unchecked Sendable {
     enum Phase { case connecting, subscribing, ready }
@@ -85,14 +95,7 @@ final class TernSubscriber: BenchProtocolHandler, @unchecked Sendable {
         self.timed = timed
     }
 
-    func opened(_ socket: BenchSocket) {
-        if let token {
-            socket.send(#"{"ref":1,"op":"connect","token":"\#(token)"}"#)
-        } else {
-            socket.send(#"{"ref":1,"op":"connect"}"#)
-        }
-        socket.flush()
-    }
+    func opened(_ socket: BenchSocket) { sendConnect(token, on: socket) }
 
     func received(_ payload: inout ByteBuffer, _ socket: BenchSocket) {
         if payload.starts(with: #"{"push":"pub""#) {
@@ -133,14 +136,7 @@ final class TernPublisher: BenchProtocolHandler, @unchecked Sendable {
         self.ready = ready
     }
 
-    func opened(_ socket: BenchSocket) {
-        if let token {
-            socket.send(#"{"ref":1,"op":"connect","token":"\#(token)"}"#)
-        } else {
-            socket.send(#"{"ref":1,"op":"connect"}"#)
-        }
-        socket.flush()
-    }
+    func opened(_ socket: BenchSocket) { sendConnect(token, on: socket) }
 
     func received(_ payload: inout ByteBuffer, _ socket: BenchSocket) {
         if !connected {

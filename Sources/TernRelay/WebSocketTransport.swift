@@ -316,30 +316,24 @@ final class RelayWebSocketHandler: ChannelInboundHandler, ConnectionWriter, @unc
 
     func finish(_ code: CloseCode, after frames: [OutboundFrame]) {
         guard let context, !closing else { return }
-        if code == .slowConsumer {
-            // The peer is not reading: nothing more is written but the close frame, behind what is
-            // already buffered; the connection ends once that is out, or after a grace period.
-            closing = true
-            var payload = context.channel.allocator.buffer(capacity: 2 + code.reason.utf8.count)
-            payload.writeInteger(UInt16(code.rawValue))
-            payload.writeString(code.reason)
-            let channel = context.channel
-            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: payload))).whenComplete { _ in
-                channel.close(promise: nil)
-            }
-            channel.eventLoop.scheduleTask(in: .seconds(10)) { channel.close(promise: nil) }
-            return
-        }
-        write(frames)
+        // A slow consumer is not reading: it gets nothing more but the close frame, behind what is
+        // already buffered, and the connection ends once that is out (or after a grace period).
+        // Others get what was queued first, then a moment to answer the close.
+        let slow = code == .slowConsumer
+        if !slow { write(frames) }
         closing = true
         var payload = context.channel.allocator.buffer(capacity: 2 + code.reason.utf8.count)
         payload.writeInteger(UInt16(code.rawValue))
         payload.writeString(code.reason)
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: payload))).whenComplete { _ in
-            // Give the peer a moment to answer the close, then end the connection regardless.
-            channel.eventLoop.scheduleTask(in: .seconds(5)) { channel.close(promise: nil) }
+            if slow {
+                channel.close(promise: nil)
+            } else {
+                channel.eventLoop.scheduleTask(in: .seconds(5)) { channel.close(promise: nil) }
+            }
         }
+        if slow { channel.eventLoop.scheduleTask(in: .seconds(10)) { channel.close(promise: nil) } }
     }
 
     func forceClose() {

@@ -52,6 +52,21 @@ struct BenchOptions: ParsableArguments {
         })
     }
 
+    /// Runs `body` with a load generator, shutting it down (and ending the progress line) afterwards.
+    func withRunner<T>(_ body: (BenchRunner) async throws -> T) async throws -> T {
+        let runner = runner()
+        do {
+            let value = try await body(runner)
+            endProgress()
+            try await runner.shutdown()
+            return value
+        } catch {
+            endProgress()
+            try? await runner.shutdown()
+            throw error
+        }
+    }
+
     func endProgress() {
         if isatty(2) == 1 { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
     }
@@ -92,9 +107,8 @@ struct FanoutBench: AsyncParsableCommand {
 
     func run() async throws {
         guard subscribers > 0, messages > 0, size >= 32 else { throw ValidationError("--subscribers and --messages must be positive and --size at least 32") }
-        let runner = options.runner()
-        var results: [FanoutResult] = []
-        do {
+        let results = try await options.withRunner { runner -> [FanoutResult] in
+            var results: [FanoutResult] = []
             let token = try await options.publishToken()
             results.append(try await runner.fanout(try BenchEndpoint(url: options.url), target: .tern(publishToken: token),
                                                    subscribers: subscribers, messages: messages, size: size,
@@ -103,13 +117,8 @@ struct FanoutBench: AsyncParsableCommand {
                 results.append(try await runner.fanout(try BenchEndpoint(url: nats), target: .nats, subscribers: subscribers,
                                                        messages: messages, size: size, timeout: .seconds(timeout)))
             }
-        } catch {
-            options.endProgress()
-            try? await runner.shutdown()
-            throw error
+            return results
         }
-        options.endProgress()
-        try await runner.shutdown()
         let ratio = results.count == 2 ? results[0].deliveriesPerSecond / results[1].deliveriesPerSecond : nil
         if options.json { return try options.printJSON(Report(results: results, ratio: ratio)) }
         print("fan-out: 1 publisher → \(subscribers) subscribers, \(messages) messages of \(size) B")
@@ -152,9 +161,8 @@ struct LatencyBench: AsyncParsableCommand {
 
     func run() async throws {
         guard subscribers > 0, rate > 0, duration > 0, size >= 32 else { throw ValidationError("counts must be positive and --size at least 32") }
-        let runner = options.runner()
-        var results: [LatencyResult] = []
-        do {
+        let results = try await options.withRunner { runner -> [LatencyResult] in
+            var results: [LatencyResult] = []
             let token = try await options.publishToken()
             results.append(try await runner.latency(try BenchEndpoint(url: options.url), publishEndpoint: try publishUrl.map(BenchEndpoint.init(url:)),
                                                     target: .tern(publishToken: token), subscribers: subscribers, rate: rate,
@@ -164,13 +172,8 @@ struct LatencyBench: AsyncParsableCommand {
                 results.append(try await runner.latency(try BenchEndpoint(url: nats), target: .nats, subscribers: subscribers, rate: rate,
                                                         duration: .seconds(duration), size: size))
             }
-        } catch {
-            options.endProgress()
-            try? await runner.shutdown()
-            throw error
+            return results
         }
-        options.endProgress()
-        try await runner.shutdown()
         if options.json { return try options.printJSON(Report(results: results)) }
         print("latency: \(rate) publications/s for \(duration) s to \(subscribers) subscribers, \(size) B")
         print([pad("server", 8), pad("delivered", 10), pad("expected", 10), pad("p50 ms", 9), pad("p99 ms", 9), pad("max ms", 9)].joined(separator: " "))
@@ -202,21 +205,15 @@ struct ConnectionsBench: AsyncParsableCommand {
 
     func run() async throws {
         guard connections > 0 else { throw ValidationError("--connections must be positive") }
-        let runner = options.runner()
-        var results: [ConnectionsResult] = []
-        do {
+        let results = try await options.withRunner { runner -> [ConnectionsResult] in
+            var results: [ConnectionsResult] = []
             results.append(try await runner.connections(try BenchEndpoint(url: options.url), target: .tern(publishToken: nil),
                                                         count: connections, pid: pid, namespace: options.namespace))
             if let nats = options.nats {
                 results.append(try await runner.connections(try BenchEndpoint(url: nats), target: .nats, count: connections, pid: natsPid))
             }
-        } catch {
-            options.endProgress()
-            try? await runner.shutdown()
-            throw error
+            return results
         }
-        options.endProgress()
-        try await runner.shutdown()
         if options.json { return try options.printJSON(Report(results: results)) }
         print("connections: \(connections) idle subscribed WebSocket connections")
         print([pad("server", 8), pad("open s", 8), pad("RSS before", 12), pad("RSS open", 12), pad("RSS after", 12), pad("per connection", 15)].joined(separator: " "))
