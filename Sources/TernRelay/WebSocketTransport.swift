@@ -235,7 +235,13 @@ final class RelayWebSocketHandler: ChannelInboundHandler, ConnectionWriter, @unc
 
     private func message(_ bytes: ByteBuffer) {
         guard !verifying else {
-            held.append(bytes)
+            // Bounded: a client may pipeline commands behind its connect, not flood while it is checked.
+            if held.count < 256 {
+                held.append(bytes)
+            } else if let client {
+                runtime.handle(.badFrame(client, ref: nil, TernError(.rateLimited,
+                    "more than 256 commands sent before the connect was answered; this one was dropped")))
+            }
             return
         }
         guard let client else { return }
