@@ -3,6 +3,7 @@ import Hummingbird
 import HummingbirdCore
 import Logging
 import NIOCore
+import NIOPosix
 import NIOWebSocket
 import ServiceLifecycle
 import Synchronization
@@ -45,6 +46,8 @@ public final class Relay: Service, Sendable {
     let assets: WebAssets
     /// The HS256 secret development tokens are signed with (only when `web.devTokens`).
     let devTokenSecret: String?
+    /// The event loops serving client connections.
+    let clientLoops: MultiThreadedEventLoopGroup
     /// Per-user publish limit of token-authenticated HTTP publishes.
     let userPublishLimiter: UserPublishLimiter
 
@@ -52,7 +55,9 @@ public final class Relay: Service, Sendable {
     /// `web` says where the browser files are, which origins may call the relay, and whether it hands out development tokens.
     public init(topology: Topology, region: String, secrets: SecretResolver = SecretResolver(),
                 listenOn: HostPort? = nil, linkListenOn: HostPort? = nil, seed: UInt64? = nil, logger: Logger? = nil,
-                web: RelayWebOptions = RelayWebOptions()) async throws {
+                web: RelayWebOptions = RelayWebOptions(), eventLoops: Int? = nil) async throws {
+        // Client connections are spread over these loops; by default one per core.
+        self.clientLoops = eventLoops.map { MultiThreadedEventLoopGroup(numberOfThreads: max(1, $0)) } ?? MultiThreadedEventLoopGroup.singleton
         guard let r = topology.region(named: region) else {
             let names = topology.regions.map(\.name).joined(separator: ", ")
             throw RelayConfigError("region '\(region)' is not in \(topology.file); choose one of: \(names)")
@@ -132,6 +137,7 @@ public final class Relay: Service, Sendable {
                 listening.set(port)
                 logger.info("relay listening", metadata: ["url": "http://\(address.host):\(port)"])
             },
+            eventLoopGroupProvider: .shared(clientLoops),
             logger: logger
         )
         // Shutdown runs in reverse: drain the clients, then close the links, then stop the listener.

@@ -68,6 +68,9 @@ struct RelayCommand: AsyncParsableCommand {
     @Option(name: .long, help: "The region this relay serves.")
     var region: String
 
+    @Option(name: .long, help: "Event loops (threads) serving client connections; default: one per core.")
+    var eventLoops: Int?
+
     @OptionGroup var web: WebOptions
 
     @OptionGroup var log: LogOptions
@@ -77,7 +80,7 @@ struct RelayCommand: AsyncParsableCommand {
         let topology = try loadTopology(self.topology)
         let relay: Relay
         do {
-            relay = try await Relay(topology: topology, region: region, web: web.options(devTokens: false))
+            relay = try await Relay(topology: topology, region: region, web: web.options(devTokens: false), eventLoops: eventLoops)
         } catch let error as RelayConfigError {
             throw ValidationError(error.description)
         }
