@@ -14,4 +14,11 @@ for scenario in Simulations/*.yaml; do
     status=1
   fi
 done
+# Swarm seeds that once failed, kept as regression checks (each names what it caught).
+# broadcast-25 swarm seed 35: a former failover home kept its own epoch's history after the heal.
+for replay in "Simulations/broadcast-25.yaml --swarm 1 --seed 35"; do
+  echo "== regression: $replay"
+  # shellcheck disable=SC2086
+  if ! "$tern" sim $replay; then status=1; fi
+done
 exit $status

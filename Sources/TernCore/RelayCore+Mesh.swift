@@ -631,8 +631,7 @@ extension RelayCore {
             // Data from where this region asked to start: it is now positioned there, still catching up.
             guard let from = t.awaitingFrom, publication.position.epoch == from.epoch,
                   publication.position.offset == from.offset + 1 else { return }
-            t.epoch = from.epoch
-            t.offset = from.offset
+            Self.adopt(from, into: &t)
             t.synced = true
             t.resyncing = true
             t.awaitingFrom = nil
@@ -677,13 +676,24 @@ extension RelayCore {
             receiveGap(topic, position, .evicted, now: now)
             return
         }
-        t.epoch = position.epoch
-        t.offset = position.offset
+        Self.adopt(position, into: &t)
         t.synced = true
         t.resyncing = false
         t.awaitingFrom = nil
         topics[topic] = t
         becameSynced(topic, now: now)
+    }
+
+    /// Sets a cache's position as its upstream states it. A history of another epoch, or reaching past
+    /// the position (a former failover home's own epoch, say), no longer describes this stream: it goes,
+    /// so the ring holds only the current epoch up to the current offset. Clients recovering into it get
+    /// a gap notice, never another stream's publications.
+    static func adopt(_ position: StreamPosition, into t: inout TopicState) {
+        if let newest = t.history.newest, newest.position.epoch != position.epoch || newest.position.offset > position.offset {
+            t.history = HistoryRing(capacity: t.options.historySize, ttl: t.options.historyTTL)
+        }
+        t.epoch = position.epoch
+        t.offset = position.offset
     }
 
     /// The upstream cannot fill this region's gap: reset the regional cache and tell everyone downstream.
