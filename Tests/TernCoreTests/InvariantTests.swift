@@ -39,6 +39,14 @@ struct InvariantTests {
         #expect(core.position(of: "news:x")?.offset == 2)
     }
 
+    @Test("a topic that lists a client not subscribed to it is caught")
+    func strayTopicSubscriberIsCaught() {
+        var core = subscribedCore()
+        core.topics["news:x"]!.subscribers[ClientID(99)] = ()
+        #expect(core.checkInvariants().contains { $0.contains("topics list 2 subscribers but clients hold 1 subscriptions") },
+                "\(core.checkInvariants())")
+    }
+
     @Test("counters that disagree with the state, and per-topic mesh state that outlives its topic, are caught")
     func brokenCountersAndLeftovers() {
         var core = subscribedCore()

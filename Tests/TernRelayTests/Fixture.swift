@@ -81,12 +81,16 @@ func runProcess(_ path: String, _ args: [String]) async throws -> String {
     process.arguments = args
     let pipe = Pipe()
     process.standardOutput = pipe
-    let collected = OutputBox()
-    pipe.fileHandleForReading.readabilityHandler = { handle in
-        let chunk = handle.availableData
-        collected.data.withLock { $0.append(chunk) }
-    }
     try process.run()
+    // Read to the end on a dispatch thread (not one of the few Swift-concurrency threads the relay
+    // under test needs) while the child runs, so a full pipe never blocks it and no chunk is lost
+    // between a readability callback and the last read.
+    let reader = pipe.fileHandleForReading
+    let output = Task {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Data, Never>) in
+            DispatchQueue.global().async { continuation.resume(returning: (try? reader.readToEnd()) ?? Data()) }
+        }
+    }
     let pid = process.processIdentifier
     while true {
         var status: Int32 = 0
@@ -94,14 +98,7 @@ func runProcess(_ path: String, _ args: [String]) async throws -> String {
         if r == pid || (r == -1 && errno == ECHILD) || !process.isRunning { break }
         try await Task.sleep(for: .milliseconds(10))
     }
-    pipe.fileHandleForReading.readabilityHandler = nil
-    let rest = (try? pipe.fileHandleForReading.readToEnd()) ?? Data()
-    return collected.data.withLock { String(decoding: $0 + rest, as: UTF8.self) }
-}
-
-/// Output collected from a child process.
-final class OutputBox: Sendable {
-    let data = Mutex(Data())
+    return String(decoding: await output.value, as: UTF8.self)
 }
 
 /// Runs `relay` in a service group, runs `body` against it once it listens, then shuts it down gracefully.
