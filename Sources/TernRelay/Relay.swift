@@ -149,6 +149,12 @@ public final class Relay: Service, Sendable {
             services: services,
             gracefulShutdownSignals: [],
             logger: logger))
+        defer {
+            // Loops this relay made itself (`eventLoops`) end with it; the shared singleton stays.
+            if clientLoops !== MultiThreadedEventLoopGroup.singleton {
+                clientLoops.shutdownGracefully { _ in }
+            }
+        }
         try await group.run()
     }
 
