@@ -42,7 +42,7 @@ public struct IdempotencyCache: Sendable {
     public let capacity: Int
     /// How long an id is remembered.
     public let window: Duration
-    private var byID: [String: StreamPosition] = [:]
+    private var byID: [String: (position: StreamPosition, mark: UInt64)] = [:]
     private var order: Deque<Entry> = []
 
     /// An empty cache.
@@ -54,23 +54,30 @@ public struct IdempotencyCache: Sendable {
     /// The position first assigned to `id`, if it is still remembered.
     public mutating func lookup(_ id: String, now: TernInstant) -> StreamPosition? {
         expire(now: now)
-        return byID[id]
+        return byID[id]?.position
     }
 
-    /// Remembers that `id` was assigned `position`.
-    public mutating func remember(_ id: String, position: StreamPosition, now: TernInstant) {
+    /// The mark `id` was remembered with, if it is still remembered.
+    public mutating func mark(of id: String, now: TernInstant) -> UInt64? {
+        expire(now: now)
+        return byID[id]?.mark
+    }
+
+    /// Remembers that `id` was assigned `position`, with a caller's `mark` (a region's subscription
+    /// serial when it delivered the id, say).
+    public mutating func remember(_ id: String, position: StreamPosition, now: TernInstant, mark: UInt64 = 0) {
         expire(now: now)
         if order.count >= capacity, let oldest = order.popFirst() {
-            byID[oldest.id] = nil
+            if byID[oldest.id]?.position == oldest.position { byID[oldest.id] = nil }
         }
-        byID[id] = position
+        byID[id] = (position, mark)
         order.append(Entry(id: id, position: position, at: now))
     }
 
     private mutating func expire(now: TernInstant) {
         while let first = order.first, first.at + window <= now {
             order.removeFirst()
-            if byID[first.id] == first.position { byID[first.id] = nil }
+            if byID[first.id]?.position == first.position { byID[first.id] = nil }
         }
     }
 }

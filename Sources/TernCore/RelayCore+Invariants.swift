@@ -164,3 +164,27 @@ extension RelayCore {
     /// The most invariant failures kept for reporting.
     public static let maxRecordedInvariantFailures = 100
 }
+
+extension RelayCore {
+    /// One line describing this region's view of `topic`, for debugging traces
+    /// (`TERN_SIM_TRACE_TOPIC`): home, upstream, stream position and failover state.
+    public func debugSummary(of topic: String) -> String {
+        guard let t = topics[topic] else { return "absent" }
+        var parts = ["home=\(home(of: topic))", "at=\(t.position)", "links=\(mesh?.up.sorted().joined(separator: ",") ?? "")"]
+        if !t.synced { parts.append("unsynced(from \(t.awaitingFrom.map { "\($0)" } ?? "-"))") }
+        if t.resyncing { parts.append("resyncing") }
+        if let up = mesh?.upstream[topic] { parts.append("up=\(up)") }
+        if let children = mesh?.children[topic], !children.isEmpty {
+            parts.append("children=" + children.orderedKeys.map { "\($0)\(children[$0] == .live ? "" : "?")" }.joined(separator: ","))
+        }
+        if let parked = mesh?.awaitingSync[topic], !parked.isEmpty { parts.append("parked=" + parked.map(\.child).joined(separator: ",")) }
+        if let fork = t.fork { parts.append("fork=\(fork)") }
+        if let sw = t.lastSwitch { parts.append("switch=\(sw.from)->\(sw.to)") }
+        if !t.failoverLog.isEmpty { parts.append("log=\(t.failoverLog.count)") }
+        if let r = t.replicaOf { parts.append("replicaOf=\(r)") }
+        if let r = t.replication.replica { parts.append("replica=\(r)") }
+        if !t.subscribers.isEmpty { parts.append("subs=\(t.subscribers.count)") }
+        if let oldest = t.history.all.first, let newest = t.history.newest { parts.append("ring=\(oldest.position.offset)...\(newest.position)") }
+        return parts.joined(separator: " ")
+    }
+}

@@ -362,7 +362,7 @@ extension RelayCore {
             // This region takes over: continue in a new epoch of its own, remembering where the old one was left.
             let left = t.position
             // Ids delivered since the first fork stay remembered through later failovers, until the merge.
-            if t.fork == nil { t.forkIDs = [] }
+            if t.fork == nil { t.forkIDs = [:] }
             if t.synced, !t.epoch.isEmpty { t.fork = t.fork ?? left }
             t.priorHistory = t.synced ? t.history : nil
             // Publishes sequenced before the failover may be retried here: recognise them by id.
@@ -422,17 +422,19 @@ extension RelayCore {
             t.mergingIDs = t.forkIDs
             t.mergeUntil = now + config.limits.idempotencyWindow
             t.fork = nil
-            t.forkIDs = []
+            t.forkIDs = [:]
         } else if to.epoch.hasPrefix(canonical), !from.epoch.hasPrefix(canonical) {
             // Back on a canonical epoch from a failover epoch this region joined without knowing its fork
             // (it restarted meanwhile): skip what it delivered in failover epochs, as far as it remembers.
-            t.mergingIDs = t.forkIDs.union(t.history.all.lazy.filter { !$0.position.epoch.hasPrefix(canonical) }.map(\.id))
+            var merging = t.forkIDs
+            for p in t.history.all where !p.position.epoch.hasPrefix(canonical) && merging[p.id] == nil { merging[p.id] = joinSerial }
+            t.mergingIDs = merging
             t.mergeUntil = now + config.limits.idempotencyWindow
             t.fork = nil
-            t.forkIDs = []
+            t.forkIDs = [:]
         } else if from.epoch != to.epoch, t.fork == nil {
             t.fork = from
-            t.forkIDs = []
+            t.forkIDs = [:]
         }
         t.priorHistory = t.history
         t.history = HistoryRing(capacity: t.options.historySize, ttl: t.options.historyTTL)
@@ -494,9 +496,11 @@ extension RelayCore {
                 enqueueLink(parent, .interest(topic: topic, since: t.synced ? t.position : t.awaitingFrom, fork: t.fork))
             }
         } else if let current = mesh!.upstream[topic] {
-            if isHome(topic) {
+            if isHome(topic) || current != parent(of: topic) {
+                // No longer the way to the home: lingering there would keep a stale stream looking current.
                 if mesh!.up.contains(current) { enqueueLink(current, .uninterest(topic: topic)) }
                 mesh!.upstream[topic] = nil
+                mesh!.lingering.remove(topic)
             } else if !mesh!.lingering.contains(topic) {
                 mesh!.lingering.insert(topic)
                 schedule(now + mesh!.config.interestLinger, .interestLinger(topic))
@@ -512,6 +516,14 @@ extension RelayCore {
         sweepIfIdle(topic, now: now)
     }
 
+    /// Whether this region's cache of `topic` is the home's stream as of now: synced, not catching up,
+    /// and fed by its parent in the home's tree. A cache whose upstream lapsed or is no longer the
+    /// way to the home may be stale (the home moved meanwhile) and must not serve children.
+    mutating func isCurrent(_ topic: String) -> Bool {
+        guard let t = topics[topic], t.synced, !t.resyncing, let up = mesh?.upstream[topic] else { return false }
+        return up == parent(of: topic)
+    }
+
     /// A child region wants `topic`: serve it from this region's stream, or wait until this region has one.
     mutating func childInterest(_ child: String, topic: String, since: StreamPosition?, fork: StreamPosition?, now: TernInstant) {
         guard case .success(let options) = namespaceOptions(for: topic) else { return }
@@ -521,7 +533,7 @@ extension RelayCore {
         mesh!.children[topic]![child] = .resyncing
         // Serve from this region's stream only when it is current: the home always is; a cache is
         // once its upstream has caught it up. A child may be ahead of a cache that is catching up.
-        if isHome(topic) || (topics[topic]!.synced && !topics[topic]!.resyncing) {
+        if isHome(topic) || isCurrent(topic) {
             serveChild(child, topic: topic, since: since, fork: fork, now: now)
         } else {
             mesh!.awaitingSync[topic, default: []].removeAll { $0.child == child }
@@ -708,7 +720,7 @@ extension RelayCore {
         t.awaitingFrom = nil
         // Subscribers here are told to resync; what they had since a fork no longer needs merging.
         t.fork = nil
-        t.forkIDs = []
+        t.forkIDs = [:]
         t.lastSwitch = nil
         topics[topic] = t
         if wasSynced {

@@ -131,7 +131,8 @@ public struct RelayCore: Sendable {
         var offset: UInt64 = 0
         var history: HistoryRing
         var idempotency: IdempotencyCache
-        var subscribers = IndexedMap<ClientID, Void>()
+        /// Local subscribers, each with the region's subscription serial when it joined.
+        var subscribers = IndexedMap<ClientID, UInt64>()
         /// Local subscribers that asked for per-hop timestamps.
         var traceSubscribers = 0
         /// At the home: regions that have subscribers asking for per-hop timestamps.
@@ -148,10 +149,12 @@ public struct RelayCore: Sendable {
         var pendingSubscribes: [(client: ClientID, ref: UInt64?, since: StreamPosition?)] = []
         /// Where this region left the canonical epoch when a failover moved the topic to another one.
         var fork: StreamPosition?
-        /// Idempotency ids delivered here since the fork, so the merge after heal skips them.
-        var forkIDs: Set<String> = []
-        /// Ids not to deliver again while the canonical stream catches this region up after a heal.
-        var mergingIDs: Set<String> = []
+        /// Idempotency ids delivered here since the fork, with the subscription serial when each was
+        /// delivered, so the merge after heal skips them for the subscribers that have them.
+        var forkIDs: [String: UInt64] = [:]
+        /// Ids not to deliver again, to subscribers that joined before the serial given, while the
+        /// canonical stream catches this region up after a heal.
+        var mergingIDs: [String: UInt64] = [:]
         var mergeUntil: TernInstant?
         /// The ring of the epoch before the last switch, to catch up children still in it.
         var priorHistory: HistoryRing?
@@ -223,6 +226,9 @@ public struct RelayCore: Sendable {
     var generatedIDs: UInt64 = 0
     /// The `now` of the event being handled.
     var clock = TernInstant.zero
+    /// Counts subscriptions made in this region: a publication it delivered before a subscriber's
+    /// serial was not delivered to that subscriber.
+    var joinSerial: UInt64 = 0
     /// Wall-clock nanoseconds since the Unix epoch at this core's monotonic origin. The driver sets it
     /// (the runtime from the system clock, the simulator per region), so the core never reads a clock;
     /// it is used only for the timestamps of traced publications and home→delivery latency.
@@ -535,7 +541,8 @@ public struct RelayCore: Sendable {
         }
         ensureTopic(topic, options, now: now)
         clients[client]?.subscriptions[topic] = ()
-        topics[topic]!.subscribers[client] = ()
+        joinSerial += 1
+        topics[topic]!.subscribers[client] = joinSerial
         topics[topic]!.lastActivity = now
         stats.subscriptions += 1
         guard topics[topic]!.synced else { return .success(nil) }
@@ -685,20 +692,35 @@ public struct RelayCore: Sendable {
         if mesh != nil, let children = mesh!.children[topic] {
             for child in children.orderedKeys where children[child] == .live { sendData(child, publication, live: true) }
         }
+        // Set when this region delivered the publication before: only subscribers that joined since get it.
+        var joinedAfter: UInt64?
         if !publication.id.isEmpty {
-            // After a heal, publications this region already delivered in the failover epoch come again: skip them.
-            if let until = topics[topic]!.mergeUntil, clock < until, topics[topic]!.mergingIDs.contains(publication.id) { return }
-            if mesh != nil, !sequencedHere {
+            if let until = topics[topic]!.mergeUntil, clock < until, let mark = topics[topic]!.mergingIDs[publication.id] {
+                // After a heal, publications this region already delivered in the failover epoch come again.
+                joinedAfter = mark
+            } else if mesh != nil, !sequencedHere {
                 // Sequenced again somewhere (a failover merge, a restarted home's retry), or brought again
-                // after this region's stream was reset to an earlier position: its subscribers have it.
-                // Every region remembers what it delivered.
-                if topics[topic]!.idempotency.lookup(publication.id, now: clock) != nil { return }
-                topics[topic]!.idempotency.remember(publication.id, position: publication.position, now: clock)
+                // after this region's stream was reset to an earlier position: the subscribers that were
+                // here then have it. Every region remembers what it delivered, and when.
+                if let mark = topics[topic]!.idempotency.mark(of: publication.id, now: clock) {
+                    joinedAfter = mark
+                } else {
+                    topics[topic]!.idempotency.remember(publication.id, position: publication.position, now: clock, mark: joinSerial)
+                }
             }
             let forked = topics[topic]!.fork != nil || (mesh != nil && !topics[topic]!.epoch.hasPrefix(topics[topic]!.canonicalHome + "."))
-            if forked, topics[topic]!.forkIDs.count < 100_000 {
-                topics[topic]!.forkIDs.insert(publication.id)
+            if joinedAfter == nil, forked, topics[topic]!.forkIDs.count < 100_000 {
+                topics[topic]!.forkIDs[publication.id] = joinSerial
             }
+        }
+        if let mark = joinedAfter {
+            deliverAgain(publication, toSubscribersAfter: mark)
+            // Everyone here has it now.
+            if topics[topic]!.mergingIDs[publication.id] != nil { topics[topic]!.mergingIDs[publication.id] = joinSerial }
+            if mesh != nil, !sequencedHere {
+                topics[topic]!.idempotency.remember(publication.id, position: publication.position, now: clock, mark: joinSerial)
+            }
+            return
         }
         // Ordinary subscribers get the publication without hops; those that asked for them get the
         // hops so far plus their own delivery, encoded once for all of them.
@@ -731,6 +753,31 @@ public struct RelayCore: Sendable {
         }
         if let waiters = topics[topic]?.pollWaiters, !waiters.isEmpty {
             for client in waiters.orderedKeys { completePoll(client, publications: [plain]) }
+        }
+    }
+
+    /// Delivers a publication this region delivered before (at subscription serial `mark`) to the
+    /// subscribers that joined since, who have not had it. Rare: only after failovers and resets.
+    mutating func deliverAgain(_ publication: Publication, toSubscribersAfter mark: UInt64) {
+        let topic = publication.topic
+        guard let t = topics[topic], t.subscribers.count > 0, joinSerial > mark else { return }
+        var plain = publication
+        plain.trace = nil
+        let waiting = Set(t.pendingSubscribes.map(\.client))
+        var newer: [ClientID] = []
+        t.subscribers.forEach { client, joined in
+            if joined > mark, !waiting.contains(client) { newer.append(client) }
+            return true
+        }
+        var traced = publication
+        if t.traceSubscribers > 0 {
+            var hops = traced.trace ?? []
+            if hops.count < TraceHop.maxHops { hops.append(TraceHop(region: config.region, step: .delivered, at: wallNow)) }
+            traced.trace = hops
+        }
+        for client in newer {
+            let wantsTrace = t.traceSubscribers > 0 && clients[client]?.traced.contains(topic) == true
+            send(client, .publication(wantsTrace ? traced : plain))
         }
     }
 

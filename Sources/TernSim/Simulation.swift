@@ -159,6 +159,8 @@ public final class Simulation {
         var nextClientID: UInt64 = 1
         var clientsByConnection: [ClientID: SimClient] = [:]
         var restarts: UInt64 = 0
+        /// The last `debugSummary` printed for the traced topic.
+        var lastSummary = ""
         init(name: String) { self.name = name }
     }
 
@@ -400,6 +402,10 @@ public final class Simulation {
         let r = regions[region]!
         guard r.core != nil else { return }
         let actions = r.core!.handle(event, now: regionNow(region))
+        if let topic = Self.traceTopic, case let summary = r.core!.debugSummary(of: topic), summary != r.lastSummary {
+            r.lastSummary = summary
+            print("t=\(String(format: "%.3f", seconds(now))) [\(region)] \(summary)")
+        }
         for action in actions {
             switch action {
             case .flush(let id):
