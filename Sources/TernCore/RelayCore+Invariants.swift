@@ -184,6 +184,14 @@ extension RelayCore {
         if let r = t.replicaOf { parts.append("replicaOf=\(r)") }
         if let r = t.replication.replica { parts.append("replica=\(r)") }
         if !t.subscribers.isEmpty { parts.append("subs=\(t.subscribers.count)") }
+        if t.presence.count > 0 {
+            let owners = mesh?.config.graph.regions ?? [config.region]
+            parts.append("presence=" + owners.filter { t.presence.count(in: $0) > 0 }.map { "\($0):\(t.presence.count(in: $0))" }.joined(separator: ","))
+        }
+        if let seen = mesh?.presenceSeen[topic], !seen.isEmpty {
+            parts.append("seen=" + seen.keys.sorted().map { "\($0)@\(seen[$0]!.sequence)" }.joined(separator: ","))
+        }
+        if let stale = mesh?.stalePresence[topic], !stale.isEmpty { parts.append("stale=" + stale.keys.sorted().joined(separator: ",")) }
         if let oldest = t.history.all.first, let newest = t.history.newest { parts.append("ring=\(oldest.position.offset)...\(newest.position)") }
         return parts.joined(separator: " ")
     }

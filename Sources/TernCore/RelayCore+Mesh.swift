@@ -404,6 +404,18 @@ extension RelayCore {
               home(of: topic) == canonicalHome(of: topic) else { return }
         topics[topic]!.failoverLog = []
         for p in log { routePublish(.resequence, topic: topic, id: p.id, data: p.data, user: p.user, now: now) }
+        // The log kept the topic wanted here; what remains is ordinary interest.
+        reconcileInterest(topic, now: now)
+    }
+
+    /// A publication of the failover log that the canonical home did not take (it timed out on the
+    /// way, or the home moved): back into the log, to go again once this region is synced with the home.
+    mutating func resequenceFailed(_ pending: PendingPublish, now: TernInstant) {
+        guard topics[pending.topic] != nil else { return }
+        topics[pending.topic]!.failoverLog.append(Publication(topic: pending.topic, position: StreamPosition(epoch: "", offset: 0),
+            id: pending.id, data: pending.data, user: pending.user, acceptedAt: now))
+        reconcileInterest(pending.topic, now: now)
+        if isCurrent(pending.topic) { resequenceFailoverLog(pending.topic, now: now) }
     }
 
     /// The upstream moved this region's stream to another epoch (a failover, or the merge after a heal).
@@ -475,7 +487,7 @@ extension RelayCore {
     func hasInterest(_ topic: String) -> Bool {
         guard let t = topics[topic] else { return false }
         return !t.subscribers.isEmpty || !t.pollWaiters.isEmpty || !(mesh?.children[topic]?.isEmpty ?? true)
-            || !t.pendingSubscribes.isEmpty || t.replicaOf != nil
+            || !t.pendingSubscribes.isEmpty || t.replicaOf != nil || !t.failoverLog.isEmpty
     }
 
     /// Subscribes upstream when the first local subscriber or child appears, moves
@@ -501,6 +513,7 @@ extension RelayCore {
                 if mesh!.up.contains(current) { enqueueLink(current, .uninterest(topic: topic)) }
                 mesh!.upstream[topic] = nil
                 mesh!.lingering.remove(topic)
+                if !isHome(topic) { forgetRemotePresence(topic) }
             } else if !mesh!.lingering.contains(topic) {
                 mesh!.lingering.insert(topic)
                 schedule(now + mesh!.config.interestLinger, .interestLinger(topic))
@@ -513,6 +526,7 @@ extension RelayCore {
         if let current = mesh!.upstream.removeValue(forKey: topic), mesh!.up.contains(current) {
             enqueueLink(current, .uninterest(topic: topic))
         }
+        if !isHome(topic) { forgetRemotePresence(topic) }
         sweepIfIdle(topic, now: now)
     }
 
@@ -843,6 +857,10 @@ extension RelayCore {
             return
         }
         guard let pending = mesh!.pending.removeValue(forKey: ref) else { return }
+        if case .resequence = pending.origin, case .refused = result {
+            resequenceFailed(pending, now: clock)
+            return
+        }
         switch result {
         case .accepted(let position, let duplicate):
             answer(pending.origin, .success(.published(topic: topic, position: position, duplicate: duplicate)))
@@ -855,6 +873,10 @@ extension RelayCore {
         guard let pending = mesh?.pending.removeValue(forKey: ref) else { return }
         // A held publish of another region just lapses: its origin has its own timeout and retries.
         if case .relay = pending.origin { return }
+        if case .resequence = pending.origin {
+            resequenceFailed(pending, now: clock)
+            return
+        }
         answer(pending.origin, .failure(TernError(.internalError,
             "the home of '\(pending.topic)' (\(home(of: pending.topic))) did not answer in time; retry with the same id")))
     }

@@ -187,6 +187,27 @@ extension RelayCore {
         }
     }
 
+    /// Whether this region follows the mesh's presence for `topic`: it is the home, or it follows
+    /// the topic from upstream. Elsewhere it knows only its own members.
+    public func tracksMeshPresence(_ topic: String) -> Bool {
+        guard let mesh else { return topics[topic] != nil }
+        return topics[topic] != nil && (isHome(topic) || mesh.upstream[topic] != nil)
+    }
+
+    /// This region stopped following `topic`: other regions' entries would only go stale here, so
+    /// they go (its own members stay, and reach the home as before). Following again brings
+    /// fresh snapshots of every owner.
+    mutating func forgetRemotePresence(_ topic: String) {
+        guard mesh != nil, let t = topics[topic] else { return }
+        for owner in t.presence.regions where owner != config.region { dropPresence(topic, owner: owner) }
+        if let own = mesh!.presenceSeen[topic]?[config.region] {
+            mesh!.presenceSeen[topic] = [config.region: own]
+        } else {
+            mesh!.presenceSeen[topic] = nil
+        }
+        mesh!.stalePresence[topic] = nil
+    }
+
     /// Drops the entries of a region that stayed unreachable for `presenceTimeout`.
     mutating func presenceTimedOut(_ topic: String, owner: String, now: TernInstant) {
         guard let since = mesh?.stalePresence[topic]?[owner], since + mesh!.config.presenceTimeout <= now,

@@ -490,7 +490,7 @@ public struct RelayCore: Sendable {
     mutating func sweepIfIdle(_ topic: String, now: TernInstant) {
         guard var state = topics[topic] else { return }
         guard state.subscribers.isEmpty, state.presence.count == 0, state.pollWaiters.isEmpty, state.pendingSubscribes.isEmpty,
-              state.replication.pending.isEmpty, state.replicaOf == nil else { return }
+              state.replication.pending.isEmpty, state.replicaOf == nil, state.failoverLog.isEmpty else { return }
         if let mesh {
             // At the home, the replica following the topic does not keep it alive: it is told to stop when the topic goes.
             let children = mesh.children[topic]?.orderedKeys ?? []
