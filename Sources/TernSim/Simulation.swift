@@ -102,6 +102,8 @@ public final class Simulation {
         case clientSend(ClientKey, Int, UInt64, ClientCommand)
         case clientClosedByRelay(ClientKey, Int, CloseCode)
         case clientReconnect(ClientKey)
+        /// A subscriber's subscribe failed with a retryable error: it tries again on the same connection.
+        case clientResubscribe(ClientKey, Int)
         case tick(String)
         case publish
         case celebrityPublish
@@ -144,6 +146,8 @@ public final class Simulation {
         var lastSend = TernInstant.zero
         var nextRef: UInt64 = 1
         var pendingPublishes: [UInt64: String] = [:]
+        /// The ref of the subscribe waiting for its reply.
+        var subscribeRef: UInt64?
         var advisedDelay: Duration?
         /// Every third subscriber asks for per-hop timestamps.
         var traces: Bool { key.index % 3 == 0 }
@@ -181,6 +185,8 @@ public final class Simulation {
     /// The wall clock every simulated relay starts from (2025-01-01T00:00:00Z), plus its region's skew.
     static let wallOrigin: Int64 = 1_735_689_600 * 1_000_000_000
     static let traceTopic = ProcessInfo.processInfo.environment["TERN_SIM_TRACE_TOPIC"]
+    /// A client (`region#index`) whose commands and received messages are printed, for debugging.
+    static let traceClient = ProcessInfo.processInfo.environment["TERN_SIM_TRACE_CLIENT"]
 
     public let scenario: Scenario
     public let seed: UInt64
@@ -330,6 +336,10 @@ public final class Simulation {
         case .clientClosedByRelay(let key, let generation, let code):
             guard let client = client(key), client.generation == generation else { return }
             disconnected(client, reconnect: code.reconnect)
+        case .clientResubscribe(let key, let generation):
+            guard let client = client(key), client.generation == generation, client.connected,
+                  case .subscriber(let topic) = client.role else { return }
+            client.subscribeRef = send(client, .subscribe(topic: topic, since: client.position, trace: client.traces))
         case .clientReconnect(let key):
             guard let client = client(key), !client.connected else { return }
             connectClient(client)
@@ -653,6 +663,9 @@ public final class Simulation {
 
     @discardableResult
     private func send(_ c: SimClient, _ command: ClientCommand) -> UInt64 {
+        if let traced = Self.traceClient, traced == "\(c.key.region)#\(c.key.index)" {
+            print("t=\(String(format: "%.3f", seconds(now))) \(traced) -> \(command)".prefix(400))
+        }
         let ref = c.nextRef
         c.nextRef += 1
         // A client connection is ordered like TCP: a command never overtakes the one before it.
@@ -701,15 +714,19 @@ public final class Simulation {
     }
 
     private func clientReceived(_ c: SimClient, _ message: ServerMessage) {
+        if let traced = Self.traceClient, traced == "\(c.key.region)#\(c.key.index)" {
+            print("t=\(String(format: "%.3f", seconds(now))) \(traced) <- \(message)".prefix(400))
+        }
         switch message {
         case .reply(_, .connected):
             switch c.role {
-            case .subscriber(let topic): send(c, .subscribe(topic: topic, since: c.position, trace: c.traces))
+            case .subscriber(let topic): c.subscribeRef = send(c, .subscribe(topic: topic, since: c.position, trace: c.traces))
             case .churner: if c.wantsPresence { send(c, .subscribe(topic: scenario.workload.presenceTopic, since: nil)) }
             case .publisher: break
             }
         case .reply(_, .subscribed(let r)):
             if case .churner = c.role { c.inPresence = true; return }
+            c.subscribeRef = nil
             if c.subscribedAt == nil { c.subscribedAt = now }
             if r.recovered == false { c.noticeCount += 1 }
             if r.recovered == true {
@@ -733,8 +750,16 @@ public final class Simulation {
             c.mergeEpochs.insert(position.epoch)
         case .disconnect(_, let after):
             c.advisedDelay = after
-        case .error(let ref?, _):
+        case .error(let ref?, let error):
             c.pendingPublishes[ref] = nil
+            if ref == c.subscribeRef {
+                c.subscribeRef = nil
+                // As the clients do: a subscribe refused for now (the home cannot be reached) is tried
+                // again on the same connection after a backoff.
+                if error.code == .internalError {
+                    schedule(now + .milliseconds(500) + .milliseconds(Int64(random(0...500))), .clientResubscribe(c.key, c.generation))
+                }
+            }
         default:
             break
         }
