@@ -194,7 +194,7 @@ extension RelayCore {
         for topic in mesh!.upstream.keys.sorted() where mesh!.upstream[topic] == peer {
             mesh!.upstream[topic] = nil
             // The cache may fall behind until a new upstream catches it up; children must wait for that.
-            topics[topic]?.resyncing = true
+            topics[topic]?.catchUp()
         }
         for ref in mesh!.pending.keys.sorted() where mesh!.pending[ref]!.sentVia == peer {
             mesh!.pending[ref]!.sentVia = nil
@@ -240,7 +240,7 @@ extension RelayCore {
             if mesh!.upstream[topic] == peer { receiveGap(topic, position, reason, now: now) }
         case .resync(let topic):
             if var t = topics[topic], mesh!.upstream[topic] == peer {
-                t.resyncing = true
+                t.catchUp()
                 topics[topic] = t
                 enqueueLink(peer, .interest(topic: topic, since: t.synced ? t.position : nil, fork: t.fork))
             }
@@ -374,9 +374,7 @@ extension RelayCore {
             // A log not yet re-sequenced (an earlier failover that never healed) is kept: the canonical
             // home deduplicates by id, so sending it again is safe, dropping it is not.
             let wasSynced = t.synced
-            t.synced = true
-            t.resyncing = false
-            t.awaitingFrom = nil
+            t.sync = .current
             topics[topic] = t
             let to = t.position
             if wasSynced {
@@ -392,7 +390,7 @@ extension RelayCore {
         } else if old == config.region {
             // The canonical home is back: follow it; once it has caught this region up, hand it what
             // this region accepted meanwhile (`resequenceFailoverLog`).
-            topics[topic]!.resyncing = true
+            topics[topic]!.catchUp()
         }
     }
 
@@ -423,7 +421,7 @@ extension RelayCore {
         guard var t = topics[topic], t.synced, mesh!.upstream[topic] == peer else { return }
         guard t.position == from else {
             if !t.resyncing {
-                topics[topic]!.resyncing = true
+                topics[topic]!.catchUp()
                 enqueueLink(peer, .interest(topic: topic, since: t.position, fork: t.fork))
             }
             return
@@ -504,7 +502,7 @@ extension RelayCore {
             mesh!.upstream[topic] = parent
             if let parent {
                 let t = topics[topic]!
-                topics[topic]!.resyncing = t.synced
+                topics[topic]!.catchUp()
                 enqueueLink(parent, .interest(topic: topic, since: t.synced ? t.position : t.awaitingFrom, fork: t.fork))
             }
         } else if let current = mesh!.upstream[topic] {
@@ -554,7 +552,7 @@ extension RelayCore {
             mesh!.awaitingSync[topic, default: []].append((child, since, fork))
             if !topics[topic]!.synced, topics[topic]!.awaitingFrom == nil, mesh!.upstream[topic] == nil, let since {
                 // Not asked upstream yet: ask from where the child stands, so the data it needs passes through here.
-                topics[topic]!.awaitingFrom = since
+                topics[topic]!.sync = .unsynced(from: since)
             }
             reconcileInterest(topic, now: now)
         }
@@ -658,9 +656,7 @@ extension RelayCore {
             guard let from = t.awaitingFrom, publication.position.epoch == from.epoch,
                   publication.position.offset == from.offset + 1 else { return }
             Self.adopt(from, into: &t)
-            t.synced = true
-            t.resyncing = true
-            t.awaitingFrom = nil
+            t.sync = .catchingUp
             topics[topic] = t
             // Subscribers and children waiting for this region are answered at `from` first, so the
             // publications that follow reach them as live data, in order.
@@ -671,7 +667,7 @@ extension RelayCore {
         guard publication.position.epoch == t.epoch, publication.position.offset == t.offset + 1 else {
             let stale = publication.position.epoch == t.epoch && publication.position.offset <= t.offset
             if !stale && !t.resyncing {
-                t.resyncing = true
+                t.catchUp()
                 topics[topic] = t
                 enqueueLink(peer, .interest(topic: topic, since: t.position, fork: t.fork))
             }
@@ -703,9 +699,7 @@ extension RelayCore {
             return
         }
         Self.adopt(position, into: &t)
-        t.synced = true
-        t.resyncing = false
-        t.awaitingFrom = nil
+        t.sync = .current
         topics[topic] = t
         becameSynced(topic, now: now)
     }
@@ -729,9 +723,7 @@ extension RelayCore {
         t.history = HistoryRing(capacity: t.options.historySize, ttl: t.options.historyTTL)
         t.epoch = position.epoch
         t.offset = position.offset
-        t.synced = true
-        t.resyncing = false
-        t.awaitingFrom = nil
+        t.sync = .current
         // Subscribers here are told to resync; what they had since a fork no longer needs merging.
         t.fork = nil
         t.forkIDs = [:]

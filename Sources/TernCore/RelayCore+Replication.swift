@@ -168,7 +168,7 @@ extension RelayCore {
         // A replica that holds nothing yet asks for the stream from where the replicated count stands,
         // so it receives, and can confirm, what waits for it.
         if !topics[topic]!.synced, topics[topic]!.awaitingFrom == nil, mesh!.upstream[topic] == nil {
-            topics[topic]!.awaitingFrom = from
+            topics[topic]!.sync = .unsynced(from: from)
         }
         topics[topic]!.lastActivity = now
         // What it already holds counts at once (it may have followed the topic as a cache).

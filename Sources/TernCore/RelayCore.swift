@@ -142,10 +142,8 @@ public struct RelayCore: Sendable {
         var lastActivity: TernInstant
         /// When a sweep of this topic is already scheduled.
         var sweepAt: TernInstant?
-        /// False while a non-home region waits for its upstream to say where the stream stands.
-        var synced = true
-        /// True while this region has asked its upstream to fill a gap.
-        var resyncing = false
+        /// Where this region's copy of the stream stands against the home's.
+        var sync = StreamSync.current
         var pendingSubscribes: [(client: ClientID, ref: UInt64?, since: StreamPosition?)] = []
         /// Where this region left the canonical epoch when a failover moved the topic to another one.
         var fork: StreamPosition?
@@ -175,10 +173,28 @@ public struct RelayCore: Sendable {
         var canonicalHome = ""
         /// What this region has received of the stream, contiguously, for replica reports.
         var replicaRun: ReplicaRun?
-        /// While not synced: the position this region asked its upstream to start after (for a replica,
-        /// or for a child that asked from there), so the data that follows counts as received.
-        var awaitingFrom: StreamPosition?
         var position: StreamPosition { StreamPosition(epoch: epoch, offset: offset) }
+        /// Positioned in the stream (current, or being caught up).
+        var synced: Bool { if case .unsynced = sync { false } else { true } }
+        /// Positioned, and the upstream is catching this region up.
+        var resyncing: Bool { sync == .catchingUp }
+        /// While unsynced: where this region asked its upstream to start.
+        var awaitingFrom: StreamPosition? { if case .unsynced(let from) = sync { from } else { nil } }
+        /// The upstream is to catch this region up (a gap, a new parent, a lost link): a positioned
+        /// stream waits for it; one not yet positioned waits as it was.
+        mutating func catchUp() { if synced { sync = .catchingUp } }
+    }
+
+    /// Where a region's copy of a topic's stream stands against the home's.
+    enum StreamSync: Sendable, Equatable {
+        /// Not positioned yet: waiting for the upstream to say where the stream stands. When this
+        /// region asked from a position (as a replica, or for a child standing there), the data
+        /// right after `from` positions it too.
+        case unsynced(from: StreamPosition?)
+        /// Positioned, while the upstream catches it up. Children are not served from it meanwhile.
+        case catchingUp
+        /// Positioned and current; the home's stream always is.
+        case current
     }
 
     struct Deadline: Comparable, Sendable {
@@ -475,7 +491,7 @@ public struct RelayCore: Sendable {
         topics[topic]!.canonicalHome = canonicalHome(of: topic)
         if !isHome(topic) {
             // A regional cache: its epoch and offset come from upstream.
-            topics[topic]!.synced = false
+            topics[topic]!.sync = .unsynced(from: nil)
             topics[topic]!.epoch = ""
         } else {
             // Nothing sequenced or served yet: a restarted home may still adopt an epoch a child holds.
