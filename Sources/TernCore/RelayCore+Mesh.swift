@@ -128,6 +128,10 @@ struct MeshState: Sendable {
 }
 
 extension RelayCore {
+    /// A link whose queue stays past this many times `maxLinkQueueBytes` after its live data is
+    /// shed is reset.
+    static let linkQueueResetFactor = 4
+
     /// How far ahead a restarted home continues an epoch it adopts from a child.
     static let adoptionJump: UInt64 = 1_000_000
 
@@ -944,6 +948,14 @@ extension RelayCore {
                 mesh!.counters[peer, default: LinkCounters()].messages += control.count
             }
             if link.queuedBytes > config.maxLinkQueueBytes { link = shedLink(peer, link) }
+            if link.queuedBytes > config.maxLinkQueueBytes * Self.linkQueueResetFactor {
+                // Even without live data the backlog (catch-up, presence, control) is past every bound:
+                // the peer is not draining the link. Start it over; both sides resync on reconnect.
+                actions.append(.resetLink(peer, reason: "\(link.queuedBytes) bytes queued after shedding live data "
+                    + "(max_link_queue_bytes is \(config.maxLinkQueueBytes)); the peer is not keeping up"))
+                linkDown(peer, now: now)
+                continue
+            }
             while !link.queue.isEmpty, link.unacknowledged < config.sendWindowBatches {
                 let due = link.unacknowledged == 0 || link.queuedBytes >= config.maxBatchBytes
                     || (link.oldestQueuedAt.map { $0 + config.maxBatchDelay <= now } ?? false)

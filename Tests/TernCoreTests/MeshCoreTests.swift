@@ -143,6 +143,33 @@ struct MeshCoreTests {
         #expect(got == Array(1...18))
     }
 
+    @Test("a peer that keeps asking for catch-up without draining its link gets the link reset, not an unbounded queue")
+    func undrainedLinkIsReset() {
+        var m = MeshHarness(links: [("a", "b", 10), ("b", "c", 10)], tune: {
+            $0.sendWindowBatches = 1
+            $0.maxLinkQueueBytes = 2_000
+            $0.maxBatchBytes = 512
+        })
+        let t = (0..<1000).map { "room:q\($0)" }.first { Rendezvous.ranking(topic: $0, regions: ["a", "b", "c"])[0] == "a" }!
+        let c = m.connectClient("c", 1)
+        m.handle("c", .command(c, ref: 1, .subscribe(topic: t, since: nil)))
+        m.settle()
+        for i in 1...40 {
+            m.apiPublish("a", UInt64(i), t, "\"\(String(repeating: "x", count: 200))-\(i)\"")
+            m.settle()
+        }
+        let epoch = m.cores["a"]!.position(of: t)!.epoch
+        // c stops reading, yet asks b again and again for everything from the start: catch-up is not
+        // live data, so shedding cannot drop it.
+        m.held.insert("b>c")
+        for _ in 0..<6 {
+            m.handle("b", .linkBatch("c", [.interest(topic: t, since: StreamPosition(epoch: epoch, offset: 0), fork: nil)]))
+        }
+        #expect(m.resets.contains { $0.region == "b" && $0.peer == "c" && $0.reason.contains("not keeping up") }, "\(m.resets)")
+        #expect(m.cores["b"]!.linkQueues["c"] == nil)
+        #expect(m.cores["b"]!.upLinks == ["a"])
+    }
+
     @Test("when the upstream ring cannot fill a gap, subscribers are told to resync")
     func gapMarker() {
         var m = MeshHarness(links: [("a", "b", 10), ("b", "c", 10)])
