@@ -61,3 +61,17 @@ public enum TopicName {
         return nil
     }
 }
+
+extension UInt64 {
+    /// Whether this offset comes right after `offset`. Offsets arrive from peers, so nothing here
+    /// may overflow: nothing comes after the largest.
+    @inline(__always)
+    func follows(_ offset: UInt64) -> Bool { offset != .max && self == offset + 1 }
+
+    /// `self + other`, or the largest value when that overflows.
+    @inline(__always)
+    func saturatingAdd(_ other: UInt64) -> UInt64 {
+        let (sum, overflow) = addingReportingOverflow(other)
+        return overflow ? .max : sum
+    }
+}

@@ -568,7 +568,8 @@ extension RelayCore {
     /// from the old epoch into this failover epoch.
     mutating func serveChild(_ child: String, topic: String, since: StreamPosition?, fork: StreamPosition? = nil, now: TernInstant) {
         if isHome(topic), topics[topic]!.fresh,
-           let held = [fork, since].compactMap({ $0 }).first(where: { $0.epoch.hasPrefix(config.region + ".") }) {
+           let held = [fork, since].compactMap({ $0 }).first(where: { $0.epoch.hasPrefix(config.region + ".") }),
+           held.offset.saturatingAdd(Self.adoptionJump) < UInt64.max / 2 {
             // This home restarted and lost the stream, but a child still holds this region's epoch:
             // continue that epoch, far enough ahead that no offset another child may hold is reused.
             topics[topic]!.epoch = held.epoch
@@ -585,7 +586,7 @@ extension RelayCore {
             return
         }
         if let adopted = topics[topic]!.adoptedFrom, let from = [since, fork].compactMap({ $0 }).first, from == adopted || fork == adopted,
-           case let jumped = StreamPosition(epoch: adopted.epoch, offset: adopted.offset + Self.adoptionJump),
+           case let jumped = StreamPosition(epoch: adopted.epoch, offset: adopted.offset.saturatingAdd(Self.adoptionJump)),
            case .recovered(let publications) = topics[topic]!.history.publications(after: jumped, current: current, now: now) {
             // The child stands exactly where the adopted epoch was left: move it across the jump,
             // then send what was sequenced since.
@@ -658,7 +659,7 @@ extension RelayCore {
         if !t.synced {
             // Data from where this region asked to start: it is now positioned there, still catching up.
             guard let from = t.awaitingFrom, publication.position.epoch == from.epoch,
-                  publication.position.offset == from.offset + 1 else { return }
+                  publication.position.offset.follows(from.offset) else { return }
             Self.adopt(from, into: &t)
             t.sync = .catchingUp
             topics[topic] = t
@@ -668,7 +669,7 @@ extension RelayCore {
             guard let current = topics[topic] else { return }
             t = current
         }
-        guard publication.position.epoch == t.epoch, publication.position.offset == t.offset + 1 else {
+        guard publication.position.epoch == t.epoch, publication.position.offset.follows(t.offset) else {
             let stale = publication.position.epoch == t.epoch && publication.position.offset <= t.offset
             if !stale && !t.resyncing {
                 t.catchUp()

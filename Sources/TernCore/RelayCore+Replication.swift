@@ -117,7 +117,7 @@ extension RelayCore {
         }
         guard let t = topics[topic], isHome(topic), t.replication.epoch == epoch else { return }
         var r = t.replication
-        if from <= r.through + 1, to > r.through { r.through = t.epoch == epoch ? min(to, t.offset) : to }
+        if from <= r.through.saturatingAdd(1), to > r.through { r.through = t.epoch == epoch ? min(to, t.offset) : to }
         topics[topic]!.replication = r
         releaseAcknowledgments(topic)
     }
@@ -193,7 +193,7 @@ extension RelayCore {
         let topic = publication.topic
         guard mesh != nil, let t = topics[topic] else { return }
         let p = publication.position
-        if var run = t.replicaRun, run.epoch == p.epoch, p.offset == run.to + 1 {
+        if var run = t.replicaRun, run.epoch == p.epoch, p.offset.follows(run.to) {
             run.to = p.offset
             topics[topic]!.replicaRun = run
         } else if let run = t.replicaRun, run.epoch == p.epoch, p.offset >= run.from, p.offset <= run.to {

@@ -675,6 +675,10 @@ public struct RelayCore: Sendable {
             stats.duplicatePublishes += 1
             return .success(.published(topic: topic, position: earlier, duplicate: true))
         }
+        guard topics[topic]!.offset < UInt64.max else {
+            // Only a peer's nonsense position could bring an epoch here; refuse rather than wrap.
+            return .failure(TernError(.internalError, "'\(topic)' has no offsets left in its epoch"))
+        }
         replicationWillSequence(topic)
         topics[topic]!.offset += 1
         topics[topic]!.fresh = false
