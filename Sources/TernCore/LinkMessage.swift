@@ -48,6 +48,9 @@ public enum LinkMessage: Sendable, Hashable {
     /// A change to the presence entries `owner` holds for `topic`, numbered per owner incarnation.
     /// It travels up to the topic's home (`towardsHome`), which fans it out down the tree.
     case presence(topic: String, owner: String, incarnation: UInt64, sequence: UInt64, change: PresenceChange, towardsHome: Bool)
+    /// What the sender holds of `topic`'s presence, owner by owner, sent down the tree every
+    /// `presenceDigestInterval`: a child that holds something else asks for full snapshots.
+    case presenceDigest(topic: String, owners: [PresenceDigestEntry])
 
     /// Whether this message travels outside flow control (it is never acknowledged).
     public var isControl: Bool {
@@ -81,7 +84,25 @@ public enum LinkMessage: Sendable, Hashable {
             case .leave: 40 + t.utf8.count + o.utf8.count
             case .snapshot(let entries): 40 + t.utf8.count + o.utf8.count + entries.reduce(0) { $0 + 12 + $1.user.utf8.count }
             }
+        case .presenceDigest(let t, let owners): 8 + t.utf8.count + owners.reduce(0) { $0 + 24 + $1.owner.utf8.count }
         }
+    }
+}
+
+/// What a region holds of one owner's presence entries in a topic: how many, and an
+/// order-independent checksum of their connections, so two regions can compare without a list.
+public struct PresenceDigestEntry: Sendable, Hashable {
+    public var owner: String
+    public var incarnation: UInt64
+    public var count: UInt32
+    public var checksum: UInt64
+
+    /// An entry with every field given.
+    public init(owner: String, incarnation: UInt64, count: UInt32, checksum: UInt64) {
+        self.owner = owner
+        self.incarnation = incarnation
+        self.count = count
+        self.checksum = checksum
     }
 }
 
@@ -129,6 +150,8 @@ public struct MeshConfig: Sendable {
     public var incarnation: UInt64 = 0
     /// How long a region must stay unreachable before its topics move to the next region by rendezvous order.
     public var failoverAfter: Duration = .seconds(5)
+    /// How often a region sends each child a digest of the presence it holds for their topics.
+    public var presenceDigestInterval: Duration = .seconds(10)
     /// A link that has sent nothing for this long sends a heartbeat.
     public var heartbeatInterval: Duration = .seconds(1)
     /// A link that has received nothing (not even a heartbeat) for this long is down: the path is silent.

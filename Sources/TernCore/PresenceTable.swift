@@ -15,6 +15,8 @@ public struct PresenceTable: Sendable {
     private var entries = IndexedMap<PresenceKey, PresenceEntry>()
     private var connectionsPerUser: [String: Int] = [:]
     private var perRegion: [String: Int] = [:]
+    /// Per region, the wrapping sum of its entries' hashes (see `checksum(of:)`).
+    private var checksums: [String: UInt64] = [:]
 
     /// An empty table.
     public init() {}
@@ -23,6 +25,13 @@ public struct PresenceTable: Sendable {
     public var count: Int { entries.count }
     /// The number of distinct users present.
     public var userCount: Int { connectionsPerUser.count }
+
+    /// An order-independent checksum of the connections `region` holds here, for digests.
+    public func checksum(of region: String) -> UInt64 { checksums[region] ?? 0 }
+
+    private static func hash(_ entry: PresenceEntry) -> UInt64 {
+        (entry.client.raw &+ 1) &* 0x9E37_79B9_7F4A_7C15 ^ UInt64(truncatingIfNeeded: entry.user.utf8.count)
+    }
 
     /// The number of entries owned by `region`.
     public func count(in region: String) -> Int { perRegion[region] ?? 0 }
@@ -38,6 +47,7 @@ public struct PresenceTable: Sendable {
         entries[key] = entry
         connectionsPerUser[entry.user, default: 0] += 1
         perRegion[entry.region, default: 0] += 1
+        checksums[entry.region, default: 0] &+= Self.hash(entry)
         return old == nil
     }
 
@@ -86,9 +96,11 @@ public struct PresenceTable: Sendable {
             connectionsPerUser[entry.user] = nil
         }
         if let n = perRegion[entry.region], n > 1 {
+            checksums[entry.region, default: 0] &-= Self.hash(entry)
             perRegion[entry.region] = n - 1
         } else {
             perRegion[entry.region] = nil
+            checksums[entry.region] = nil
         }
     }
 }

@@ -19,6 +19,8 @@ struct LinkOutbox: Sendable {
     var lastSentAt: TernInstant
     /// When the last heartbeat went to the peer; one goes every `heartbeatInterval`.
     var lastHeartbeatAt: TernInstant
+    /// When presence digests last went to the peer; they go every `presenceDigestInterval`.
+    var lastDigestAt: TernInstant
     /// When this link's liveness check is due (earlier scheduled checks are stale).
     var livenessAt: TernInstant?
     /// The smoothed round-trip time measured with heartbeats.
@@ -28,6 +30,7 @@ struct LinkOutbox: Sendable {
         lastReceivedAt = now
         lastSentAt = now
         lastHeartbeatAt = now
+        lastDigestAt = now
     }
 }
 
@@ -243,17 +246,15 @@ extension RelayCore {
         case .gap(let topic, let position, let reason):
             if mesh!.upstream[topic] == peer { receiveGap(topic, position, reason, now: now) }
         case .resync(let topic):
-            if var t = topics[topic], mesh!.upstream[topic] == peer {
-                t.catchUp()
-                topics[topic] = t
-                enqueueLink(peer, .interest(topic: topic, since: t.synced ? t.position : nil, fork: t.fork))
-            }
+            if mesh!.upstream[topic] == peer { askAgain(topic, from: peer) }
         case .publish(let topic, let id, let data, let user, let origin, let ref, let receivedAtWall):
             receivePublish(topic: topic, id: id, data: data, user: user, origin: origin, ref: ref, receivedAtWall: receivedAtWall, now: now)
         case .trace(let topic, let region, let home, let on):
             receiveTraceRequest(topic: topic, region: region, home: home, on: on, now: now)
         case .ack(let origin, let ref, let topic, let result):
             receiveAck(origin: origin, ref: ref, topic: topic, result: result)
+        case .presenceDigest(let topic, let owners):
+            if mesh!.upstream[topic] == peer { receivePresenceDigest(topic, owners, from: peer) }
         case .presence(let topic, let owner, let incarnation, let sequence, let change, let towardsHome):
             receivePresence(topic: topic, owner: owner, incarnation: incarnation, sequence: sequence, change: change,
                             towardsHome: towardsHome, now: now)
@@ -278,6 +279,15 @@ extension RelayCore {
             mesh!.links[peer]?.unacknowledged = max(0, outstanding - batches)
             mesh!.dirty.insert(peer)
         }
+    }
+
+    /// Re-expresses interest in `topic` to its upstream from this region's own position: the upstream
+    /// catches it up and sends full presence snapshots again.
+    mutating func askAgain(_ topic: String, from peer: String) {
+        guard var t = topics[topic] else { return }
+        t.catchUp()
+        topics[topic] = t
+        enqueueLink(peer, .interest(topic: topic, since: t.synced ? t.position : nil, fork: t.fork))
     }
 
     // MARK: Link state and routes
@@ -1026,6 +1036,10 @@ extension RelayCore {
         if now - link.lastHeartbeatAt >= config.heartbeatInterval {
             enqueueLink(peer, .heartbeat(sentAt: now.nanoseconds))
             mesh!.links[peer]?.lastHeartbeatAt = now
+        }
+        if now - link.lastDigestAt >= config.presenceDigestInterval {
+            mesh!.links[peer]?.lastDigestAt = now
+            sendPresenceDigests(to: peer)
         }
         let next = min(now + config.heartbeatInterval, link.lastReceivedAt + config.linkReadTimeout)
         scheduleLiveness(peer, at: max(next, now + .milliseconds(1)))

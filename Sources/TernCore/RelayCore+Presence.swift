@@ -187,6 +187,56 @@ extension RelayCore {
         }
     }
 
+    /// What this region holds of `topic`'s presence, owner by owner: every owner it knows, itself included.
+    func presenceDigest(_ topic: String) -> [PresenceDigestEntry] {
+        guard let mesh, let table = topics[topic]?.presence else { return [] }
+        var owners = Set(table.regions).union(mesh.presenceSeen[topic]?.keys ?? [:].keys)
+        owners.insert(config.region)
+        return owners.sorted().map { owner in
+            let incarnation = owner == config.region ? mesh.incarnation : mesh.presenceSeen[topic]?[owner]?.incarnation ?? 0
+            return PresenceDigestEntry(owner: owner, incarnation: incarnation, count: UInt32(clamping: table.count(in: owner)),
+                                       checksum: table.checksum(of: owner))
+        }
+    }
+
+    /// Every `presenceDigestInterval`: a digest of each presence topic this region serves `peer`.
+    mutating func sendPresenceDigests(to peer: String) {
+        guard mesh != nil else { return }
+        for topic in mesh!.children.keys.sorted() where mesh!.children[topic]?[peer] == .live && topics[topic]?.options.presence == true {
+            enqueueLink(peer, .presenceDigest(topic: topic, owners: presenceDigest(topic)))
+        }
+    }
+
+    /// A digest from this region's upstream. Presence flows down the tree in order, so when the digest
+    /// arrives this region has applied everything the upstream had: any other owner that differs has
+    /// diverged (a lost message, a bug), and this region asks for full snapshots again. Its own
+    /// entries travel up separately and may be in flight; if the upstream holds something else for
+    /// this region, it sends its own snapshot towards the home again (repeating one is harmless).
+    mutating func receivePresenceDigest(_ topic: String, _ owners: [PresenceDigestEntry], from peer: String) {
+        guard mesh != nil, let t = topics[topic], t.options.presence else { return }
+        let table = t.presence
+        var listed = Set<String>()
+        var diverged = false
+        var ownDiffers = false
+        for e in owners {
+            listed.insert(e.owner)
+            let differs = e.count != UInt32(clamping: table.count(in: e.owner)) || e.checksum != table.checksum(of: e.owner)
+            if e.owner == config.region { ownDiffers = differs } else if differs { diverged = true }
+        }
+        if table.regions.contains(where: { $0 != config.region && !listed.contains($0) }) { diverged = true }
+        if !listed.contains(config.region), table.count(in: config.region) > 0 { ownDiffers = true }
+        if ownDiffers, mesh!.presencePending[topic] == nil, !isHome(topic), let hop = mesh!.routes.firstHop(to: home(of: topic)) {
+            mesh!.presenceRoute[topic] = hop
+            enqueueLink(hop, .presence(topic: topic, owner: config.region, incarnation: mesh!.incarnation,
+                                       sequence: mesh!.presenceSequence[topic] ?? mesh!.presenceClock,
+                                       change: .snapshot(table.entries(of: config.region)), towardsHome: true))
+        }
+        if diverged, t.synced, !t.resyncing {
+            stats.presenceResyncs += 1
+            askAgain(topic, from: peer)
+        }
+    }
+
     /// Whether this region follows the mesh's presence for `topic`: it is the home, or it follows
     /// the topic from upstream. Elsewhere it knows only its own members.
     public func tracksMeshPresence(_ topic: String) -> Bool {

@@ -97,6 +97,8 @@ public struct RelayStats: Sendable, Hashable {
     public var rejectedConnections = 0
     /// Publications received from upstream regions and cached here.
     public var relayedPublications = 0
+    /// Times a presence digest from upstream showed this region's presence had diverged, and it asked for snapshots again.
+    public var presenceResyncs = 0
 
     /// All zero.
     public init() {}

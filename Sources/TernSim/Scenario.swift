@@ -148,6 +148,9 @@ public struct DebugFaults: Sendable {
     public var dropOneDelivery = false
     /// Swap two consecutive publications for one client.
     public var reorderOneDelivery = false
+    /// Lose one presence join on its way down a fan-out tree (in the last seconds of churn), as a bug
+    /// would: only the periodic presence digests can repair it.
+    public var dropOnePresence = false
 
     public init() {}
 }
@@ -350,9 +353,10 @@ private struct NodeReader {
             if let v = duration(m["presence_converges_within"], "presence_converges_within") { s.invariants.presenceConvergesWithin = v }
             if let v = duration(m["max_p99_latency"], "max_p99_latency") { s.invariants.maxP99Latency = v }
         }
-        if let n = top["debug"], let m = map(n, "debug", ["drop_one_delivery", "reorder_one_delivery"]) {
+        if let n = top["debug"], let m = map(n, "debug", ["drop_one_delivery", "reorder_one_delivery", "drop_one_presence"]) {
             s.debug.dropOneDelivery = m["drop_one_delivery"]?.string == "true"
             s.debug.reorderOneDelivery = m["reorder_one_delivery"]?.string == "true"
+            s.debug.dropOnePresence = m["drop_one_presence"]?.string == "true"
         }
         return s
     }

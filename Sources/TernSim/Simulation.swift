@@ -226,6 +226,7 @@ public final class Simulation {
     private var deliveriesPerSecond: [Int] = []
     private var debugDropped = false
     private var debugReordered = false
+    private var debugPresenceDropped = false
     private let end: TernInstant
 
     /// A simulation of `scenario` from `seed`.
@@ -319,6 +320,12 @@ public final class Simulation {
             if blackholes.contains(pairKey(from, to)) {
                 c.blackholed.append((from, to, generation, batch))
                 return
+            }
+            var batch = batch
+            if scenario.debug.dropOnePresence, !debugPresenceDropped, now > quietAt - .seconds(3),
+               let i = batch.firstIndex(where: { if case .presence(_, let owner, _, _, .join, false) = $0 { owner != to } else { false } }) {
+                debugPresenceDropped = true
+                batch.remove(at: i)
             }
             mix("L\(now.nanoseconds)\(from)\(to)\(batch.count)")
             onLinkDelivery?(now, from, to)
@@ -945,6 +952,7 @@ extension LinkMessage {
         case .heartbeat: "heartbeat"
         case .heartbeatReply: "heartbeatReply"
         case .presence: "presence"
+        case .presenceDigest: "presenceDigest"
         }
     }
 }

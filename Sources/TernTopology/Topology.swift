@@ -117,6 +117,7 @@ public struct MeshTuning: Hashable, Sendable {
     public var reconnectMin: Duration = .milliseconds(100)
     public var reconnectMax: Duration = .seconds(5)
     public var presenceTimeout: Duration = .seconds(30)
+    public var presenceDigestInterval: Duration = .seconds(10)
     public var failoverAfter: Duration = .seconds(5)
     public var heartbeatInterval: Duration = .seconds(1)
     public var linkReadTimeout: Duration = .seconds(3)
@@ -207,6 +208,7 @@ public struct Topology: Sendable {
         mesh.interestLinger = tuning.interestLinger
         mesh.homeTimeout = tuning.homeTimeout
         mesh.presenceTimeout = tuning.presenceTimeout
+        mesh.presenceDigestInterval = tuning.presenceDigestInterval
         mesh.failoverAfter = tuning.failoverAfter
         mesh.heartbeatInterval = tuning.heartbeatInterval
         mesh.linkReadTimeout = tuning.linkReadTimeout

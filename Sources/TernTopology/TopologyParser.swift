@@ -411,7 +411,7 @@ private struct Reader {
         var t = MeshTuning()
         let known = ["max_batch_bytes", "max_batch_delay", "send_window_batches", "max_link_queue_bytes",
                      "interest_linger", "home_timeout", "reconnect_min", "reconnect_max", "presence_timeout", "failover_after",
-                     "heartbeat_interval", "link_read_timeout"]
+                     "heartbeat_interval", "link_read_timeout", "presence_digest_interval"]
         guard let m = mapping(node, what: "mesh_tuning", known: known) else { return t }
         if let n = m["max_batch_bytes"], let v = int(n, "max_batch_bytes", min: 512) { t.maxBatchBytes = v }
         if let n = m["max_batch_delay"], let v = duration(n, "max_batch_delay") { t.maxBatchDelay = v }
@@ -423,6 +423,13 @@ private struct Reader {
         if let n = m["reconnect_max"], let v = duration(n, "reconnect_max") { t.reconnectMax = v }
         if let n = m["presence_timeout"], let v = duration(n, "presence_timeout") { t.presenceTimeout = v }
         if let n = m["failover_after"], let v = duration(n, "failover_after") { t.failoverAfter = v }
+        if let n = m["presence_digest_interval"], let v = duration(n, "presence_digest_interval") {
+            if v < .milliseconds(100) {
+                fail(n, "presence_digest_interval \(v.ternMilliseconds) ms is too short; use 100ms or more (default 10s)")
+            } else {
+                t.presenceDigestInterval = v
+            }
+        }
         if let n = m["heartbeat_interval"], let v = duration(n, "heartbeat_interval") {
             if v < .milliseconds(10) {
                 fail(n, "heartbeat_interval \(v.ternMilliseconds) ms is too short; use 10ms or more (default 1s)")

@@ -45,7 +45,7 @@ public struct LinkProtocolError: Error, Equatable, CustomStringConvertible {
 /// connection's lifetime, so each connection needs a fresh codec.
 public final class LinkCodec {
     /// The link protocol version this build speaks.
-    public static let version: UInt16 = 3
+    public static let version: UInt16 = 4
     /// Topic names interned per direction before the sender starts the table over.
     public static let defaultMaxInternedTopics = 65_536
 
@@ -57,7 +57,7 @@ public final class LinkCodec {
 
     enum Kind: UInt8 {
         case topic = 0, linkState, interest, uninterest, data, caughtUp, gap, resync, publish, ack, credit, presence, epochSwitch
-        case heartbeat, topicsReset, follow, unfollow, replicated, heartbeatReply, trace
+        case heartbeat, topicsReset, follow, unfollow, replicated, heartbeatReply, trace, presenceDigest
     }
 
     /// The largest frame accepted, in bytes.
@@ -259,6 +259,17 @@ public final class LinkCodec {
             out.writeInteger(from)
             out.writeInteger(to)
             writeString(home, &out)
+        case .presenceDigest(let topic, let owners):
+            let id = topicID(topic, &out)
+            out.writeInteger(Kind.presenceDigest.rawValue)
+            out.writeInteger(id)
+            out.writeInteger(UInt32(clamping: owners.count))
+            for o in owners {
+                writeString(o.owner, &out)
+                out.writeInteger(o.incarnation)
+                out.writeInteger(o.count)
+                out.writeInteger(o.checksum)
+            }
         case .presence(let topic, let owner, let incarnation, let sequence, let change, let towardsHome):
             let id = topicID(topic, &out)
             out.writeInteger(Kind.presence.rawValue)
@@ -399,6 +410,18 @@ public final class LinkCodec {
                 let home = try readString(&body)
                 let on: UInt8 = try read(&body)
                 messages.append(.trace(topic: topic, region: region, home: home, on: on != 0))
+            case .presenceDigest:
+                let topic = try readTopic(&body)
+                let n: UInt32 = try read(&body)
+                guard n <= 10_000 else { throw LinkProtocolError("presence digest lists \(n) owners") }
+                var owners: [PresenceDigestEntry] = []
+                for _ in 0..<n {
+                    let owner = try readString(&body)
+                    let incarnation: UInt64 = try read(&body)
+                    let count: UInt32 = try read(&body)
+                    owners.append(PresenceDigestEntry(owner: owner, incarnation: incarnation, count: count, checksum: try read(&body)))
+                }
+                messages.append(.presenceDigest(topic: topic, owners: owners))
             case .replicated:
                 let topic = try readTopic(&body)
                 let epoch = try readString(&body)

@@ -26,7 +26,7 @@ struct PeerFuzzTests {
 
         mutating func message() -> LinkMessage {
             let topic = pick(PeerFuzzTests.topics)
-            switch int(17) {
+            switch int(18) {
             case 0: return .linkState(origin: pick(PeerFuzzTests.regions), incarnation: UInt64(int(3)), sequence: UInt64(int(5)),
                                       neighbours: (0..<int(3)).map { _ in pick(PeerFuzzTests.regions) })
             case 1: return .interest(topic: topic, since: maybePosition(), fork: maybePosition())
@@ -54,6 +54,9 @@ struct PeerFuzzTests {
                 }
                 return .presence(topic: topic, owner: pick(PeerFuzzTests.regions), incarnation: UInt64(int(3)), sequence: UInt64(int(6)),
                                  change: change, towardsHome: bool())
+            case 16: return .presenceDigest(topic: topic, owners: (0..<int(4)).map { _ in
+                PresenceDigestEntry(owner: pick(PeerFuzzTests.regions), incarnation: UInt64(int(3)), count: UInt32(int(3)), checksum: UInt64(int(3)))
+            })
             default: return bool() ? .credit(batches: int(3)) : .heartbeat(sentAt: Int64(int(1000)))
             }
         }

@@ -32,6 +32,8 @@ struct LinkCodecTests {
         .follow(topic: "room:x", replica: "us-east", home: "eu-west", from: StreamPosition(epoch: "eu-west.1f", offset: 2)),
         .unfollow(topic: "room:x", replica: "us-east"),
         .replicated(topic: "room:x", epoch: "eu-west.1f", from: 3, to: 9, home: "eu-west"),
+        .presenceDigest(topic: "room:x", owners: [PresenceDigestEntry(owner: "eu-west", incarnation: 7, count: 2, checksum: 0xdead_beef),
+                                                  PresenceDigestEntry(owner: "us-east", incarnation: 0, count: 0, checksum: 0)]),
         .presence(topic: "room:x", owner: "ap-south", incarnation: 9, sequence: 3,
                   change: .join(PresenceEntry(client: ClientID(4), user: "carol", region: "ap-south")), towardsHome: true),
         .presence(topic: "room:x", owner: "ap-south", incarnation: 9, sequence: 4, change: .leave(ClientID(4)), towardsHome: false),
