@@ -63,6 +63,9 @@ public struct Workload: Sendable {
     public var publisherRegions: [String]?
     /// Clients per region that join and leave the presence room.
     public var churnersPerRegion = 10
+    /// While set, odd-numbered topics get no publications between these two times, then resume
+    /// (topics that go idle and come back; the swarm draws it).
+    public var idleWindow: (from: Duration, to: Duration)?
 
     /// One topic with many subscribers in all regions.
     public struct Celebrity: Sendable {

@@ -278,6 +278,10 @@ public final class Simulation {
         for l in scenario.topology.links { schedule(.zero + .milliseconds(1), .linkReconnect(l.between.0, l.between.1)) }
         setUpClients()
         for f in scenario.faults { schedule(.zero + f.at, .fault(f.fault)) }
+        if let idle = scenario.workload.idleWindow {
+            timeline.append(.init(seconds: seconds(.zero + idle.from), label: "odd-numbered topics go idle"))
+            timeline.append(.init(seconds: seconds(.zero + idle.to), label: "idle topics publish again"))
+        }
         if scenario.workload.publishRate > 0 { schedule(.zero + .seconds(1) + exponential(rate: scenario.workload.publishRate), .publish) }
         if let c = scenario.workload.celebrity, c.publishRate > 0 { schedule(.zero + .seconds(1) + exponential(rate: c.publishRate), .celebrityPublish) }
         if scenario.workload.presenceChurn > 0 {
@@ -812,7 +816,9 @@ public final class Simulation {
 
     private func publishOrdinary() {
         let w = scenario.workload
-        publish(topic: "\(w.namespace):t\(Int(random(0...0.999_999) * Double(w.topics)))")
+        let n = Int(random(0...0.999_999) * Double(w.topics))
+        if let idle = w.idleWindow, n % 2 == 1, now >= .zero + idle.from, now < .zero + idle.to { return }
+        publish(topic: "\(w.namespace):t\(n)")
     }
 
     private func publish(topic: String) {
@@ -926,7 +932,7 @@ public final class Simulation {
             linkEntriesByKind: entryKinds,
             latencyByRegion: latencies.mapValues(Percentiles.init), latency: Percentiles(all),
             ackLatency: Percentiles(acks.compactMap { id, ack in sentAt[id].map { (ack.at - $0.at).ternNanoseconds } }),
-            histogram: histogram, timeline: timeline, deliveriesPerSecond: deliveriesPerSecond)
+            histogram: histogram, timeline: timeline.sorted { $0.seconds < $1.seconds }, deliveriesPerSecond: deliveriesPerSecond)
     }
 }
 

@@ -14,7 +14,7 @@ public enum Swarm {
 
     /// A workload shape for `scenario`, drawn from `seed`: subscribers in only some regions,
     /// publishers in regions with no subscribers (so successors often have no local interest),
-    /// one presence member per region or many, and more or fewer topics.
+    /// one presence member per region or many, more or fewer topics, and topics that go idle and come back.
     public static func workload(for scenario: Scenario, seed: UInt64) -> Workload {
         var rng = SplitMix64(seed: seed ^ 0x0b5e_55ed)
         var w = scenario.workload
@@ -27,6 +27,14 @@ public enum Swarm {
         if regions.count > 1, Bool.random(using: &rng) { w.publisherRegions = subset() }
         if w.presenceChurn > 0, Bool.random(using: &rng) { w.churnersPerRegion = Int.random(in: 1...3, using: &rng) }
         if Bool.random(using: &rng) { w.topics = max(1, w.topics + Int.random(in: -2...4, using: &rng)) }
+        // Drawn from its own stream, so the other draws of a seed stay as they were.
+        var idleRng = SplitMix64(seed: seed ^ 0x1d1e_1d1e)
+        if Int.random(in: 0..<3, using: &idleRng) == 0 {
+            // Half the topics fall silent for a while, across the faults, and then publish again.
+            let total = scenario.duration.ternNanoseconds
+            let from = Duration.nanoseconds(total / 100 * Int64.random(in: 10...30, using: &idleRng))
+            w.idleWindow = (from, from + .nanoseconds(total / 100 * Int64.random(in: 15...35, using: &idleRng)))
+        }
         return w
     }
 
