@@ -922,7 +922,9 @@ extension RelayCore {
         }
         topics[topic]!.pendingSubscribes = []
         for pending in t.pendingSubscribes where clients[pending.client]?.subscriptions.contains(topic) == true {
+            setTraced(pending.client, topic, false, now: now)
             clients[pending.client]?.subscriptions.removeValue(forKey: topic)
+            clients[pending.client]?.cursor[topic] = nil
             removeSubscriber(pending.client, from: topic, now: now)
             send(pending.client, .error(ref: pending.ref, TernError(.internalError,
                 "the home of '\(topic)' (\(home(of: topic))) cannot be reached from \(config.region); retry")))

@@ -170,6 +170,25 @@ struct MeshCoreTests {
         #expect(m.cores["b"]!.upLinks == ["a"])
     }
 
+    @Test("a traced subscribe that times out waiting for an unreachable home leaves no trace behind")
+    func tracedSubscribeTimesOut() {
+        var m = MeshHarness(tune: { $0.failoverAfter = .seconds(60); $0.homeTimeout = .seconds(2) })
+        let t = (0..<1000).map { "news:w\($0)" }.first { Rendezvous.ranking(topic: $0, regions: ["a", "b", "c"])[0] == "a" }!
+        m.cut("a", "b")
+        m.cut("a", "c")
+        let c = m.connectClient("c", 1)
+        m.handle("c", .command(c, ref: 1, .subscribe(topic: t, since: nil, trace: true)))
+        m.advance(.seconds(3))
+        let errors = m.received("c", c).compactMap { if case .error(ref: 1, let e) = $0 { e.code } else { nil } }
+        #expect(errors == [.internalError])
+        // The harness checks every invariant after each event; the client holds nothing for the topic.
+        #expect(m.cores["c"]!.checkInvariants().isEmpty, "\(m.cores["c"]!.checkInvariants())")
+        m.handle("c", .command(c, ref: 2, .subscribe(topic: t, since: nil, trace: true)))
+        m.connect("a", "c")
+        m.settle()
+        #expect(m.received("c", c).contains { if case .reply(ref: 2, .subscribed) = $0 { true } else { false } })
+    }
+
     @Test("when the upstream ring cannot fill a gap, subscribers are told to resync")
     func gapMarker() {
         var m = MeshHarness(links: [("a", "b", 10), ("b", "c", 10)])
