@@ -75,6 +75,41 @@ struct RegionalCacheTests {
         #expect(publications(b.received(early)).isEmpty)
         #expect(publications(b.received(late)).isEmpty)
     }
+
+    @Test("a failover epoch and the merge back: what was delivered in the failover epoch reaches each subscriber once")
+    func failoverAndMerge() {
+        var b = Cache()
+        let early = b.client(1)
+        b.handle(.command(early, ref: 1, .subscribe(topic: "news:x", since: nil)))
+        b.fromA(.caughtUp(topic: "news:x", position: StreamPosition(epoch: "a.1", offset: 0)),
+                .data(Self.publication("a.1", 1, id: "x1")))
+        _ = b.received(early)
+
+        // The home fails over: the upstream moves b to the failover epoch c.7 at its fork point.
+        b.fromA(.epochSwitch(topic: "news:x", from: StreamPosition(epoch: "a.1", offset: 1), to: StreamPosition(epoch: "c.7", offset: 0)),
+                .data(Self.publication("c.7", 1, id: "f1")), .data(Self.publication("c.7", 2, id: "f2")))
+        var got = b.received(early)
+        #expect(got.contains { if case .epochChanged(_, StreamPosition(epoch: "c.7", offset: 0)) = $0 { true } else { false } })
+        #expect(publications(got).map(\.id) == ["f1", "f2"])
+
+        // A subscriber joins during the failover epoch, after f1 and f2.
+        let late = b.client(2)
+        b.handle(.command(late, ref: 1, .subscribe(topic: "news:x", since: nil)))
+        #expect(subscribed(b.received(late).first)?.position == StreamPosition(epoch: "c.7", offset: 2))
+
+        // Heal: back to the canonical epoch at the fork; the canonical home sends what it sequenced
+        // meanwhile (a2) and then the failover log re-sequenced (f1, f2 again), then new traffic.
+        b.fromA(.epochSwitch(topic: "news:x", from: StreamPosition(epoch: "c.7", offset: 2), to: StreamPosition(epoch: "a.1", offset: 1)),
+                .data(Self.publication("a.1", 2, id: "a2")), .data(Self.publication("a.1", 3, id: "f1")),
+                .data(Self.publication("a.1", 4, id: "f2")), .data(Self.publication("a.1", 5, id: "a5")))
+        got = b.received(early)
+        #expect(got.contains { if case .epochChanged(_, StreamPosition(epoch: "a.1", offset: 1)) = $0 { true } else { false } })
+        #expect(publications(got).map(\.id) == ["a2", "a5"])
+        // The late subscriber joined after f1 and f2 were delivered here: it gets the canonical stream
+        // from the fork whole, f1 and f2 included, each once.
+        #expect(publications(b.received(late)).map(\.id) == ["a2", "f1", "f2", "a5"])
+        #expect(b.core.position(of: "news:x") == StreamPosition(epoch: "a.1", offset: 5))
+    }
 }
 
 @Suite("Presence where a region stops following a topic")
