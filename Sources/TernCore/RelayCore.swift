@@ -491,6 +491,8 @@ public struct RelayCore: Sendable {
             lastActivity: now
         )
         topics[topic]!.canonicalHome = canonicalHome(of: topic)
+        // The home it has now, so the next topology change that moves it here (or away) is seen as a move.
+        if mesh != nil { mesh!.lastHome[topic] = home(of: topic) }
         if !isHome(topic) {
             // A regional cache: its epoch and offset come from upstream.
             topics[topic]!.sync = .unsynced(from: nil)
