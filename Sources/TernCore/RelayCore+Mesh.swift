@@ -256,8 +256,12 @@ extension RelayCore {
         case .presenceDigest(let topic, let owners):
             if mesh!.upstream[topic] == peer { receivePresenceDigest(topic, owners, from: peer) }
         case .presence(let topic, let owner, let incarnation, let sequence, let change, let towardsHome):
-            receivePresence(topic: topic, owner: owner, incarnation: incarnation, sequence: sequence, change: change,
-                            towardsHome: towardsHome, now: now)
+            // Down the tree, only the upstream speaks for a topic: a late message from a former parent
+            // would plant entries in a region that no longer follows the topic.
+            if towardsHome || mesh!.upstream[topic] == peer {
+                receivePresence(topic: topic, owner: owner, incarnation: incarnation, sequence: sequence, change: change,
+                                towardsHome: towardsHome, now: now)
+            }
         case .heartbeat(let sentAt):
             enqueueLink(peer, .heartbeatReply(sentAt: sentAt))
         case .heartbeatReply(let sentAt):
