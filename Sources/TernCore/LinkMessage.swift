@@ -51,6 +51,12 @@ public enum LinkMessage: Sendable, Hashable {
     /// What the sender holds of `topic`'s presence, owner by owner, sent down the tree every
     /// `presenceDigestInterval`: a child that holds something else asks for full snapshots.
     case presenceDigest(topic: String, owners: [PresenceDigestEntry])
+    /// A home that restarted and lost its stream asks `replica` for the publications of its own epoch
+    /// it holds after `after`; routed hop by hop to `replica`.
+    case recover(topic: String, home: String, replica: String, after: StreamPosition)
+    /// The answer to `recover` from `replica` (the region asked), routed hop by hop to `home`: one held publication per message, then
+    /// one with none that ends the answer (`position`: where the replica stands in that epoch, if it does).
+    case recovered(topic: String, home: String, replica: String, publication: Publication?, position: StreamPosition?)
 
     /// Whether this message travels outside flow control (it is never acknowledged).
     public var isControl: Bool {
@@ -85,6 +91,9 @@ public enum LinkMessage: Sendable, Hashable {
             case .snapshot(let entries): 40 + t.utf8.count + o.utf8.count + entries.reduce(0) { $0 + 12 + $1.user.utf8.count }
             }
         case .presenceDigest(let t, let owners): 8 + t.utf8.count + owners.reduce(0) { $0 + 24 + $1.owner.utf8.count }
+        case .recover(let t, let h, let r, let a): 20 + t.utf8.count + h.utf8.count + r.utf8.count + a.epoch.utf8.count
+        case .recovered(let t, let h, let r, let p, let pos): 24 + t.utf8.count + h.utf8.count + r.utf8.count + (pos?.epoch.utf8.count ?? 0)
+            + (p.map { 24 + $0.position.epoch.utf8.count + $0.id.utf8.count + $0.data.utf8.count + ($0.user?.utf8.count ?? 0) } ?? 0)
         }
     }
 }

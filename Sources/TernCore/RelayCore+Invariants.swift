@@ -77,7 +77,7 @@ extension RelayCore {
             }
             let home = isHome(name)
             let problem = topics.inPlace(ti) { t -> String? in
-                if home, t.epoch.isEmpty || !t.synced { return "\(name) is homed here but has no stream of its own (\(t.sync))" }
+                if home, t.recovery == nil, t.epoch.isEmpty || !t.synced { return "\(name) is homed here but has no stream of its own (\(t.sync))" }
                 if !t.history.isOrdered { return "\(name)'s history is not in increasing offsets of one epoch" }
                 if t.history.count > t.history.capacity { return "\(name)'s history holds \(t.history.count) of \(t.history.capacity)" }
                 if t.synced, let last = t.history.newest, last.position.epoch == t.epoch, last.position.offset > t.offset {

@@ -253,6 +253,10 @@ extension RelayCore {
             receiveTraceRequest(topic: topic, region: region, home: home, on: on, now: now)
         case .ack(let origin, let ref, let topic, let result):
             receiveAck(origin: origin, ref: ref, topic: topic, result: result)
+        case .recover(let topic, let home, let replica, let after):
+            receiveRecover(topic: topic, home: home, replica: replica, after: after)
+        case .recovered(let topic, let home, let replica, let publication, let position):
+            receiveRecovered(topic: topic, home: home, from: replica, publication: publication, position: position, now: now)
         case .presenceDigest(let topic, let owners):
             if mesh!.upstream[topic] == peer { receivePresenceDigest(topic, owners, from: peer) }
         case .presence(let topic, let owner, let incarnation, let sequence, let change, let towardsHome):
@@ -350,6 +354,7 @@ extension RelayCore {
             if let last = mesh!.lastHome[topic], last != home { homeChanged(topic, from: last, to: home, now: now) }
             mesh!.lastHome[topic] = home
             if home == config.region {
+                if topics[topic]?.recovery != nil { askForRecovery(topic) }
                 updateReplica(topic)
             } else if let following = topics[topic]?.replicaOf, following != home {
                 // The home changed; the new one chooses its own replica.
@@ -371,6 +376,7 @@ extension RelayCore {
         if new == config.region {
             topics[topic]!.replicaOf = nil
         } else if old == config.region {
+            topics[topic]!.recovery = nil
             failAcknowledgments(topic, where: { _ in true },
                 "the home of '\(topic)' moved to \(new) before a second region confirmed the publication; retry with the same id")
             releaseReplica(topic)
@@ -585,10 +591,16 @@ extension RelayCore {
            let held = [fork, since].compactMap({ $0 }).first(where: { $0.epoch.hasPrefix(config.region + ".") }),
            held.offset.saturatingAdd(Self.adoptionJump) < UInt64.max / 2 {
             // This home restarted and lost the stream, but a child still holds this region's epoch:
-            // continue that epoch, far enough ahead that no offset another child may hold is reused.
-            topics[topic]!.epoch = held.epoch
-            topics[topic]!.offset = held.offset + Self.adoptionJump
-            topics[topic]!.adoptedFrom = held
+            // recover the epoch from the replica, then continue it (see `beginRecovery`).
+            beginRecovery(topic, held: held, now: now)
+        }
+        if topics[topic]!.recovery != nil {
+            if let held = [fork, since].compactMap({ $0 }).first(where: { $0.epoch == topics[topic]!.recovery!.held.epoch }) {
+                noteHeld(topic, held)
+            }
+            mesh!.awaitingSync[topic, default: []].removeAll { $0.child == child }
+            mesh!.awaitingSync[topic, default: []].append((child, since, fork))
+            return
         }
         topics[topic]!.fresh = false
         let current = topics[topic]!.position
@@ -597,6 +609,30 @@ extension RelayCore {
             // it back with a gap would repeat what its subscribers have. Serve it once this region is there.
             mesh!.awaitingSync[topic, default: []].removeAll { $0.child == child }
             mesh!.awaitingSync[topic, default: []].append((child, since, fork))
+            return
+        }
+        if let adopted = topics[topic]!.adoptedFrom, let since, since.epoch == adopted.epoch, current.epoch == adopted.epoch,
+           case let jumped = adopted.offset.saturatingAdd(Self.adoptionJump), since.offset != adopted.offset, since.offset < jumped {
+            // A child in the continued epoch, but not where it was continued from: behind it, it is caught
+            // up from what the home recovered and moved across the jump; past it (it holds publications
+            // nobody confirmed), it is told of the gap.
+            var behind: [Publication] = []
+            if since.offset < adopted.offset {
+                let ring = topics[topic]!.history.all
+                behind = ring.filter { $0.position.epoch == adopted.epoch && $0.position.offset > since.offset && $0.position.offset <= adopted.offset }
+            }
+            if since.offset < adopted.offset, behind.count == Int(adopted.offset - since.offset),
+               case .recovered(let publications) = topics[topic]!.history.publications(
+                   after: StreamPosition(epoch: adopted.epoch, offset: jumped), current: current, now: now) {
+                for p in behind { sendData(child, p) }
+                enqueueLink(child, .epochSwitch(topic: topic, from: adopted, to: StreamPosition(epoch: adopted.epoch, offset: jumped)))
+                for p in publications { sendData(child, p) }
+                enqueueLink(child, .caughtUp(topic: topic, position: current))
+            } else {
+                enqueueLink(child, .gap(topic: topic, position: current, reason: .evicted))
+            }
+            mesh!.children[topic]?[child] = .live
+            sendPresenceSnapshots(topic, to: child)
             return
         }
         if let adopted = topics[topic]!.adoptedFrom, let from = [since, fork].compactMap({ $0 }).first, from == adopted || fork == adopted,
@@ -798,7 +834,7 @@ extension RelayCore {
 
     /// Sends a publish towards its home, or sequences it here when this region is the home.
     mutating func routePublish(_ origin: PublishOrigin, topic: String, id: String, data: String, user: String?, now: TernInstant) {
-        if isHome(topic) {
+        if isHome(topic), topics[topic]?.recovery == nil {
             let result = publish(topic: topic, id: id, data: data, user: user, volatile: false, now: now)
             answerOnceHeld(topic, origin, result)
             return
@@ -820,6 +856,11 @@ extension RelayCore {
             originRef = r
         }
         let home = self.home(of: p.topic)
+        if home == config.region, topics[p.topic]?.recovery != nil {
+            // Recovering its epoch: the publish waits (until `finishRecovery` or its timeout).
+            mesh!.pending[ref]!.sentVia = nil
+            return
+        }
         if home == config.region {
             // A failover made this region the home while the publish was on its way.
             mesh!.pending.removeValue(forKey: ref)
@@ -843,8 +884,8 @@ extension RelayCore {
 
     mutating func receivePublish(topic: String, id: String, data: String, user: String?, origin: String, ref: UInt64, receivedAtWall: Int64, now: TernInstant) {
         let home = self.home(of: topic)
-        if home != config.region {
-            if let hop = mesh!.routes.firstHop(to: home) {
+        if home != config.region || topics[topic]?.recovery != nil {
+            if home != config.region, let hop = mesh!.routes.firstHop(to: home) {
                 enqueueLink(hop, .publish(topic: topic, id: id, data: data, user: user, origin: origin, ref: ref, receivedAtWall: receivedAtWall))
             } else {
                 // No route to the home as this region sees it (it may be about to fail over):

@@ -215,3 +215,120 @@ extension RelayCore {
         }
     }
 }
+
+// MARK: A restarted home recovers its epoch from the regions that hold it
+
+/// A home that restarted has lost its streams, but its replica holds every publication it
+/// acknowledged. When a child first names a position in the home's own epoch, the home asks every
+/// region it can reach (and each one it reaches later, until it is done) for what they hold of that
+/// epoch, before it serves anyone or sequences anything. It is done when its usual replica (its
+/// successor when every region is up) and everyone else asked have answered, or after
+/// `link_read_timeout`. It then continues the epoch past the newest publication it knows (with the
+/// adoption jump, so no offset a child may hold is reused), and catches up children that were behind
+/// from its ring. Publishes that arrive meanwhile wait, as they do while a home is unreachable.
+struct HomeRecovery: Sendable {
+    /// The epoch being recovered and the newest position a child named in it.
+    var held: StreamPosition
+    var asked: Set<String> = []
+    var answered: Set<String> = []
+    var deadline: TernInstant
+}
+
+extension RelayCore {
+    /// At a fresh home: a child named `held`, a position in this region's own epoch.
+    mutating func beginRecovery(_ topic: String, held: StreamPosition, now: TernInstant) {
+        topics[topic]!.fresh = false
+        topics[topic]!.epoch = held.epoch
+        topics[topic]!.offset = held.offset
+        let deadline = now + mesh!.config.linkReadTimeout
+        topics[topic]!.recovery = HomeRecovery(held: held, deadline: deadline)
+        // Nothing is served or sequenced here until the epoch is known.
+        topics[topic]!.sync = .unsynced(from: nil)
+        askForRecovery(topic)
+        if topics[topic]!.recovery!.asked.isEmpty {
+            finishRecovery(topic, now: now)
+            return
+        }
+        schedule(deadline, .recoveryTimeout(topic))
+    }
+
+    /// Asks every reachable region not asked yet.
+    mutating func askForRecovery(_ topic: String) {
+        guard let mesh, let r = topics[topic]?.recovery else { return }
+        for region in mesh.config.graph.regions where region != config.region && canReach(region) && !r.asked.contains(region) {
+            topics[topic]!.recovery!.asked.insert(region)
+            route(.recover(topic: topic, home: config.region, replica: region, after: StreamPosition(epoch: r.held.epoch, offset: 0)),
+                  to: region)
+        }
+    }
+
+    /// A child named a position further on in the epoch being recovered.
+    mutating func noteHeld(_ topic: String, _ position: StreamPosition) {
+        guard var r = topics[topic]?.recovery, position.epoch == r.held.epoch, position.offset > r.held.offset else { return }
+        r.held = position
+        topics[topic]!.recovery = r
+    }
+
+    /// At an asked region (or on the way there): answers with every publication of the epoch it holds after `after`.
+    mutating func receiveRecover(topic: String, home: String, replica: String, after: StreamPosition) {
+        guard replica == config.region else {
+            route(.recover(topic: topic, home: home, replica: replica, after: after), to: replica)
+            return
+        }
+        var position: StreamPosition?
+        if let t = topics[topic] {
+            for p in t.history.all where p.position.epoch == after.epoch && p.position.offset > after.offset {
+                route(.recovered(topic: topic, home: home, replica: replica, publication: p, position: nil), to: home)
+            }
+            if t.synced, t.epoch == after.epoch { position = t.position }
+        }
+        route(.recovered(topic: topic, home: home, replica: replica, publication: nil, position: position), to: home)
+    }
+
+    /// At the home (or on the way there): one recovered publication, or the end of one region's answer.
+    mutating func receiveRecovered(topic: String, home: String, from region: String, publication: Publication?,
+                                   position: StreamPosition?, now: TernInstant) {
+        guard home == config.region else {
+            route(.recovered(topic: topic, home: home, replica: region, publication: publication, position: position), to: home)
+            return
+        }
+        guard let recovery = topics[topic]?.recovery else { return }
+        if let p = publication {
+            guard p.position.epoch == recovery.held.epoch, p.topic == topic else { return }
+            if let newest = topics[topic]!.history.newest, newest.position.offset >= p.position.offset { return }
+            var p = p
+            p.acceptedAt = now
+            topics[topic]!.history.append(p)
+            if !p.id.isEmpty { topics[topic]!.idempotency.remember(p.id, position: p.position, now: now) }
+            return
+        }
+        topics[topic]!.recovery!.answered.insert(region)
+        let r = topics[topic]!.recovery!
+        let successor = mesh.flatMap { Rendezvous.ranking(topic: topic, regions: $0.config.graph.regions).first { $0 != config.region } }
+        if r.answered.isSuperset(of: r.asked), successor.map(r.answered.contains) ?? true { finishRecovery(topic, now: now) }
+    }
+
+    mutating func recoveryTimedOut(_ topic: String, now: TernInstant) {
+        guard let recovery = topics[topic]?.recovery, recovery.deadline <= now else { return }
+        finishRecovery(topic, now: now)
+    }
+
+    /// Continues the epoch past the newest position known (recovered or named by a child), then serves
+    /// everyone who waited and sequences the publishes held meanwhile.
+    mutating func finishRecovery(_ topic: String, now: TernInstant) {
+        guard let recovery = topics[topic]?.recovery else { return }
+        var base = recovery.held
+        if let newest = topics[topic]!.history.newest, newest.position.epoch == base.epoch, newest.position.offset > base.offset {
+            base = newest.position
+        }
+        topics[topic]!.recovery = nil
+        topics[topic]!.epoch = base.epoch
+        topics[topic]!.offset = base.offset.saturatingAdd(Self.adoptionJump)
+        topics[topic]!.adoptedFrom = base
+        topics[topic]!.sync = .current
+        becameSynced(topic, now: now)
+        for ref in mesh!.pending.keys.sorted() where mesh!.pending[ref]?.topic == topic && mesh!.pending[ref]?.sentVia == nil {
+            forwardPending(ref)
+        }
+    }
+}

@@ -163,8 +163,10 @@ public struct RelayCore: Sendable {
         /// True for a home's stream that nothing has been sequenced in or served from yet: a restarted
         /// home may adopt the epoch its children still hold instead of starting a new one.
         var fresh = false
-        /// Where a restarted home adopted this epoch from, for children that stand exactly there.
+        /// Where a restarted home continued this epoch from (past the adoption jump), for children in it.
         var adoptedFrom: StreamPosition?
+        /// While a restarted home recovers its epoch from its replica.
+        var recovery: HomeRecovery?
         /// The last epoch switch this region made, so children standing where it stood can follow.
         var lastSwitch: (from: StreamPosition, to: StreamPosition)?
         /// At the home: the replica and the acknowledgments waiting for it.
@@ -214,6 +216,7 @@ public struct RelayCore: Sendable {
             case presenceTimeout(String, String)
             case presenceFlush(String)
             case failoverCheck
+            case recoveryTimeout(String)
         }
         var at: TernInstant
         var sequence: UInt64
@@ -575,7 +578,12 @@ public struct RelayCore: Sendable {
         topics[topic]!.fresh = false
         let current = topics[topic]!.position
         var reply = SubscribeReply(topic: topic, position: current, recovered: nil, failure: nil, publications: [])
-        if let since {
+        if let since, let adopted = topics[topic]!.adoptedFrom, since.epoch == adopted.epoch, current.epoch == adopted.epoch,
+           since.offset < adopted.offset.saturatingAdd(Self.adoptionJump), current.offset >= adopted.offset.saturatingAdd(Self.adoptionJump) {
+            // A restarted home continued this epoch past a jump: a client from before the jump resyncs.
+            reply.recovered = false
+            reply.failure = .evicted
+        } else if let since {
             switch topics[topic]!.history.publications(after: since, current: current, now: now) {
             case .recovered(let publications):
                 // The reply must fit the client's send queue, or the client would be closed on every retry.
@@ -678,6 +686,11 @@ public struct RelayCore: Sendable {
         if !id.isEmpty, let earlier = topics[topic]!.idempotency.lookup(id, now: now) {
             stats.duplicatePublishes += 1
             return .success(.published(topic: topic, position: earlier, duplicate: true))
+        }
+        if topics[topic]!.recovery != nil {
+            // Publishes wait for a recovering home (`forwardPending`); should one get here, the home
+            // continues from what it knows rather than sequence into offsets it may not hold.
+            finishRecovery(topic, now: now)
         }
         guard topics[topic]!.offset < UInt64.max else {
             // Only a peer's nonsense position could bring an epoch here; refuse rather than wrap.
@@ -969,7 +982,7 @@ public struct RelayCore: Sendable {
             switch d.kind {
             case .connectTimeout(let c), .tokenExpiry(let c), .pollTimeout(let c): clients[c] != nil
             case .topicSweep(let t), .interestLinger(let t), .subscribeTimeout(let t), .presenceTimeout(let t, _), .presenceFlush(let t),
-                 .ackTimeout(let t): topics[t] != nil
+                 .ackTimeout(let t), .recoveryTimeout(let t): topics[t] != nil
             case .publishTimeout(let ref): mesh?.pending[ref] != nil
             case .linkFlush(let peer), .linkLiveness(let peer): mesh?.links[peer] != nil
             case .failoverCheck: true
@@ -1014,6 +1027,8 @@ public struct RelayCore: Sendable {
                 if mesh != nil { topologyChanged(now: now) }
             case .presenceFlush(let topic):
                 flushPresence(topic)
+            case .recoveryTimeout(let topic):
+                recoveryTimedOut(topic, now: now)
             }
         }
     }

@@ -959,6 +959,8 @@ extension LinkMessage {
         case .heartbeatReply: "heartbeatReply"
         case .presence: "presence"
         case .presenceDigest: "presenceDigest"
+        case .recover: "recover"
+        case .recovered: "recovered"
         }
     }
 }

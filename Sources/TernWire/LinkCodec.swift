@@ -57,7 +57,7 @@ public final class LinkCodec {
 
     enum Kind: UInt8 {
         case topic = 0, linkState, interest, uninterest, data, caughtUp, gap, resync, publish, ack, credit, presence, epochSwitch
-        case heartbeat, topicsReset, follow, unfollow, replicated, heartbeatReply, trace, presenceDigest
+        case heartbeat, topicsReset, follow, unfollow, replicated, heartbeatReply, trace, presenceDigest, recover, recovered
     }
 
     /// The largest frame accepted, in bytes.
@@ -259,6 +259,30 @@ public final class LinkCodec {
             out.writeInteger(from)
             out.writeInteger(to)
             writeString(home, &out)
+        case .recover(let topic, let home, let replica, let after):
+            let id = topicID(topic, &out)
+            out.writeInteger(Kind.recover.rawValue)
+            out.writeInteger(id)
+            writeString(home, &out)
+            writeString(replica, &out)
+            writePosition(after, &out)
+        case .recovered(let topic, let home, let replica, let publication, let position):
+            let id = topicID(topic, &out)
+            out.writeInteger(Kind.recovered.rawValue)
+            out.writeInteger(id)
+            writeString(home, &out)
+            writeString(replica, &out)
+            writePosition(position, &out)
+            if let p = publication {
+                out.writeInteger(UInt8(1))
+                writePosition(p.position, &out)
+                writeString(p.id, &out)
+                writeOptional(p.user, &out)
+                writeString(p.data, &out)
+                out.writeInteger(p.sequencedAtWall)
+            } else {
+                out.writeInteger(UInt8(0))
+            }
         case .presenceDigest(let topic, let owners):
             let id = topicID(topic, &out)
             out.writeInteger(Kind.presenceDigest.rawValue)
@@ -410,6 +434,27 @@ public final class LinkCodec {
                 let home = try readString(&body)
                 let on: UInt8 = try read(&body)
                 messages.append(.trace(topic: topic, region: region, home: home, on: on != 0))
+            case .recover:
+                let topic = try readTopic(&body)
+                let home = try readString(&body)
+                let replica = try readString(&body)
+                messages.append(.recover(topic: topic, home: home, replica: replica, after: try readPosition(&body)))
+            case .recovered:
+                let topic = try readTopic(&body)
+                let home = try readString(&body)
+                let replica = try readString(&body)
+                let position = try readOptionalPosition(&body)
+                let has: UInt8 = try read(&body)
+                var publication: Publication?
+                if has != 0 {
+                    let at = try readPosition(&body)
+                    let id = try readString(&body)
+                    let user = try readOptional(&body)
+                    let data = try readString(&body)
+                    publication = Publication(topic: topic, position: at, id: id, data: data, user: user, acceptedAt: .zero,
+                                              sequencedAtWall: try read(&body))
+                }
+                messages.append(.recovered(topic: topic, home: home, replica: replica, publication: publication, position: position))
             case .presenceDigest:
                 let topic = try readTopic(&body)
                 let n: UInt32 = try read(&body)

@@ -189,6 +189,35 @@ struct MeshCoreTests {
         #expect(m.received("c", c).contains { if case .reply(ref: 2, .subscribed) = $0 { true } else { false } })
     }
 
+    @Test("a home that restarts before anyone fails over recovers what it acknowledged from the regions that hold it, even when a child behind asks first")
+    func restartedHomeRecoversFromReplica() {
+        // a is the home and b its successor (the replica); c hangs off a directly.
+        var m = MeshHarness(links: [("a", "b", 10), ("a", "c", 10), ("b", "c", 30)], tune: { $0.failoverAfter = .seconds(30) })
+        let t = (0..<1000).map { "news:r\($0)" }.first { Rendezvous.ranking(topic: $0, regions: ["a", "b", "c"]) == ["a", "b", "c"] }!
+        let c = m.connectClient("c", 1)
+        m.handle("c", .command(c, ref: 1, .subscribe(topic: t, since: nil)))
+        m.settle()
+        for i in 1...3 { m.apiPublish("a", UInt64(i), t, "\(i)", id: "p\(i)") }
+        m.settle()
+        // c stops hearing from a; 4 and 5 are acknowledged once b holds them.
+        m.held.insert("a>c")
+        for i in 4...5 { m.apiPublish("a", UInt64(i), t, "\(i)", id: "p\(i)") }
+        m.settle()
+        #expect((4...5).allSatisfy { if case .success(.published(_, _?, _))? = m.apiReplies[UInt64($0)] { true } else { false } })
+        // a crashes and comes straight back; c, which is behind, reaches it first.
+        m.held.remove("a>c")
+        m.crashAndRestart("a", seed: 99, links: ["b", "c"])
+        m.connect("a", "c")
+        m.settle()
+        m.connect("a", "b")
+        m.settle()
+        m.advance(.seconds(4))
+        m.apiPublish("a", 6, t, "6", id: "p6")
+        m.settle()
+        let got = m.received("c", c).compactMap { if case .publication(let p) = $0 { p.id } else { nil } }
+        #expect(got == ["p1", "p2", "p3", "p4", "p5", "p6"], "\(got)")
+    }
+
     @Test("when the upstream ring cannot fill a gap, subscribers are told to resync")
     func gapMarker() {
         var m = MeshHarness(links: [("a", "b", 10), ("b", "c", 10)])

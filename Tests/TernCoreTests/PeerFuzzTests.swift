@@ -26,7 +26,7 @@ struct PeerFuzzTests {
 
         mutating func message() -> LinkMessage {
             let topic = pick(PeerFuzzTests.topics)
-            switch int(18) {
+            switch int(20) {
             case 0: return .linkState(origin: pick(PeerFuzzTests.regions), incarnation: UInt64(int(3)), sequence: UInt64(int(5)),
                                       neighbours: (0..<int(3)).map { _ in pick(PeerFuzzTests.regions) })
             case 1: return .interest(topic: topic, since: maybePosition(), fork: maybePosition())
@@ -57,6 +57,11 @@ struct PeerFuzzTests {
             case 16: return .presenceDigest(topic: topic, owners: (0..<int(4)).map { _ in
                 PresenceDigestEntry(owner: pick(PeerFuzzTests.regions), incarnation: UInt64(int(3)), count: UInt32(int(3)), checksum: UInt64(int(3)))
             })
+            case 17: return .recover(topic: topic, home: pick(PeerFuzzTests.regions), replica: pick(PeerFuzzTests.regions), after: position())
+            case 18: return .recovered(topic: topic, home: pick(PeerFuzzTests.regions), replica: pick(PeerFuzzTests.regions),
+                                       publication: bool() ? Publication(topic: topic, position: position(), id: "p\(int(6))", data: "4", user: nil,
+                                                                         acceptedAt: .zero) : nil,
+                                       position: maybePosition())
             default: return bool() ? .credit(batches: int(3)) : .heartbeat(sentAt: Int64(int(1000)))
             }
         }
