@@ -748,7 +748,7 @@ extension RelayCore {
     }
 
     mutating func receiveCaughtUp(_ topic: String, _ position: StreamPosition, now: TernInstant) {
-        guard var t = topics[topic] else { return }
+        guard var t = topics[topic], !Self.isBehind(position, t) else { return }
         if t.synced && (position.epoch != t.epoch || position.offset != t.offset) {
             receiveGap(topic, position, .evicted, now: now)
             return
@@ -757,6 +757,14 @@ extension RelayCore {
         t.sync = .current
         topics[topic] = t
         becameSynced(topic, now: now)
+    }
+
+    /// Whether an upstream's `caughtUp` or `gap` names a position behind where this region already stands
+    /// in the same epoch. No upstream serving this region sends that (one that is behind waits until it
+    /// has caught up), so it is a stale message: sent before this region last left that upstream, and
+    /// delivered after it came back to it. Obeying it would move the stream backwards.
+    static func isBehind(_ position: StreamPosition, _ t: TopicState) -> Bool {
+        t.synced && position.epoch == t.epoch && position.offset < t.offset
     }
 
     /// Sets a cache's position as its upstream states it. A history of another epoch, or reaching past
@@ -773,7 +781,7 @@ extension RelayCore {
 
     /// The upstream cannot fill this region's gap: reset the regional cache and tell everyone downstream.
     mutating func receiveGap(_ topic: String, _ position: StreamPosition, _ reason: RecoveryFailure, now: TernInstant) {
-        guard var t = topics[topic] else { return }
+        guard var t = topics[topic], !Self.isBehind(position, t) else { return }
         let wasSynced = t.synced
         t.history = HistoryRing(capacity: t.options.historySize, ttl: t.options.historyTTL)
         t.epoch = position.epoch
