@@ -57,15 +57,15 @@ public struct IdempotencyCache: Sendable {
         return byID[id]?.position
     }
 
-    /// The mark `id` was remembered with, if it is still remembered.
-    public mutating func mark(of id: String, now: TernInstant) -> UInt64? {
+    /// The position and mark `id` was remembered with, if it is still remembered.
+    public mutating func entry(of id: String, now: TernInstant) -> (position: StreamPosition, mark: UInt64)? {
         expire(now: now)
-        return byID[id]?.mark
+        return byID[id]
     }
 
     /// Remembers that `id` was assigned `position`, with a caller's `mark` (a region's subscription
     /// serial when it delivered the id, say).
-    public mutating func remember(_ id: String, position: StreamPosition, now: TernInstant, mark: UInt64 = 0) {
+    public mutating func remember(_ id: String, position: StreamPosition, now: TernInstant, mark: UInt64) {
         expire(now: now)
         if order.count >= capacity, let oldest = order.popFirst() {
             if byID[oldest.id]?.position == oldest.position { byID[oldest.id] = nil }

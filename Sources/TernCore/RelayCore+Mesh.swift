@@ -390,7 +390,10 @@ extension RelayCore {
             if t.synced, !t.epoch.isEmpty { t.fork = t.fork ?? left }
             t.priorHistory = t.synced ? t.history : nil
             // Publishes sequenced before the failover may be retried here: recognise them by id.
-            for p in t.history.all where !p.id.isEmpty { t.idempotency.remember(p.id, position: p.position, now: now) }
+            // Every subscriber here has them (as of the current subscription serial).
+            for p in t.history.all where !p.id.isEmpty && t.idempotency.entry(of: p.id, now: now) == nil {
+                t.idempotency.remember(p.id, position: p.position, now: now, mark: joinSerial)
+            }
             t.fresh = false
             t.history = HistoryRing(capacity: t.options.historySize, ttl: t.options.historyTTL)
             t.epoch = "\(config.region).\(String(rng.next() & 0xFFFF_FFFF, radix: 16))"

@@ -299,7 +299,7 @@ extension RelayCore {
             var p = p
             p.acceptedAt = now
             topics[topic]!.history.append(p)
-            if !p.id.isEmpty { topics[topic]!.idempotency.remember(p.id, position: p.position, now: now) }
+            if !p.id.isEmpty { topics[topic]!.idempotency.remember(p.id, position: p.position, now: now, mark: joinSerial) }
             return
         }
         topics[topic]!.recovery!.answered.insert(region)

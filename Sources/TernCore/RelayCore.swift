@@ -133,8 +133,9 @@ public struct RelayCore: Sendable {
         var offset: UInt64 = 0
         var history: HistoryRing
         var idempotency: IdempotencyCache
-        /// Local subscribers, each with the region's subscription serial when it joined.
-        var subscribers = IndexedMap<ClientID, UInt64>()
+        /// Local subscribers, each with the region's subscription serial when it joined and the
+        /// position it said it had seen up to.
+        var subscribers = IndexedMap<ClientID, Joined>()
         /// Local subscribers that asked for per-hop timestamps.
         var traceSubscribers = 0
         /// At the home: regions that have subscribers asking for per-hop timestamps.
@@ -247,6 +248,13 @@ public struct RelayCore: Sendable {
     var generatedIDs: UInt64 = 0
     /// The `now` of the event being handled.
     var clock = TernInstant.zero
+    /// One local subscription: the region's subscription serial when it was made, and the position the
+    /// client said it had seen up to.
+    struct Joined: Sendable {
+        var serial: UInt64
+        var since: StreamPosition?
+    }
+
     /// Counts subscriptions made in this region: a publication it delivered before a subscriber's
     /// serial was not delivered to that subscriber.
     var joinSerial: UInt64 = 0
@@ -565,7 +573,7 @@ public struct RelayCore: Sendable {
         ensureTopic(topic, options, now: now)
         clients[client]?.subscriptions[topic] = ()
         joinSerial += 1
-        topics[topic]!.subscribers[client] = joinSerial
+        topics[topic]!.subscribers[client] = Joined(serial: joinSerial, since: since)
         topics[topic]!.lastActivity = now
         stats.subscriptions += 1
         guard topics[topic]!.synced else { return .success(nil) }
@@ -709,7 +717,8 @@ public struct RelayCore: Sendable {
         let publication = Publication(topic: topic, position: topics[topic]!.position, id: id, data: data, user: user, acceptedAt: now,
                                       sequencedAtWall: wall, trace: trace)
         topics[topic]!.history.append(publication)
-        if !id.isEmpty { topics[topic]!.idempotency.remember(id, position: publication.position, now: now) }
+        // Delivered to every subscriber here right after, so its mark is the current subscription serial.
+        if !id.isEmpty { topics[topic]!.idempotency.remember(id, position: publication.position, now: now, mark: joinSerial) }
         // A failover home keeps what it sequences until the canonical home has sequenced it again.
         if failoverHome, topics[topic]!.failoverLog.count < 100_000 { topics[topic]!.failoverLog.append(publication) }
         stats.publications += 1
@@ -731,6 +740,7 @@ public struct RelayCore: Sendable {
         }
         // Set when this region delivered the publication before: only subscribers that joined since get it.
         var joinedAfter: UInt64?
+        var firstAt: StreamPosition?
         if !publication.id.isEmpty {
             if let until = topics[topic]!.mergeUntil, clock < until, let mark = topics[topic]!.mergingIDs[publication.id] {
                 // After a heal, publications this region already delivered in the failover epoch come again.
@@ -739,8 +749,9 @@ public struct RelayCore: Sendable {
                 // Sequenced again somewhere (a failover merge, a restarted home's retry), or brought again
                 // after this region's stream was reset to an earlier position: the subscribers that were
                 // here then have it. Every region remembers what it delivered, and when.
-                if let mark = topics[topic]!.idempotency.mark(of: publication.id, now: clock) {
-                    joinedAfter = mark
+                if let earlier = topics[topic]!.idempotency.entry(of: publication.id, now: clock) {
+                    joinedAfter = earlier.mark
+                    firstAt = earlier.position
                 } else {
                     topics[topic]!.idempotency.remember(publication.id, position: publication.position, now: clock, mark: joinSerial)
                 }
@@ -751,11 +762,11 @@ public struct RelayCore: Sendable {
             }
         }
         if let mark = joinedAfter {
-            deliverAgain(publication, toSubscribersAfter: mark)
+            deliverAgain(publication, toSubscribersAfter: mark, firstAt: firstAt)
             // Everyone here has it now.
             if topics[topic]!.mergingIDs[publication.id] != nil { topics[topic]!.mergingIDs[publication.id] = joinSerial }
             if mesh != nil, !sequencedHere {
-                topics[topic]!.idempotency.remember(publication.id, position: publication.position, now: clock, mark: joinSerial)
+                topics[topic]!.idempotency.remember(publication.id, position: firstAt ?? publication.position, now: clock, mark: joinSerial)
             }
             return
         }
@@ -793,9 +804,11 @@ public struct RelayCore: Sendable {
         }
     }
 
-    /// Delivers a publication this region delivered before (at subscription serial `mark`) to the
-    /// subscribers that joined since, who have not had it. Rare: only after failovers and resets.
-    mutating func deliverAgain(_ publication: Publication, toSubscribersAfter mark: UInt64) {
+    /// Delivers a publication this region delivered before (at subscription serial `mark`, first at
+    /// `firstAt`) to the subscribers that joined since and have not had it: a subscriber that resumed
+    /// from a position at or past `firstAt` had it on an earlier connection. Rare: only after failovers
+    /// and resets.
+    mutating func deliverAgain(_ publication: Publication, toSubscribersAfter mark: UInt64, firstAt: StreamPosition?) {
         let topic = publication.topic
         guard let t = topics[topic], t.subscribers.count > 0, joinSerial > mark else { return }
         var plain = publication
@@ -803,7 +816,8 @@ public struct RelayCore: Sendable {
         let waiting = Set(t.pendingSubscribes.map(\.client))
         var newer: [ClientID] = []
         t.subscribers.forEach { client, joined in
-            if joined > mark, !waiting.contains(client) { newer.append(client) }
+            let hadIt = firstAt.map { first in joined.since.map { $0.epoch == first.epoch && $0.offset >= first.offset } ?? false } ?? false
+            if joined.serial > mark, !hadIt, !waiting.contains(client) { newer.append(client) }
             return true
         }
         var traced = publication

@@ -42,7 +42,7 @@ struct InvariantTests {
     @Test("a topic that lists a client not subscribed to it is caught")
     func strayTopicSubscriberIsCaught() {
         var core = subscribedCore()
-        core.topics["news:x"]!.subscribers[ClientID(99)] = 1
+        core.topics["news:x"]!.subscribers[ClientID(99)] = .init(serial: 1, since: nil)
         #expect(core.checkInvariants().contains { $0.contains("topics list 2 subscribers but clients hold 1 subscriptions") },
                 "\(core.checkInvariants())")
     }
