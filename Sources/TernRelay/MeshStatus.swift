@@ -196,6 +196,7 @@ extension Relay {
                 ("topics", .int(stats.topics)),
                 ("publications", .int(stats.publications)),
                 ("relayed_publications", .int(stats.relayedPublications)),
+                ("presence_resyncs", .int(stats.presenceResyncs)),
                 ("deliveries", .int(stats.deliveries)),
             ])),
         ]

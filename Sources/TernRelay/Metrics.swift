@@ -17,6 +17,7 @@ public final class RelayMetrics: Sendable {
     let shed: Counter
     let slowConsumers: Counter
     let rejected: Counter
+    let presenceResyncs: Counter
     let publishToDeliver: DurationHistogram
     let homeToDeliver: DurationHistogram
     private let latest = Mutex(RelayStats())
@@ -37,6 +38,7 @@ public final class RelayMetrics: Sendable {
         duplicates = registry.makeCounter(descriptor: .init(namespace: "tern", metricName: "duplicate_publishes", unitName: "total", helpText: "Publishes answered from the idempotency cache"), labels: labels)
         shed = registry.makeCounter(descriptor: .init(namespace: "tern", metricName: "volatile_shed", unitName: "total", helpText: "Volatile events coalesced or dropped under pressure"), labels: labels)
         slowConsumers = registry.makeCounter(descriptor: .init(namespace: "tern", metricName: "slow_consumer_closes", unitName: "total", helpText: "Clients closed as slow consumers"), labels: labels)
+        presenceResyncs = registry.makeCounter(descriptor: .init(namespace: "tern", metricName: "presence_resyncs", unitName: "total", helpText: "Presence digests from upstream that showed divergence and made this region ask for snapshots again"), labels: labels)
         rejected = registry.makeCounter(descriptor: .init(namespace: "tern", metricName: "rejected_connections", unitName: "total", helpText: "Connections refused by rate limit or drain"), labels: labels)
         publishToDeliver = registry.makeDurationHistogram(
             descriptor: .init(namespace: "tern", metricName: "publish_to_deliver", unitName: "seconds",
@@ -65,5 +67,6 @@ public final class RelayMetrics: Sendable {
         add(shed, stats.volatileShed, previous.volatileShed)
         add(slowConsumers, stats.slowConsumerCloses, previous.slowConsumerCloses)
         add(rejected, stats.rejectedConnections, previous.rejectedConnections)
+        add(presenceResyncs, stats.presenceResyncs, previous.presenceResyncs)
     }
 }
