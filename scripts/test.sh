@@ -7,6 +7,17 @@ cd "$(dirname "$0")/.."
 export PATH="/opt/swift/usr/bin:$PATH"
 bash scripts/setup.sh
 swift build --build-tests
-timeout 1200 swift test --skip-build --no-parallel "$@"
+# The run's output also goes to a log, so that a failure can be repeated at the end: the test
+# that failed and what it expected, where a reader of the last lines sees them.
+log="$(mktemp)"
+status=0
+timeout 1200 swift test --skip-build --no-parallel "$@" 2>&1 | tee "$log" || status=$?
+if [ "$status" -ne 0 ]; then
+  echo "== failed tests (exit $status) =="
+  grep -E "✘|recorded an issue|Expectation failed|error:|Fatal error" "$log" | grep -v "✘ Test run with" | head -40 || true
+  rm -f "$log"
+  exit "$status"
+fi
+rm -f "$log"
 # The browser client (clients/js) on Node's built-in test runner.
 node --test clients/js/test/
