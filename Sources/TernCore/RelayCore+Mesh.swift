@@ -708,42 +708,55 @@ extension RelayCore {
 
     mutating func receiveData(_ publication: Publication, from peer: String) {
         let topic = publication.topic
-        guard var t = topics[topic], mesh!.upstream[topic] == peer else { return }
-        if !t.synced {
+        guard topics[topic] != nil, mesh!.upstream[topic] == peer else { return }
+        // The topic's state is changed in place (never copied out and written back, which would copy
+        // its history ring on every publication).
+        if withTopic(topic, { $0.synced }) == false {
             // Data from where this region asked to start: it is now positioned there, still catching up.
-            guard let from = t.awaitingFrom, publication.position.epoch == from.epoch,
-                  publication.position.offset.follows(from.offset) else { return }
-            Self.adopt(from, into: &t)
-            t.sync = .catchingUp
-            topics[topic] = t
+            let positioned = withTopic(topic) { t -> Bool in
+                guard let from = t.awaitingFrom, publication.position.epoch == from.epoch,
+                      publication.position.offset.follows(from.offset) else { return false }
+                Self.adopt(from, into: &t)
+                t.sync = .catchingUp
+                return true
+            }
+            guard positioned == true else { return }
             // Subscribers and children waiting for this region are answered at `from` first, so the
             // publications that follow reach them as live data, in order.
             becameSynced(topic, now: clock)
-            guard let current = topics[topic] else { return }
-            t = current
+            guard topics[topic] != nil else { return }
         }
-        guard publication.position.epoch == t.epoch, publication.position.offset.follows(t.offset) else {
-            let stale = publication.position.epoch == t.epoch && publication.position.offset <= t.offset
-            if !stale && !t.resyncing {
+        enum Placement { case next, stale, behind(StreamPosition, StreamPosition?) }
+        let placement = withTopic(topic) { t -> Placement in
+            guard publication.position.epoch == t.epoch, publication.position.offset.follows(t.offset) else {
+                let stale = publication.position.epoch == t.epoch && publication.position.offset <= t.offset
+                if stale || t.resyncing { return .stale }
                 t.catchUp()
-                topics[topic] = t
-                enqueueLink(peer, .interest(topic: topic, since: t.position, fork: t.fork))
+                return .behind(t.position, t.fork)
             }
+            return .next
+        }
+        switch placement {
+        case nil, .stale?: return
+        case .behind(let position, let fork)?:
+            enqueueLink(peer, .interest(topic: topic, since: position, fork: fork))
             return
+        case .next?: break
         }
         var publication = publication
         if var hops = publication.trace, hops.count < TraceHop.maxHops {
             hops.append(TraceHop(region: config.region, step: .relayed, at: wallNow))
             publication.trace = hops
         }
-        t.offset = publication.position.offset
-        t.history.append(publication)
-        if let home = t.replicaOf, home != canonicalHome(of: topic), publication.position.epoch.hasPrefix(home + "."),
-           t.failoverLog.count < 100_000 {
-            // The replica of a failover home keeps its log too, so it outlives that home's crash.
-            t.failoverLog.append(publication)
+        withTopic(topic) { t in
+            t.offset = publication.position.offset
+            t.history.append(publication)
+            if let home = t.replicaOf, home != t.canonicalHome, publication.position.epoch.hasPrefix(home + "."),
+               t.failoverLog.count < 100_000 {
+                // The replica of a failover home keeps its log too, so it outlives that home's crash.
+                t.failoverLog.append(publication)
+            }
         }
-        topics[topic] = t
         replicaReceived(publication)
         stats.relayedPublications += 1
         deliver(publication)

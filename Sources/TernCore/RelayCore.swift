@@ -732,6 +732,15 @@ public struct RelayCore: Sendable {
     /// The hot path: per subscriber it costs a lookup and an append to that client's queue. Stored
     /// state is read and changed in place, never copied out: a copy of a topic or client held while
     /// its collections change would make Swift copy those collections (copy-on-write) each time.
+    /// Gives `body` the state of `topic` in place (nil when the relay does not hold it). Changing a
+    /// topic through a copy and writing it back would copy its collections (history, subscribers)
+    /// on every change; this never does.
+    @inline(__always) @discardableResult
+    mutating func withTopic<T>(_ topic: String, _ body: (inout TopicState) -> T) -> T? {
+        guard let i = topics.index(forKey: topic) else { return nil }
+        return topics.inPlace(i, body)
+    }
+
     mutating func deliver(_ publication: Publication, sequencedHere: Bool = false) {
         let topic = publication.topic
         guard topics[topic] != nil else { return }
