@@ -22,12 +22,15 @@ done
 # five-regions-10k seed 12: a region that stopped following a room kept other regions' members.
 # presence-restart seed 52: a home that restarted within failover_after lost what only its replica held.
 # partition-heal seed 10: a stale gap from a former parent moved a region's stream backwards.
+# lossy-link seed 135: a restarted home that could not reach its successor lost what only the
+#   successor (a failover home since, which had forked again) held.
 for replay in "Simulations/broadcast-25.yaml --swarm 1 --seed 35" \
               "Simulations/five-regions-10k.yaml --swarm 1 --seed 2" \
               "Simulations/five-regions-10k.yaml --swarm 1 --seed 28" \
               "Simulations/five-regions-10k.yaml --swarm 1 --seed 12" \
               "Simulations/presence-restart.yaml --swarm 1 --seed 52" \
-              "Simulations/partition-heal.yaml --swarm 1 --seed 10"; do
+              "Simulations/partition-heal.yaml --swarm 1 --seed 10" \
+              "Simulations/lossy-link.yaml --swarm 1 --seed 135"; do
   echo "== regression: $replay"
   # shellcheck disable=SC2086
   if ! "$tern" sim $replay; then status=1; fi

@@ -388,7 +388,7 @@ extension RelayCore {
             // Ids delivered since the first fork stay remembered through later failovers, until the merge.
             if t.fork == nil { t.forkIDs = [:] }
             if t.synced, !t.epoch.isEmpty { t.fork = t.fork ?? left }
-            t.priorHistory = t.synced ? t.history : nil
+            if !t.holdsForkHistory { t.priorHistory = t.synced ? t.history : nil }
             // Publishes sequenced before the failover may be retried here: recognise them by id.
             // Every subscriber here has them (as of the current subscription serial).
             for p in t.history.all where !p.id.isEmpty && t.idempotency.entry(of: p.id, now: now) == nil {
@@ -473,7 +473,7 @@ extension RelayCore {
             t.fork = from
             t.forkIDs = [:]
         }
-        t.priorHistory = t.history
+        if !t.holdsForkHistory { t.priorHistory = t.history }
         t.history = HistoryRing(capacity: t.options.historySize, ttl: t.options.historyTTL)
         t.epoch = to.epoch
         t.offset = to.offset
@@ -607,6 +607,15 @@ extension RelayCore {
         }
         topics[topic]!.fresh = false
         let current = topics[topic]!.position
+        if isHome(topic), let adopted = topics[topic]!.adoptedFrom,
+           case let jumped = adopted.offset.saturatingAdd(Self.adoptionJump),
+           [since, fork].contains(where: { $0.map { $0.epoch == adopted.epoch && $0.offset > adopted.offset && $0.offset < jumped } ?? false }) {
+            // The child holds publications past where this home continued the epoch, which no region it
+            // recovered from held (its successor did not answer in time). Ask the child for them before
+            // anything below reaches it; each one not sequenced here yet (by id) is sequenced again, so
+            // the regions that missed it get it (`resequenceUnrecovered`).
+            route(.recover(topic: topic, home: config.region, replica: child, after: adopted), to: child)
+        }
         if !isHome(topic), let since, since.epoch == current.epoch, since.offset > current.offset {
             // The child is further on than this region (it followed a parent that was ahead): sending
             // it back with a gap would repeat what its subscribers have. Serve it once this region is there.
@@ -618,7 +627,8 @@ extension RelayCore {
            case let jumped = adopted.offset.saturatingAdd(Self.adoptionJump), since.offset != adopted.offset, since.offset < jumped {
             // A child in the continued epoch, but not where it was continued from: behind it, it is caught
             // up from what the home recovered and moved across the jump; past it (it holds publications
-            // nobody confirmed), it is told of the gap.
+            // the home did not recover), the home moves it across the jump too and sequences those
+            // publications again; elsewhere it is told of the gap.
             var behind: [Publication] = []
             if since.offset < adopted.offset {
                 let ring = topics[topic]!.history.all
@@ -629,6 +639,14 @@ extension RelayCore {
                    after: StreamPosition(epoch: adopted.epoch, offset: jumped), current: current, now: now) {
                 for p in behind { sendData(child, p) }
                 enqueueLink(child, .epochSwitch(topic: topic, from: adopted, to: StreamPosition(epoch: adopted.epoch, offset: jumped)))
+                for p in publications { sendData(child, p) }
+                enqueueLink(child, .caughtUp(topic: topic, position: current))
+            } else if since.offset > adopted.offset, isHome(topic),
+                      case .recovered(let publications) = topics[topic]!.history.publications(
+                          after: StreamPosition(epoch: adopted.epoch, offset: jumped), current: current, now: now) {
+                // Past it: the home has asked the child for what it holds there (above) and sequences
+                // those again, so the child loses nothing by moving across the jump from where it stands.
+                enqueueLink(child, .epochSwitch(topic: topic, from: since, to: StreamPosition(epoch: adopted.epoch, offset: jumped)))
                 for p in publications { sendData(child, p) }
                 enqueueLink(child, .caughtUp(topic: topic, position: current))
             } else {

@@ -277,7 +277,9 @@ extension RelayCore {
         }
         var position: StreamPosition?
         if let t = topics[topic] {
-            for p in t.history.all where p.position.epoch == after.epoch && p.position.offset > after.offset {
+            // The ring before this region's last fork holds the epoch it forked from.
+            let held = (t.priorHistory?.all ?? []) + t.history.all
+            for p in held where p.position.epoch == after.epoch && p.position.offset > after.offset {
                 route(.recovered(topic: topic, home: home, replica: replica, publication: p, position: nil), to: home)
             }
             if t.synced, t.epoch == after.epoch { position = t.position }
@@ -292,7 +294,10 @@ extension RelayCore {
             route(.recovered(topic: topic, home: home, replica: region, publication: publication, position: position), to: home)
             return
         }
-        guard let recovery = topics[topic]?.recovery else { return }
+        guard let recovery = topics[topic]?.recovery else {
+            if let p = publication, p.topic == topic { resequenceUnrecovered(p, now: now) }
+            return
+        }
         if let p = publication {
             guard p.position.epoch == recovery.held.epoch, p.topic == topic else { return }
             if let newest = topics[topic]!.history.newest, newest.position.offset >= p.position.offset { return }
@@ -306,6 +311,17 @@ extension RelayCore {
         let r = topics[topic]!.recovery!
         let successor = mesh.flatMap { Rendezvous.ranking(topic: topic, regions: $0.config.graph.regions).first { $0 != config.region } }
         if r.answered.isSuperset(of: r.asked), successor.map(r.answered.contains) ?? true { finishRecovery(topic, now: now) }
+    }
+
+    /// At a home that has continued a recovered epoch: a publication of that epoch past the point it
+    /// continued from, which a child still held. The home never had it (the regions it recovered from
+    /// did not), but it was acknowledged: sequence it again, once, under its id. Regions that delivered
+    /// it before skip their subscribers that have it (region-level id memory); the others deliver it.
+    mutating func resequenceUnrecovered(_ p: Publication, now: TernInstant) {
+        guard isHome(p.topic), let adopted = topics[p.topic]?.adoptedFrom, !p.id.isEmpty,
+              p.position.epoch == adopted.epoch, p.position.offset > adopted.offset,
+              p.position.offset < adopted.offset.saturatingAdd(Self.adoptionJump) else { return }
+        _ = publish(topic: p.topic, id: p.id, data: p.data, user: p.user, volatile: false, now: now)
     }
 
     mutating func recoveryTimedOut(_ topic: String, now: TernInstant) {

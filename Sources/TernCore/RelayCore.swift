@@ -157,8 +157,15 @@ public struct RelayCore: Sendable {
         /// canonical stream catches this region up after a heal.
         var mergingIDs: [String: UInt64] = [:]
         var mergeUntil: TernInstant?
-        /// The ring of the epoch before the last switch, to catch up children still in it.
+        /// The ring of the epoch before the last switch, to catch up children still in it. While this
+        /// region has a fork, it keeps the ring of the fork's epoch through later switches: that epoch
+        /// is the one children (and a recovering home) may still need from here.
         var priorHistory: HistoryRing?
+        /// Whether `priorHistory` is the ring of the fork's epoch, to keep through a switch.
+        var holdsForkHistory: Bool {
+            guard let fork, let newest = priorHistory?.newest else { return false }
+            return newest.position.epoch == fork.epoch
+        }
         /// Publications this region sequenced as a failover home, to re-sequence at the canonical home.
         var failoverLog: [Publication] = []
         /// True for a home's stream that nothing has been sequenced in or served from yet: a restarted
@@ -727,11 +734,6 @@ public struct RelayCore: Sendable {
         return .success(.published(topic: topic, position: publication.position, duplicate: false))
     }
 
-    /// Writes one publication to every local subscriber, encoding it once for all WebSockets.
-    ///
-    /// The hot path: per subscriber it costs a lookup and an append to that client's queue. Stored
-    /// state is read and changed in place, never copied out: a copy of a topic or client held while
-    /// its collections change would make Swift copy those collections (copy-on-write) each time.
     /// Gives `body` the state of `topic` in place (nil when the relay does not hold it). Changing a
     /// topic through a copy and writing it back would copy its collections (history, subscribers)
     /// on every change; this never does.
@@ -741,6 +743,11 @@ public struct RelayCore: Sendable {
         return topics.inPlace(i, body)
     }
 
+    /// Writes one publication to every local subscriber, encoding it once for all WebSockets.
+    ///
+    /// The hot path: per subscriber it costs a lookup and an append to that client's queue. Stored
+    /// state is read and changed in place, never copied out: a copy of a topic or client held while
+    /// its collections change would make Swift copy those collections (copy-on-write) each time.
     mutating func deliver(_ publication: Publication, sequencedHere: Bool = false) {
         let topic = publication.topic
         guard topics[topic] != nil else { return }

@@ -218,6 +218,42 @@ struct MeshCoreTests {
         #expect(got == ["p1", "p2", "p3", "p4", "p5", "p6"], "\(got)")
     }
 
+    @Test("a restarted home that continued without its successor sequences again what only the successor held, once it reaches it")
+    func restartedHomePullsFromLateSuccessor() {
+        // a is the home and b its successor (the replica); c hangs off a. b and c reach each other only through a.
+        var m = MeshHarness(links: [("a", "b", 10), ("a", "c", 10)], tune: { $0.failoverAfter = .seconds(30) })
+        let t = (0..<1000).map { "news:l\($0)" }.first { Rendezvous.ranking(topic: $0, regions: ["a", "b", "c"]) == ["a", "b", "c"] }!
+        let c = m.connectClient("c", 1)
+        m.handle("c", .command(c, ref: 1, .subscribe(topic: t, since: nil)))
+        let b = m.connectClient("b", 1)
+        m.handle("b", .command(b, ref: 1, .subscribe(topic: t, since: nil)))
+        m.settle()
+        for i in 1...3 { m.apiPublish("a", UInt64(i), t, "\(i)", id: "p\(i)") }
+        m.settle()
+        // c stops hearing from a; 4 and 5 are acknowledged once b holds them.
+        m.held.insert("a>c")
+        for i in 4...5 { m.apiPublish("a", UInt64(i), t, "\(i)", id: "p\(i)") }
+        m.settle()
+        #expect((4...5).allSatisfy { if case .success(.published(_, _?, _))? = m.apiReplies[UInt64($0)] { true } else { false } })
+        // a crashes and comes back reaching only c: it recovers from c alone and continues past the jump.
+        m.held.remove("a>c")
+        m.crashAndRestart("a", seed: 99, links: ["c"])
+        m.connect("a", "c")
+        m.settle()
+        m.advance(.seconds(4))
+        m.apiPublish("a", 6, t, "6", id: "p6")
+        m.settle()
+        // Then a reaches b, which still names where it stood (past the point a continued from).
+        m.connect("a", "b")
+        m.settle()
+        m.advance(.seconds(1))
+        m.settle()
+        let atC = m.received("c", c).compactMap { if case .publication(let p) = $0 { p.id } else { nil } }
+        #expect(atC == ["p1", "p2", "p3", "p6", "p4", "p5"], "\(atC)")
+        let atB = m.received("b", b).compactMap { if case .publication(let p) = $0 { p.id } else { nil } }
+        #expect(atB == ["p1", "p2", "p3", "p4", "p5", "p6"], "\(atB)")
+    }
+
     @Test("when the upstream ring cannot fill a gap, subscribers are told to resync")
     func gapMarker() {
         var m = MeshHarness(links: [("a", "b", 10), ("b", "c", 10)])
