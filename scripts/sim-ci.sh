@@ -24,13 +24,16 @@ done
 # partition-heal seed 10: a stale gap from a former parent moved a region's stream backwards.
 # lossy-link seed 135: a restarted home that could not reach its successor lost what only the
 #   successor (a failover home since, which had forked again) held.
+# failover-home-crash seed 6: a region that restarted inside a failover epoch delivered again, after
+#   the heal, what its resumed subscribers had received before the crash.
 for replay in "Simulations/broadcast-25.yaml --swarm 1 --seed 35" \
               "Simulations/five-regions-10k.yaml --swarm 1 --seed 2" \
               "Simulations/five-regions-10k.yaml --swarm 1 --seed 28" \
               "Simulations/five-regions-10k.yaml --swarm 1 --seed 12" \
               "Simulations/presence-restart.yaml --swarm 1 --seed 52" \
               "Simulations/partition-heal.yaml --swarm 1 --seed 10" \
-              "Simulations/lossy-link.yaml --swarm 1 --seed 135"; do
+              "Simulations/lossy-link.yaml --swarm 1 --seed 135" \
+              "Simulations/failover-home-crash.yaml --seed 6"; do
   echo "== regression: $replay"
   # shellcheck disable=SC2086
   if ! "$tern" sim $replay; then status=1; fi

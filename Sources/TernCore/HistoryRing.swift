@@ -20,10 +20,14 @@ public struct Publication: Sendable, Hashable {
     public var sequencedAtWall: Int64
     /// The hops that handled it, when a subscriber somewhere asked for them (`trace: true`); nil otherwise.
     public var trace: [TraceHop]?
+    /// Where a failover home first sequenced it, when the canonical home sequenced it again after the
+    /// heal (nil otherwise). A region that does not remember delivering it skips subscribers that
+    /// resumed from at or past this position: they have it.
+    public var firstPosition: StreamPosition?
 
     /// A publication with every field given.
     public init(topic: String, position: StreamPosition, id: String, data: String, user: String?, acceptedAt: TernInstant,
-                sequencedAtWall: Int64 = 0, trace: [TraceHop]? = nil) {
+                sequencedAtWall: Int64 = 0, trace: [TraceHop]? = nil, firstPosition: StreamPosition? = nil) {
         self.topic = topic
         self.position = position
         self.id = id
@@ -32,6 +36,7 @@ public struct Publication: Sendable, Hashable {
         self.acceptedAt = acceptedAt
         self.sequencedAtWall = sequencedAtWall
         self.trace = trace
+        self.firstPosition = firstPosition
     }
 }
 

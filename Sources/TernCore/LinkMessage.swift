@@ -23,8 +23,10 @@ public enum LinkMessage: Sendable, Hashable {
     /// The receiver fell too far behind: re-express interest from its own position.
     case resync(topic: String)
     /// A publish travelling towards the topic's home; `receivedAtWall` is when the origin relay took it,
-    /// in wall-clock nanoseconds on the origin's clock (the first hop of a trace).
-    case publish(topic: String, id: String, data: String, user: String?, origin: String, ref: UInt64, receivedAtWall: Int64)
+    /// in wall-clock nanoseconds on the origin's clock (the first hop of a trace). `firstAt` is where a
+    /// failover home sequenced it, when its failover log is being sequenced again (nil otherwise).
+    case publish(topic: String, id: String, data: String, user: String?, origin: String, ref: UInt64, receivedAtWall: Int64,
+                 firstAt: StreamPosition?)
     /// A region's subscribers want (`on`) or no longer want per-hop timestamps on `topic`'s
     /// publications; routed hop by hop to `home`, which stamps them while any region wants them.
     case trace(topic: String, region: String, home: String, on: Bool)
@@ -76,7 +78,7 @@ public enum LinkMessage: Sendable, Hashable {
         case .data(let p): 24 + p.topic.utf8.count + p.position.epoch.utf8.count + p.id.utf8.count + p.data.utf8.count + (p.user?.utf8.count ?? 0)
             + (p.trace?.reduce(0) { $0 + 10 + $1.region.utf8.count } ?? 0)
         case .caughtUp(let t, let p), .gap(let t, let p, _): 12 + t.utf8.count + p.epoch.utf8.count
-        case .publish(let t, let i, let d, let u, let o, _, _): 24 + t.utf8.count + i.utf8.count + d.utf8.count + (u?.utf8.count ?? 0) + o.utf8.count
+        case .publish(let t, let i, let d, let u, let o, _, _, let f): 24 + (f?.epoch.utf8.count ?? 0) + t.utf8.count + i.utf8.count + d.utf8.count + (u?.utf8.count ?? 0) + o.utf8.count
         case .ack(let o, _, let t, _): 32 + o.utf8.count + t.utf8.count
         case .credit: 5
         case .heartbeat, .heartbeatReply: 9

@@ -53,6 +53,8 @@ struct PendingPublish: Sendable {
     var user: String?
     /// When the origin relay took the publish, by its wall clock (the first hop of a trace).
     var receivedAtWall: Int64
+    /// Where a failover home sequenced it, for a publication of a failover log.
+    var firstAt: StreamPosition? = nil
     var sentVia: String?
     var sentTo: String?
 }
@@ -203,8 +205,8 @@ extension RelayCore {
             // The cache may fall behind until a new upstream catches it up; children must wait for that.
             topics[topic]?.catchUp()
         }
-        for ref in mesh!.pending.keys.sorted() where mesh!.pending[ref]!.sentVia == peer {
-            mesh!.pending[ref]!.sentVia = nil
+        for ref in mesh!.pending.keys.sorted() where mesh!.pending[ref]?.sentVia == peer {
+            mesh!.pending[ref]?.sentVia = nil
         }
         advertiseOwnLinks()
         topologyChanged(now: now)
@@ -247,8 +249,9 @@ extension RelayCore {
             if mesh!.upstream[topic] == peer { receiveGap(topic, position, reason, now: now) }
         case .resync(let topic):
             if mesh!.upstream[topic] == peer { askAgain(topic, from: peer) }
-        case .publish(let topic, let id, let data, let user, let origin, let ref, let receivedAtWall):
-            receivePublish(topic: topic, id: id, data: data, user: user, origin: origin, ref: ref, receivedAtWall: receivedAtWall, now: now)
+        case .publish(let topic, let id, let data, let user, let origin, let ref, let receivedAtWall, let firstAt):
+            receivePublish(topic: topic, id: id, data: data, user: user, origin: origin, ref: ref, receivedAtWall: receivedAtWall,
+                           firstAt: firstAt, now: now)
         case .trace(let topic, let region, let home, let on):
             receiveTraceRequest(topic: topic, region: region, home: home, on: on, now: now)
         case .ack(let origin, let ref, let topic, let result):
@@ -364,7 +367,8 @@ extension RelayCore {
             refreshTrace(topic)
         }
         for ref in mesh!.pending.keys.sorted() {
-            let p = mesh!.pending[ref]!
+            // Forwarding one may settle others (a publish sequenced here answers its relayed copies).
+            guard let p = mesh!.pending[ref] else { continue }
             if p.sentVia == nil || p.sentTo != home(of: p.topic) { forwardPending(ref) }
         }
         refreshPresenceRoutes(now: now)
@@ -428,7 +432,10 @@ extension RelayCore {
         guard let log = topics[topic]?.failoverLog, !log.isEmpty, !isHome(topic),
               home(of: topic) == canonicalHome(of: topic) else { return }
         topics[topic]!.failoverLog = []
-        for p in log { routePublish(.resequence, topic: topic, id: p.id, data: p.data, user: p.user, now: now) }
+        for p in log {
+            routePublish(.resequence, topic: topic, id: p.id, data: p.data, user: p.user,
+                         firstAt: p.position.epoch.isEmpty ? p.firstPosition : p.position, now: now)
+        }
         // The log kept the topic wanted here; what remains is ordinary interest.
         reconcileInterest(topic, now: now)
     }
@@ -438,7 +445,7 @@ extension RelayCore {
     mutating func resequenceFailed(_ pending: PendingPublish, now: TernInstant) {
         guard topics[pending.topic] != nil else { return }
         topics[pending.topic]!.failoverLog.append(Publication(topic: pending.topic, position: StreamPosition(epoch: "", offset: 0),
-            id: pending.id, data: pending.data, user: pending.user, acceptedAt: now))
+            id: pending.id, data: pending.data, user: pending.user, acceptedAt: now, firstPosition: pending.firstAt))
         reconcileInterest(pending.topic, now: now)
         if isCurrent(pending.topic) { resequenceFailoverLog(pending.topic, now: now) }
     }
@@ -731,14 +738,15 @@ extension RelayCore {
         // its history ring on every publication).
         if withTopic(topic, { $0.synced }) == false {
             // Data from where this region asked to start: it is now positioned there, still catching up.
-            let positioned = withTopic(topic) { t -> Bool in
+            let positioned = withTopic(topic) { t -> StreamPosition? in
                 guard let from = t.awaitingFrom, publication.position.epoch == from.epoch,
-                      publication.position.offset.follows(from.offset) else { return false }
+                      publication.position.offset.follows(from.offset) else { return nil }
                 Self.adopt(from, into: &t)
                 t.sync = .catchingUp
-                return true
+                return from
             }
-            guard positioned == true else { return }
+            guard let from = positioned ?? nil else { return }
+            learnEpochBefore(topic, from: from, upstream: peer)
             // Subscribers and children waiting for this region are answered at `from` first, so the
             // publications that follow reach them as live data, in order.
             becameSynced(topic, now: clock)
@@ -787,9 +795,11 @@ extension RelayCore {
             receiveGap(topic, position, .evicted, now: now)
             return
         }
+        let positioning = !t.synced
         Self.adopt(position, into: &t)
         t.sync = .current
         topics[topic] = t
+        if positioning, let upstream = mesh!.upstream[topic] { learnEpochBefore(topic, from: position, upstream: upstream) }
         becameSynced(topic, now: now)
     }
 
@@ -875,16 +885,18 @@ extension RelayCore {
     // MARK: Publishing across regions
 
     /// Sends a publish towards its home, or sequences it here when this region is the home.
-    mutating func routePublish(_ origin: PublishOrigin, topic: String, id: String, data: String, user: String?, now: TernInstant) {
+    mutating func routePublish(_ origin: PublishOrigin, topic: String, id: String, data: String, user: String?,
+                               firstAt: StreamPosition? = nil, now: TernInstant) {
         if isHome(topic), topics[topic]?.recovery == nil {
-            let result = publish(topic: topic, id: id, data: data, user: user, volatile: false, now: now)
+            let result = publish(topic: topic, id: id, data: data, user: user, volatile: false, firstAt: firstAt, now: now)
             answerOnceHeld(topic, origin, result)
             return
         }
         let ref = mesh!.nextRef
         mesh!.nextRef += 1
         let id = id.isEmpty ? generatedPublishID() : id
-        mesh!.pending[ref] = PendingPublish(origin: origin, topic: topic, id: id, data: data, user: user, receivedAtWall: wallNow, sentVia: nil)
+        mesh!.pending[ref] = PendingPublish(origin: origin, topic: topic, id: id, data: data, user: user, receivedAtWall: wallNow,
+                                            firstAt: firstAt, sentVia: nil)
         schedule(now + mesh!.config.homeTimeout, .publishTimeout(ref))
         forwardPending(ref)
     }
@@ -900,7 +912,7 @@ extension RelayCore {
         let home = self.home(of: p.topic)
         if home == config.region, topics[p.topic]?.recovery != nil {
             // Recovering its epoch: the publish waits (until `finishRecovery` or its timeout).
-            mesh!.pending[ref]!.sentVia = nil
+            mesh!.pending[ref]?.sentVia = nil
             return
         }
         if home == config.region {
@@ -908,40 +920,43 @@ extension RelayCore {
             mesh!.pending.removeValue(forKey: ref)
             let received = TraceHop(region: origin, step: .received, at: p.receivedAtWall)
             answerOnceHeld(p.topic, p.origin, publish(topic: p.topic, id: p.id, data: p.data, user: p.user, volatile: false,
-                                                      received: received, now: clock))
+                                                      received: received, firstAt: p.firstAt, now: clock))
             return
         }
         guard let hop = mesh!.routes.firstHop(to: home) else {
-            mesh!.pending[ref]!.sentVia = nil
+            mesh!.pending[ref]?.sentVia = nil
             return
         }
-        mesh!.pending[ref]!.sentVia = hop
-        mesh!.pending[ref]!.sentTo = home
-        enqueueLink(hop, .publish(topic: p.topic, id: p.id, data: p.data, user: p.user, origin: origin, ref: originRef, receivedAtWall: p.receivedAtWall))
+        mesh!.pending[ref]?.sentVia = hop
+        mesh!.pending[ref]?.sentTo = home
+        enqueueLink(hop, .publish(topic: p.topic, id: p.id, data: p.data, user: p.user, origin: origin, ref: originRef,
+                                  receivedAtWall: p.receivedAtWall, firstAt: p.firstAt))
         if case .relay = p.origin {
             // Handed on: the origin keeps its own copy and retries if this hop fails.
             mesh!.pending.removeValue(forKey: ref)
         }
     }
 
-    mutating func receivePublish(topic: String, id: String, data: String, user: String?, origin: String, ref: UInt64, receivedAtWall: Int64, now: TernInstant) {
+    mutating func receivePublish(topic: String, id: String, data: String, user: String?, origin: String, ref: UInt64, receivedAtWall: Int64,
+                                 firstAt: StreamPosition?, now: TernInstant) {
         let home = self.home(of: topic)
         if home != config.region || topics[topic]?.recovery != nil {
             if home != config.region, let hop = mesh!.routes.firstHop(to: home) {
-                enqueueLink(hop, .publish(topic: topic, id: id, data: data, user: user, origin: origin, ref: ref, receivedAtWall: receivedAtWall))
+                enqueueLink(hop, .publish(topic: topic, id: id, data: data, user: user, origin: origin, ref: ref, receivedAtWall: receivedAtWall,
+                                          firstAt: firstAt))
             } else {
                 // No route to the home as this region sees it (it may be about to fail over):
                 // hold the publish until the view settles, rather than drop it.
                 let local = mesh!.nextRef
                 mesh!.nextRef += 1
                 mesh!.pending[local] = PendingPublish(origin: .relay(origin: origin, ref: ref, topic: topic), topic: topic, id: id, data: data,
-                                                      user: user, receivedAtWall: receivedAtWall, sentVia: nil)
+                                                      user: user, receivedAtWall: receivedAtWall, firstAt: firstAt, sentVia: nil)
                 schedule(now + mesh!.config.homeTimeout, .publishTimeout(local))
             }
             return
         }
         let received = TraceHop(region: origin, step: .received, at: receivedAtWall)
-        let result = publish(topic: topic, id: id, data: data, user: user, volatile: false, received: received, now: now)
+        let result = publish(topic: topic, id: id, data: data, user: user, volatile: false, received: received, firstAt: firstAt, now: now)
         answerOnceHeld(topic, .relay(origin: origin, ref: ref, topic: topic), result)
     }
 

@@ -295,7 +295,9 @@ extension RelayCore {
             return
         }
         guard let recovery = topics[topic]?.recovery else {
-            if let p = publication, p.topic == topic { resequenceUnrecovered(p, now: now) }
+            if let p = publication, p.topic == topic {
+                if isHome(topic) { resequenceUnrecovered(p, now: now) } else { rememberDeliveredBefore(p, now: now) }
+            }
             return
         }
         if let p = publication {
@@ -322,6 +324,29 @@ extension RelayCore {
               p.position.epoch == adopted.epoch, p.position.offset > adopted.offset,
               p.position.offset < adopted.offset.saturatingAdd(Self.adoptionJump) else { return }
         _ = publish(topic: p.topic, id: p.id, data: p.data, user: p.user, volatile: false, now: now)
+    }
+
+    /// A region that starts following a topic inside a failover epoch, from a position a client gave,
+    /// does not know what that epoch brought before it (it restarted meanwhile, or did not follow the
+    /// topic). It asks its upstream for the epoch's publications, only to remember their ids: when the
+    /// canonical home sequences them again after the heal, the subscribers that resumed from at or past
+    /// them have them, and skip them.
+    mutating func learnEpochBefore(_ topic: String, from: StreamPosition, upstream: String) {
+        guard mesh != nil, from.offset > 0, let canonical = topics[topic]?.canonicalHome,
+              !from.epoch.hasPrefix(canonical + ".") else { return }
+        route(.recover(topic: topic, home: config.region, replica: upstream, after: StreamPosition(epoch: from.epoch, offset: 0)),
+              to: upstream)
+    }
+
+    /// The answer to `learnEpochBefore`: a publication of this region's epoch at or before where it
+    /// stands, which its subscribers that resumed from at or past it have.
+    mutating func rememberDeliveredBefore(_ p: Publication, now: TernInstant) {
+        withTopic(p.topic) { t in
+            guard !p.id.isEmpty, p.position.epoch == t.epoch, p.position.offset <= t.offset,
+                  t.idempotency.entry(of: p.id, now: now) == nil else { return }
+            // Mark 0: no subscriber is known to have it by when it joined, only by where it resumed.
+            t.idempotency.remember(p.id, position: p.position, now: now, mark: 0)
+        }
     }
 
     mutating func recoveryTimedOut(_ topic: String, now: TernInstant) {

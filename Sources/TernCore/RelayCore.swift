@@ -678,7 +678,8 @@ public struct RelayCore: Sendable {
     ///
     /// `received` is the trace hop of the relay that took the publish, when that was another region.
     mutating func publish(
-        topic: String, id: String, data: String, user: String?, volatile: Bool, received: TraceHop? = nil, now: TernInstant
+        topic: String, id: String, data: String, user: String?, volatile: Bool, received: TraceHop? = nil,
+        firstAt: StreamPosition? = nil, now: TernInstant
     ) -> Result<ReplyBody, TernError> {
         let options: NamespaceOptions
         switch namespaceOptions(for: topic) {
@@ -722,7 +723,7 @@ public struct RelayCore: Sendable {
                      TraceHop(region: config.region, step: .sequenced, at: wall)]
         }
         let publication = Publication(topic: topic, position: topics[topic]!.position, id: id, data: data, user: user, acceptedAt: now,
-                                      sequencedAtWall: wall, trace: trace)
+                                      sequencedAtWall: wall, trace: trace, firstPosition: firstAt)
         topics[topic]!.history.append(publication)
         // Delivered to every subscriber here right after, so its mark is the current subscription serial.
         if !id.isEmpty { topics[topic]!.idempotency.remember(id, position: publication.position, now: now, mark: joinSerial) }
@@ -768,6 +769,12 @@ public struct RelayCore: Sendable {
                 if let earlier = topics[topic]!.idempotency.entry(of: publication.id, now: clock) {
                     joinedAfter = earlier.mark
                     firstAt = earlier.position
+                } else if let first = publication.firstPosition, first.epoch != publication.position.epoch {
+                    // A failover epoch's publication, sequenced again at the merge, that this region does
+                    // not remember delivering (it restarted since): subscribers that resumed from at or
+                    // past where it was first sequenced have it; everyone else gets it.
+                    joinedAfter = 0
+                    firstAt = first
                 } else {
                     topics[topic]!.idempotency.remember(publication.id, position: publication.position, now: clock, mark: joinSerial)
                 }

@@ -45,7 +45,7 @@ public struct LinkProtocolError: Error, Equatable, CustomStringConvertible {
 /// connection's lifetime, so each connection needs a fresh codec.
 public final class LinkCodec {
     /// The link protocol version this build speaks.
-    public static let version: UInt16 = 4
+    public static let version: UInt16 = 5
     /// Topic names interned per direction before the sender starts the table over.
     public static let defaultMaxInternedTopics = 65_536
 
@@ -175,6 +175,7 @@ public final class LinkCodec {
             writeString(p.data, &out)
             // The receiver restamps its own acceptance time; what crosses is the home's sequencing time.
             out.writeInteger(p.sequencedAtWall)
+            writePosition(p.firstPosition, &out)
             let hops = (p.trace ?? []).prefix(TraceHop.maxHops)
             out.writeInteger(UInt8(p.trace == nil ? 0 : 1 + hops.count))
             for hop in hops {
@@ -197,7 +198,7 @@ public final class LinkCodec {
             let id = topicID(topic, &out)
             out.writeInteger(Kind.resync.rawValue)
             out.writeInteger(id)
-        case .publish(let topic, let pid, let data, let user, let origin, let ref, let receivedAtWall):
+        case .publish(let topic, let pid, let data, let user, let origin, let ref, let receivedAtWall, let firstAt):
             let id = topicID(topic, &out)
             out.writeInteger(Kind.publish.rawValue)
             out.writeInteger(id)
@@ -207,6 +208,7 @@ public final class LinkCodec {
             writeString(origin, &out)
             out.writeInteger(ref)
             out.writeInteger(receivedAtWall)
+            writePosition(firstAt, &out)
         case .trace(let topic, let region, let home, let on):
             let id = topicID(topic, &out)
             out.writeInteger(Kind.trace.rawValue)
@@ -500,6 +502,7 @@ public final class LinkCodec {
                 let user = try readOptional(&body)
                 let data = try readString(&body)
                 let sequencedAtWall: Int64 = try read(&body)
+                let firstPosition = try readOptionalPosition(&body)
                 let hopCount: UInt8 = try read(&body)
                 var trace: [TraceHop]?
                 if hopCount > 0 {
@@ -515,7 +518,8 @@ public final class LinkCodec {
                 }
                 // Acceptance is restamped by the receiving relay on its own clock.
                 messages.append(.data(Publication(topic: topic, position: position, id: id, data: data, user: user,
-                                                  acceptedAt: .zero, sequencedAtWall: sequencedAtWall, trace: trace)))
+                                                  acceptedAt: .zero, sequencedAtWall: sequencedAtWall, trace: trace,
+                                                  firstPosition: firstPosition)))
             case .caughtUp:
                 let topic = try readTopic(&body)
                 messages.append(.caughtUp(topic: topic, position: try readPosition(&body)))
@@ -536,7 +540,7 @@ public final class LinkCodec {
                 let ref: UInt64 = try read(&body)
                 let receivedAtWall: Int64 = try read(&body)
                 messages.append(.publish(topic: topic, id: id, data: data, user: user, origin: origin, ref: ref,
-                                         receivedAtWall: receivedAtWall))
+                                         receivedAtWall: receivedAtWall, firstAt: try readOptionalPosition(&body)))
             case .ack:
                 let origin = try readString(&body)
                 let ref: UInt64 = try read(&body)

@@ -33,12 +33,12 @@ struct PeerFuzzTests {
             case 2: return .epochSwitch(topic: topic, from: position(), to: position())
             case 3: return .uninterest(topic: topic)
             case 4, 5: return .data(Publication(topic: topic, position: position(), id: bool() ? "" : "p\(int(6))", data: "1",
-                                                user: nil, acceptedAt: .zero))
+                                                user: nil, acceptedAt: .zero, firstPosition: maybePosition()))
             case 6: return .caughtUp(topic: topic, position: position())
             case 7: return .gap(topic: topic, position: position(), reason: .evicted)
             case 8: return .resync(topic: topic)
             case 9: return .publish(topic: topic, id: bool() ? "" : "p\(int(6))", data: "2", user: nil, origin: pick(PeerFuzzTests.regions),
-                                    ref: UInt64(int(4)), receivedAtWall: 0)
+                                    ref: UInt64(int(4)), receivedAtWall: 0, firstAt: maybePosition())
             case 10: return .trace(topic: topic, region: pick(PeerFuzzTests.regions), home: pick(PeerFuzzTests.regions), on: bool())
             case 11: return .ack(origin: pick(PeerFuzzTests.regions), ref: UInt64(int(4)), topic: topic,
                                  result: bool() ? .accepted(position: position(), duplicate: bool()) : .refused(code: .internalError, message: "no"))
