@@ -180,8 +180,7 @@ extension RelayCore {
         mesh!.up.insert(peer)
         mesh!.links[peer] = LinkOutbox(now: now)
         scheduleLiveness(peer, at: now + mesh!.config.heartbeatInterval)
-        for origin in mesh!.adverts.keys.sorted() {
-            let a = mesh!.adverts[origin]!
+        for (origin, a) in mesh!.adverts.sorted(by: { $0.key < $1.key }) {
             enqueueLink(peer, .linkState(origin: origin, incarnation: a.incarnation, sequence: a.sequence, neighbours: a.neighbours.sorted()))
         }
         advertiseOwnLinks()
@@ -193,12 +192,12 @@ extension RelayCore {
         mesh!.links[peer] = nil
         mesh!.dirty.remove(peer)
         for topic in mesh!.children.keys.sorted() where mesh!.children[topic]?.contains(peer) == true {
-            mesh!.children[topic]!.removeValue(forKey: peer)
-            if mesh!.children[topic]!.isEmpty { mesh!.children[topic] = nil }
+            mesh!.children[topic]?.removeValue(forKey: peer)
+            if mesh!.children[topic]?.isEmpty == true { mesh!.children[topic] = nil }
         }
         for topic in mesh!.awaitingSync.keys.sorted() {
-            mesh!.awaitingSync[topic]!.removeAll { $0.child == peer }
-            if mesh!.awaitingSync[topic]!.isEmpty { mesh!.awaitingSync[topic] = nil }
+            mesh!.awaitingSync[topic]?.removeAll { $0.child == peer }
+            if mesh!.awaitingSync[topic]?.isEmpty == true { mesh!.awaitingSync[topic] = nil }
         }
         for topic in mesh!.upstream.keys.sorted() where mesh!.upstream[topic] == peer {
             mesh!.upstream[topic] = nil
@@ -361,7 +360,7 @@ extension RelayCore {
                 updateReplica(topic)
             } else if let following = topics[topic]?.replicaOf, following != home {
                 // The home changed; the new one chooses its own replica.
-                topics[topic]!.replicaOf = nil
+                topics[topic]?.replicaOf = nil
             }
             reconcileInterest(topic, now: now)
             refreshTrace(topic)
@@ -378,9 +377,9 @@ extension RelayCore {
     mutating func homeChanged(_ topic: String, from old: String, to new: String, now: TernInstant) {
         guard topics[topic] != nil else { return }
         if new == config.region {
-            topics[topic]!.replicaOf = nil
+            topics[topic]?.replicaOf = nil
         } else if old == config.region {
-            topics[topic]!.recovery = nil
+            topics[topic]?.recovery = nil
             failAcknowledgments(topic, where: { _ in true },
                 "the home of '\(topic)' moved to \(new) before a second region confirmed the publication; retry with the same id")
             releaseReplica(topic)
@@ -421,7 +420,7 @@ extension RelayCore {
         } else if old == config.region {
             // The canonical home is back: follow it; once it has caught this region up, hand it what
             // this region accepted meanwhile (`resequenceFailoverLog`).
-            topics[topic]!.catchUp()
+            topics[topic]?.catchUp()
         }
     }
 
@@ -431,7 +430,7 @@ extension RelayCore {
         // Only the canonical home's stream is final: while another failover home sequences, the log waits.
         guard let log = topics[topic]?.failoverLog, !log.isEmpty, !isHome(topic),
               home(of: topic) == canonicalHome(of: topic) else { return }
-        topics[topic]!.failoverLog = []
+        topics[topic]?.failoverLog = []
         for p in log {
             routePublish(.resequence, topic: topic, id: p.id, data: p.data, user: p.user,
                          firstAt: p.position.epoch.isEmpty ? p.firstPosition : p.position, now: now)
@@ -444,7 +443,7 @@ extension RelayCore {
     /// way, or the home moved): back into the log, to go again once this region is synced with the home.
     mutating func resequenceFailed(_ pending: PendingPublish, now: TernInstant) {
         guard topics[pending.topic] != nil else { return }
-        topics[pending.topic]!.failoverLog.append(Publication(topic: pending.topic, position: StreamPosition(epoch: "", offset: 0),
+        topics[pending.topic]?.failoverLog.append(Publication(topic: pending.topic, position: StreamPosition(epoch: "", offset: 0),
             id: pending.id, data: pending.data, user: pending.user, acceptedAt: now, firstPosition: pending.firstAt))
         reconcileInterest(pending.topic, now: now)
         if isCurrent(pending.topic) { resequenceFailoverLog(pending.topic, now: now) }
@@ -455,7 +454,7 @@ extension RelayCore {
         guard var t = topics[topic], t.synced, mesh!.upstream[topic] == peer else { return }
         guard t.position == from else {
             if !t.resyncing {
-                topics[topic]!.catchUp()
+                topics[topic]?.catchUp()
                 enqueueLink(peer, .interest(topic: topic, since: t.position, fork: t.fork))
             }
             return
@@ -534,9 +533,8 @@ extension RelayCore {
             guard current != parent else { return }
             if let old = current, mesh!.up.contains(old) { enqueueLink(old, .uninterest(topic: topic)) }
             mesh!.upstream[topic] = parent
-            if let parent {
-                let t = topics[topic]!
-                topics[topic]!.catchUp()
+            if let parent, let t = topics[topic] {
+                topics[topic]?.catchUp()
                 enqueueLink(parent, .interest(topic: topic, since: t.synced ? t.position : t.awaitingFrom, fork: t.fork))
             }
         } else if let current = mesh!.upstream[topic] {
@@ -574,9 +572,9 @@ extension RelayCore {
     mutating func childInterest(_ child: String, topic: String, since: StreamPosition?, fork: StreamPosition?, now: TernInstant) {
         guard case .success(let options) = namespaceOptions(for: topic) else { return }
         ensureTopic(topic, options, now: now)
-        topics[topic]!.lastActivity = now
+        topics[topic]?.lastActivity = now
         if mesh!.children[topic] == nil { mesh!.children[topic] = IndexedMap() }
-        mesh!.children[topic]![child] = .resyncing
+        mesh!.children[topic]?[child] = .resyncing
         // Serve from this region's stream only when it is current: the home always is; a cache is
         // once its upstream has caught it up. A child may be ahead of a cache that is catching up.
         if isHome(topic) || isCurrent(topic) {
@@ -584,9 +582,9 @@ extension RelayCore {
         } else {
             mesh!.awaitingSync[topic, default: []].removeAll { $0.child == child }
             mesh!.awaitingSync[topic, default: []].append((child, since, fork))
-            if !topics[topic]!.synced, topics[topic]!.awaitingFrom == nil, mesh!.upstream[topic] == nil, let since {
+            if topics[topic]?.synced == false, topics[topic]?.awaitingFrom == nil, mesh!.upstream[topic] == nil, let since {
                 // Not asked upstream yet: ask from where the child stands, so the data it needs passes through here.
-                topics[topic]!.sync = .unsynced(from: since)
+                topics[topic]?.sync = .unsynced(from: since)
             }
             reconcileInterest(topic, now: now)
         }
@@ -597,24 +595,24 @@ extension RelayCore {
     /// rings allow: back to the canonical epoch from its fork after a heal, or
     /// from the old epoch into this failover epoch.
     mutating func serveChild(_ child: String, topic: String, since: StreamPosition?, fork: StreamPosition? = nil, now: TernInstant) {
-        if isHome(topic), topics[topic]!.fresh,
+        if isHome(topic), topics[topic]?.fresh == true,
            let held = [fork, since].compactMap({ $0 }).first(where: { $0.epoch.hasPrefix(config.region + ".") }),
            held.offset.saturatingAdd(Self.adoptionJump) < UInt64.max / 2 {
             // This home restarted and lost the stream, but a child still holds this region's epoch:
             // recover the epoch from the replica, then continue it (see `beginRecovery`).
             beginRecovery(topic, held: held, now: now)
         }
-        if topics[topic]!.recovery != nil {
-            if let held = [fork, since].compactMap({ $0 }).first(where: { $0.epoch == topics[topic]!.recovery!.held.epoch }) {
+        if topics[topic]?.recovery != nil {
+            if let held = [fork, since].compactMap({ $0 }).first(where: { $0.epoch == topics[topic]?.recovery?.held.epoch }) {
                 noteHeld(topic, held)
             }
             mesh!.awaitingSync[topic, default: []].removeAll { $0.child == child }
             mesh!.awaitingSync[topic, default: []].append((child, since, fork))
             return
         }
-        topics[topic]!.fresh = false
-        let current = topics[topic]!.position
-        if isHome(topic), let adopted = topics[topic]!.adoptedFrom,
+        topics[topic]?.fresh = false
+        guard let current = topics[topic]?.position else { return }
+        if isHome(topic), let adopted = topics[topic]?.adoptedFrom,
            case let jumped = adopted.offset.saturatingAdd(Self.adoptionJump),
            [since, fork].contains(where: { $0.map { $0.epoch == adopted.epoch && $0.offset > adopted.offset && $0.offset < jumped } ?? false }) {
             // The child holds publications past where this home continued the epoch, which no region it
@@ -630,7 +628,7 @@ extension RelayCore {
             mesh!.awaitingSync[topic, default: []].append((child, since, fork))
             return
         }
-        if let adopted = topics[topic]!.adoptedFrom, let since, since.epoch == adopted.epoch, current.epoch == adopted.epoch,
+        if let adopted = topics[topic]?.adoptedFrom, let since, since.epoch == adopted.epoch, current.epoch == adopted.epoch,
            case let jumped = adopted.offset.saturatingAdd(Self.adoptionJump), since.offset != adopted.offset, since.offset < jumped {
             // A child in the continued epoch, but not where it was continued from: behind it, it is caught
             // up from what the home recovered and moved across the jump; past it (it holds publications
@@ -638,18 +636,18 @@ extension RelayCore {
             // publications again; elsewhere it is told of the gap.
             var behind: [Publication] = []
             if since.offset < adopted.offset {
-                let ring = topics[topic]!.history.all
+                let ring = topics[topic]?.history.all ?? []
                 behind = ring.filter { $0.position.epoch == adopted.epoch && $0.position.offset > since.offset && $0.position.offset <= adopted.offset }
             }
             if since.offset < adopted.offset, behind.count == Int(adopted.offset - since.offset),
-               case .recovered(let publications) = topics[topic]!.history.publications(
+               case .recovered(let publications)? = topics[topic]?.history.publications(
                    after: StreamPosition(epoch: adopted.epoch, offset: jumped), current: current, now: now) {
                 for p in behind { sendData(child, p) }
                 enqueueLink(child, .epochSwitch(topic: topic, from: adopted, to: StreamPosition(epoch: adopted.epoch, offset: jumped)))
                 for p in publications { sendData(child, p) }
                 enqueueLink(child, .caughtUp(topic: topic, position: current))
             } else if since.offset > adopted.offset, isHome(topic),
-                      case .recovered(let publications) = topics[topic]!.history.publications(
+                      case .recovered(let publications)? = topics[topic]?.history.publications(
                           after: StreamPosition(epoch: adopted.epoch, offset: jumped), current: current, now: now) {
                 // Past it: the home has asked the child for what it holds there (above) and sequences
                 // those again, so the child loses nothing by moving across the jump from where it stands.
@@ -663,9 +661,9 @@ extension RelayCore {
             sendPresenceSnapshots(topic, to: child)
             return
         }
-        if let adopted = topics[topic]!.adoptedFrom, let from = [since, fork].compactMap({ $0 }).first, from == adopted || fork == adopted,
+        if let adopted = topics[topic]?.adoptedFrom, let from = [since, fork].compactMap({ $0 }).first, from == adopted || fork == adopted,
            case let jumped = StreamPosition(epoch: adopted.epoch, offset: adopted.offset.saturatingAdd(Self.adoptionJump)),
-           case .recovered(let publications) = topics[topic]!.history.publications(after: jumped, current: current, now: now) {
+           case .recovered(let publications)? = topics[topic]?.history.publications(after: jumped, current: current, now: now) {
             // The child stands exactly where the adopted epoch was left: move it across the jump,
             // then send what was sequenced since.
             enqueueLink(child, .epochSwitch(topic: topic, from: since ?? adopted, to: jumped))
@@ -675,8 +673,8 @@ extension RelayCore {
             sendPresenceSnapshots(topic, to: child)
             return
         }
-        if let sw = topics[topic]!.lastSwitch, let since, since == sw.from, since.epoch != current.epoch || since.offset < current.offset,
-           case .recovered(let publications) = topics[topic]!.history.publications(after: sw.to, current: current, now: now) {
+        if let sw = topics[topic]?.lastSwitch, let since, since == sw.from, since.epoch != current.epoch || since.offset < current.offset,
+           case .recovered(let publications)? = topics[topic]?.history.publications(after: sw.to, current: current, now: now) {
             // The child stands where this region stood before its last epoch switch: make the same switch.
             enqueueLink(child, .epochSwitch(topic: topic, from: since, to: sw.to))
             for p in publications { sendData(child, p) }
@@ -687,7 +685,7 @@ extension RelayCore {
         }
         if let since, since.epoch != current.epoch {
             if let fork, fork.epoch == current.epoch, fork.offset <= current.offset,
-               case .recovered(let publications) = topics[topic]!.history.publications(after: fork, current: current, now: now) {
+               case .recovered(let publications)? = topics[topic]?.history.publications(after: fork, current: current, now: now) {
                 enqueueLink(child, .epochSwitch(topic: topic, from: since, to: fork))
                 for p in publications { sendData(child, p) }
                 enqueueLink(child, .caughtUp(topic: topic, position: current))
@@ -695,10 +693,10 @@ extension RelayCore {
                 sendPresenceSnapshots(topic, to: child)
                 return
             }
-            if let myFork = topics[topic]!.fork, since.epoch == myFork.epoch, since.offset <= myFork.offset,
-               var prior = topics[topic]!.priorHistory,
+            if let myFork = topics[topic]?.fork, since.epoch == myFork.epoch, since.offset <= myFork.offset,
+               var prior = topics[topic]?.priorHistory,
                case .recovered(let old) = prior.publications(after: since, current: myFork, now: now),
-               case .recovered(let publications) = topics[topic]!.history.publications(
+               case .recovered(let publications)? = topics[topic]?.history.publications(
                    after: StreamPosition(epoch: current.epoch, offset: 0), current: current, now: now) {
                 for p in old { sendData(child, p) }
                 enqueueLink(child, .epochSwitch(topic: topic, from: myFork, to: StreamPosition(epoch: current.epoch, offset: 0)))
@@ -710,7 +708,7 @@ extension RelayCore {
             }
         }
         if let since {
-            switch topics[topic]!.history.publications(after: since, current: current, now: now) {
+            switch topics[topic]?.history.publications(after: since, current: current, now: now) ?? .failed(.evicted) {
             case .recovered(let publications):
                 for p in publications { sendData(child, p) }
                 enqueueLink(child, .caughtUp(topic: topic, position: current))
@@ -851,8 +849,8 @@ extension RelayCore {
         guard let waiting = mesh!.awaitingSync[topic], let t = topics[topic], t.synced else { return }
         let ready = waiting.filter { $0.since.map { $0.epoch == t.epoch && $0.offset <= t.offset } ?? false }
         guard !ready.isEmpty else { return }
-        mesh!.awaitingSync[topic]!.removeAll { w in ready.contains { $0.child == w.child } }
-        if mesh!.awaitingSync[topic]!.isEmpty { mesh!.awaitingSync[topic] = nil }
+        mesh!.awaitingSync[topic]?.removeAll { w in ready.contains { $0.child == w.child } }
+        if mesh!.awaitingSync[topic]?.isEmpty == true { mesh!.awaitingSync[topic] = nil }
         for (child, since, fork) in ready where mesh!.up.contains(child) {
             serveChild(child, topic: topic, since: since, fork: fork, now: now)
         }
@@ -863,21 +861,21 @@ extension RelayCore {
         for (child, since, fork) in mesh!.awaitingSync.removeValue(forKey: topic) ?? [] where mesh!.up.contains(child) {
             serveChild(child, topic: topic, since: since, fork: fork, now: now)
         }
-        let waiting = topics[topic]!.pendingSubscribes
-        topics[topic]!.pendingSubscribes = []
-        let current = topics[topic]!.position
-        let catchingUp = topics[topic]!.resyncing
+        // Serving children never removes the topic; should it be gone, nobody here waits for it.
+        guard let waiting = topics[topic]?.pendingSubscribes, let current = topics[topic]?.position,
+              let catchingUp = topics[topic]?.resyncing else { return }
+        topics[topic]?.pendingSubscribes = []
         for pending in waiting where clients[pending.client]?.subscriptions.contains(topic) == true {
             if catchingUp, let since = pending.since, since.epoch == current.epoch, since.offset > current.offset {
                 // The client already stands further on than this region, which is still catching up:
                 // answer once the region has reached it, rather than send the client backwards.
-                topics[topic]!.pendingSubscribes.append(pending)
+                topics[topic]?.pendingSubscribes.append(pending)
                 continue
             }
             let reply = subscribeReply(topic, since: pending.since, now: now)
             sendSubscribed(pending.client, ref: pending.ref, reply, now: now)
         }
-        for client in topics[topic]!.pollWaiters.orderedKeys where clients[client]?.pollNeedsSync.contains(topic) == true {
+        for client in topics[topic]?.pollWaiters.orderedKeys ?? [] where clients[client]?.pollNeedsSync.contains(topic) == true {
             completePoll(client)
         }
     }
@@ -1016,13 +1014,13 @@ extension RelayCore {
         if t.synced {
             // Waiting for this region to catch up past the client's own position took too long:
             // answer with what the region has (the client is told if it cannot be recovered).
-            topics[topic]!.pendingSubscribes = []
+            topics[topic]?.pendingSubscribes = []
             for pending in t.pendingSubscribes where clients[pending.client]?.subscriptions.contains(topic) == true {
                 sendSubscribed(pending.client, ref: pending.ref, subscribeReply(topic, since: pending.since, now: now), now: now)
             }
             return
         }
-        topics[topic]!.pendingSubscribes = []
+        topics[topic]?.pendingSubscribes = []
         for pending in t.pendingSubscribes where clients[pending.client]?.subscriptions.contains(topic) == true {
             setTraced(pending.client, topic, false, now: now)
             clients[pending.client]?.subscriptions.removeValue(forKey: topic)
@@ -1037,9 +1035,9 @@ extension RelayCore {
 
     mutating func enqueueLink(_ peer: String, _ message: LinkMessage, live: Bool = false) {
         guard mesh != nil, mesh!.up.contains(peer), mesh!.links[peer] != nil else { return }
-        mesh!.links[peer]!.queue.append((message, live))
-        mesh!.links[peer]!.queuedBytes += message.estimatedBytes
-        if mesh!.links[peer]!.oldestQueuedAt == nil { mesh!.links[peer]!.oldestQueuedAt = clock }
+        mesh!.links[peer]?.queue.append((message, live))
+        mesh!.links[peer]?.queuedBytes += message.estimatedBytes
+        if mesh!.links[peer]?.oldestQueuedAt == nil { mesh!.links[peer]?.oldestQueuedAt = clock }
         mesh!.dirty.insert(peer)
     }
 
@@ -1151,7 +1149,7 @@ extension RelayCore {
 
     mutating func linkFlushDue(_ peer: String, now: TernInstant) {
         guard mesh != nil, mesh!.links[peer] != nil else { return }
-        mesh!.links[peer]!.flushScheduled = false
+        mesh!.links[peer]?.flushScheduled = false
         mesh!.dirty.insert(peer)
     }
 }

@@ -20,7 +20,7 @@ extension RelayCore {
     mutating func localPresenceChanged(_ topic: String, _ change: PresenceChange) {
         guard mesh != nil else { return }
         mesh!.presencePending[topic, default: []].append(change)
-        if mesh!.presencePending[topic]!.count == 1 {
+        if mesh!.presencePending[topic]?.count == 1 {
             schedule(clock + mesh!.config.maxBatchDelay, .presenceFlush(topic))
         }
     }
@@ -31,9 +31,10 @@ extension RelayCore {
               let table = topics[topic]?.presence else { return }
         let change = changes.count == 1 ? changes[0] : .snapshot(table.entries(of: config.region))
         mesh!.presenceClock += 1
-        mesh!.presenceSequence[topic] = mesh!.presenceClock
+        let sequence = mesh!.presenceClock
+        mesh!.presenceSequence[topic] = sequence
         let message = LinkMessage.presence(topic: topic, owner: config.region, incarnation: mesh!.incarnation,
-                                           sequence: mesh!.presenceSequence[topic]!, change: change, towardsHome: false)
+                                           sequence: sequence, change: change, towardsHome: false)
         if isHome(topic) {
             sendPresenceDown(topic, message)
         } else if let hop = mesh!.routes.firstHop(to: home(of: topic)) {
@@ -92,6 +93,7 @@ extension RelayCore {
 
     /// Applies a remote change unless it is older than what this region holds; returns whether it applied.
     mutating func applyPresence(_ topic: String, owner: String, incarnation: UInt64, sequence: UInt64, _ change: PresenceChange) -> Bool {
+        guard topics[topic] != nil else { return false }
         let seen = mesh!.presenceSeen[topic]?[owner]
         // A restarted owner's earlier incarnation has nothing left to say.
         if let seen, incarnation < seen.incarnation { return false }
@@ -107,24 +109,24 @@ extension RelayCore {
         mesh!.presenceSeen[topic, default: [:]][owner] = (incarnation, sequence)
         mesh!.stalePresence[topic]?[owner] = nil
         if mesh!.stalePresence[topic]?.isEmpty == true { mesh!.stalePresence[topic] = nil }
-        let joinLeave = topics[topic]!.options.joinLeave
+        guard let joinLeave = topics[topic]?.options.joinLeave else { return false }
         switch change {
         case .join(let entry):
-            if topics[topic]!.presence.insert(entry), joinLeave {
+            if topics[topic]?.presence.insert(entry) == true, joinLeave {
                 broadcast(topic, .join(topic: topic, entry), volatileKey: "presence/\(topic)/\(owner)/\(entry.client)")
             }
         case .leave(let client):
-            if let entry = topics[topic]!.presence.remove(PresenceKey(region: owner, client: client)), joinLeave {
+            if let entry = topics[topic]?.presence.remove(PresenceKey(region: owner, client: client)), joinLeave {
                 broadcast(topic, .leave(topic: topic, entry), volatileKey: "presence/\(topic)/\(owner)/\(client)")
             }
         case .snapshot(let entries):
             let incoming = Set(entries.map(\.client))
-            for old in topics[topic]!.presence.entries(of: owner) where !incoming.contains(old.client) {
-                topics[topic]!.presence.remove(PresenceKey(region: owner, client: old.client))
+            for old in topics[topic]?.presence.entries(of: owner) ?? [] where !incoming.contains(old.client) {
+                topics[topic]?.presence.remove(PresenceKey(region: owner, client: old.client))
                 if joinLeave { broadcast(topic, .leave(topic: topic, old), volatileKey: "presence/\(topic)/\(owner)/\(old.client)") }
             }
             for entry in entries where entry.region == owner {
-                if topics[topic]!.presence.insert(entry), joinLeave {
+                if topics[topic]?.presence.insert(entry) == true, joinLeave {
                     broadcast(topic, .join(topic: topic, entry), volatileKey: "presence/\(topic)/\(owner)/\(entry.client)")
                 }
             }
@@ -136,8 +138,8 @@ extension RelayCore {
     /// route to each home, and mark or clear stale entries of regions that
     /// became unreachable or reachable.
     mutating func refreshPresenceRoutes(now: TernInstant) {
-        for topic in topics.keys.sorted() where topics[topic]!.options.presence {
-            let table = topics[topic]!.presence
+        for topic in topics.keys.sorted() where topics[topic]?.options.presence == true {
+            guard let table = topics[topic]?.presence else { continue }
             // Also when this region has no members left but once announced some: the home must learn it holds none.
             if !isHome(topic), table.count(in: config.region) > 0 || mesh!.presenceRoute[topic] != nil || mesh!.presenceSequence[topic] != nil {
                 let hop = mesh!.routes.firstHop(to: home(of: topic))
@@ -167,7 +169,7 @@ extension RelayCore {
         guard let t = topics[topic] else { return }
         let joinLeave = t.options.joinLeave
         for entry in t.presence.entries(of: owner) {
-            topics[topic]!.presence.remove(PresenceKey(region: owner, client: entry.client))
+            topics[topic]?.presence.remove(PresenceKey(region: owner, client: entry.client))
             if joinLeave { broadcast(topic, .leave(topic: topic, entry), volatileKey: "presence/\(topic)/\(owner)/\(entry.client)") }
         }
     }
@@ -178,7 +180,7 @@ extension RelayCore {
         for topic in mesh!.presenceSeen.keys.sorted() {
             guard let seen = mesh!.presenceSeen[topic]?[owner], seen.incarnation < incarnation else { continue }
             dropPresence(topic, owner: owner)
-            mesh!.presenceSeen[topic]![owner] = (incarnation, 0)
+            mesh!.presenceSeen[topic]?[owner] = (incarnation, 0)
             mesh!.stalePresence[topic]?[owner] = nil
             if mesh!.stalePresence[topic]?.isEmpty == true { mesh!.stalePresence[topic] = nil }
             // Regions below this one in the topic's tree hear it from here too.
@@ -262,12 +264,12 @@ extension RelayCore {
     mutating func presenceTimedOut(_ topic: String, owner: String, now: TernInstant) {
         guard let since = mesh?.stalePresence[topic]?[owner], since + mesh!.config.presenceTimeout <= now,
               !canReach(owner), topics[topic] != nil else { return }
-        mesh!.stalePresence[topic]![owner] = nil
-        if mesh!.stalePresence[topic]!.isEmpty { mesh!.stalePresence[topic] = nil }
+        mesh!.stalePresence[topic]?[owner] = nil
+        if mesh!.stalePresence[topic]?.isEmpty == true { mesh!.stalePresence[topic] = nil }
         mesh!.presenceSeen[topic]?[owner] = nil
-        let joinLeave = topics[topic]!.options.joinLeave
-        for entry in topics[topic]!.presence.entries(of: owner) {
-            topics[topic]!.presence.remove(PresenceKey(region: owner, client: entry.client))
+        guard let joinLeave = topics[topic]?.options.joinLeave else { return }
+        for entry in topics[topic]?.presence.entries(of: owner) ?? [] {
+            topics[topic]?.presence.remove(PresenceKey(region: owner, client: entry.client))
             if joinLeave { broadcast(topic, .leave(topic: topic, entry), volatileKey: "presence/\(topic)/\(owner)/\(entry.client)") }
         }
         sweepIfIdle(topic, now: now)

@@ -63,14 +63,12 @@ extension RelayCore {
     /// At the home: makes sure the topic's replica is the current successor, telling the old
     /// one to stop following and the new one to start.
     mutating func updateReplica(_ topic: String) {
-        guard mesh != nil, topics[topic] != nil, isHome(topic), needsReplication(topic) else { return }
+        guard mesh != nil, let current = topics[topic].map({ $0.replication.replica }), isHome(topic), needsReplication(topic) else { return }
         let target = replicaTarget(topic)
-        let current = topics[topic]!.replication.replica
         guard target != current else { return }
         if let current, canReach(current) { route(.unfollow(topic: topic, replica: current), to: current) }
-        topics[topic]!.replication.replica = target
-        if let target {
-            let t = topics[topic]!
+        topics[topic]?.replication.replica = target
+        if let target, let t = topics[topic] {
             let from = StreamPosition(epoch: t.epoch, offset: t.replication.epoch == t.epoch ? t.replication.through : t.offset)
             route(.follow(topic: topic, replica: target, home: config.region, from: from), to: target)
         }
@@ -79,7 +77,7 @@ extension RelayCore {
     /// Stops asking anyone to follow `topic` (the topic is going away here, or this region is no longer its home).
     mutating func releaseReplica(_ topic: String) {
         guard mesh != nil, let replica = topics[topic]?.replication.replica else { return }
-        topics[topic]!.replication.replica = nil
+        topics[topic]?.replication.replica = nil
         if canReach(replica) { route(.unfollow(topic: topic, replica: replica), to: replica) }
     }
 
@@ -93,20 +91,20 @@ extension RelayCore {
             return
         }
         let expires = clock + mesh!.config.homeTimeout
-        topics[topic]!.replication.pending.append(PendingAck(position: position, origin: origin, duplicate: duplicate, expires: expires))
-        if topics[topic]!.replication.timeoutAt == nil {
-            topics[topic]!.replication.timeoutAt = expires
+        topics[topic]?.replication.pending.append(PendingAck(position: position, origin: origin, duplicate: duplicate, expires: expires))
+        if topics[topic]?.replication.timeoutAt == nil {
+            topics[topic]?.replication.timeoutAt = expires
             schedule(expires, .ackTimeout(topic))
         }
-        if topics[topic]!.replication.replica == nil { updateReplica(topic) }
+        if topics[topic]?.replication.replica == nil { updateReplica(topic) }
     }
 
     /// Called by the home as it sequences in `epoch`: the first publication of an epoch starts
     /// its replicated count at the offset before it.
     mutating func replicationWillSequence(_ topic: String) {
         guard let t = topics[topic], t.replication.epoch != t.epoch else { return }
-        topics[topic]!.replication.epoch = t.epoch
-        topics[topic]!.replication.through = t.offset
+        topics[topic]?.replication.epoch = t.epoch
+        topics[topic]?.replication.through = t.offset
     }
 
     /// A replica's report, on its way to the home or arrived there.
@@ -118,7 +116,7 @@ extension RelayCore {
         guard let t = topics[topic], isHome(topic), t.replication.epoch == epoch else { return }
         var r = t.replication
         if from <= r.through.saturatingAdd(1), to > r.through { r.through = t.epoch == epoch ? min(to, t.offset) : to }
-        topics[topic]!.replication = r
+        topics[topic]?.replication = r
         releaseAcknowledgments(topic)
     }
 
@@ -128,7 +126,7 @@ extension RelayCore {
         let r = t.replication
         let held = r.pending.prefix { $0.position.epoch == r.epoch && $0.position.offset <= r.through }
         guard !held.isEmpty else { return }
-        topics[topic]!.replication.pending.removeFirst(held.count)
+        topics[topic]?.replication.pending.removeFirst(held.count)
         for ack in held {
             answer(ack.origin, .success(.published(topic: topic, position: ack.position, duplicate: ack.duplicate)))
         }
@@ -139,17 +137,17 @@ extension RelayCore {
         guard let t = topics[topic], !t.replication.pending.isEmpty else { return }
         let failing = t.replication.pending.filter(expired)
         guard !failing.isEmpty else { return }
-        topics[topic]!.replication.pending.removeAll(where: expired)
+        topics[topic]?.replication.pending.removeAll(where: expired)
         for ack in failing { answer(ack.origin, .failure(TernError(.internalError, reason))) }
     }
 
     mutating func ackTimedOut(_ topic: String, now: TernInstant) {
         guard let t = topics[topic], t.replication.timeoutAt != nil else { return }
-        topics[topic]!.replication.timeoutAt = nil
+        topics[topic]?.replication.timeoutAt = nil
         failAcknowledgments(topic, where: { $0.expires <= now },
             "'\(topic)' was sequenced but no second region confirmed it within home_timeout; retry with the same id")
         if let next = topics[topic]?.replication.pending.first?.expires {
-            topics[topic]!.replication.timeoutAt = next
+            topics[topic]?.replication.timeoutAt = next
             schedule(next, .ackTimeout(topic))
         }
         sweepIfIdle(topic, now: now)
@@ -164,15 +162,15 @@ extension RelayCore {
         }
         guard case .success(let options) = namespaceOptions(for: topic), home != config.region else { return }
         ensureTopic(topic, options, now: now)
-        topics[topic]!.replicaOf = home
+        topics[topic]?.replicaOf = home
         // A replica that holds nothing yet asks for the stream from where the replicated count stands,
         // so it receives, and can confirm, what waits for it.
-        if !topics[topic]!.synced, topics[topic]!.awaitingFrom == nil, mesh!.upstream[topic] == nil {
-            topics[topic]!.sync = .unsynced(from: from)
+        if topics[topic]?.synced == false, topics[topic]?.awaitingFrom == nil, mesh!.upstream[topic] == nil {
+            topics[topic]?.sync = .unsynced(from: from)
         }
-        topics[topic]!.lastActivity = now
+        topics[topic]?.lastActivity = now
         // What it already holds counts at once (it may have followed the topic as a cache).
-        if topics[topic]!.replicaRun != nil { mesh!.replicaReports.insert(topic) }
+        if topics[topic]?.replicaRun != nil { mesh!.replicaReports.insert(topic) }
         reconcileInterest(topic, now: now)
     }
 
@@ -182,7 +180,7 @@ extension RelayCore {
             return
         }
         guard topics[topic]?.replicaOf != nil else { return }
-        topics[topic]!.replicaOf = nil
+        topics[topic]?.replicaOf = nil
         reconcileInterest(topic, now: now)
         sweepIfIdle(topic, now: now)
     }
@@ -195,11 +193,11 @@ extension RelayCore {
         let p = publication.position
         if var run = t.replicaRun, run.epoch == p.epoch, p.offset.follows(run.to) {
             run.to = p.offset
-            topics[topic]!.replicaRun = run
+            topics[topic]?.replicaRun = run
         } else if let run = t.replicaRun, run.epoch == p.epoch, p.offset >= run.from, p.offset <= run.to {
             return
         } else {
-            topics[topic]!.replicaRun = ReplicaRun(epoch: p.epoch, from: p.offset, to: p.offset)
+            topics[topic]?.replicaRun = ReplicaRun(epoch: p.epoch, from: p.offset, to: p.offset)
         }
         if t.replicaOf != nil { mesh!.replicaReports.insert(topic) }
     }
@@ -237,15 +235,15 @@ struct HomeRecovery: Sendable {
 extension RelayCore {
     /// At a fresh home: a child named `held`, a position in this region's own epoch.
     mutating func beginRecovery(_ topic: String, held: StreamPosition, now: TernInstant) {
-        topics[topic]!.fresh = false
-        topics[topic]!.epoch = held.epoch
-        topics[topic]!.offset = held.offset
+        topics[topic]?.fresh = false
+        topics[topic]?.epoch = held.epoch
+        topics[topic]?.offset = held.offset
         let deadline = now + mesh!.config.linkReadTimeout
-        topics[topic]!.recovery = HomeRecovery(held: held, deadline: deadline)
+        topics[topic]?.recovery = HomeRecovery(held: held, deadline: deadline)
         // Nothing is served or sequenced here until the epoch is known.
-        topics[topic]!.sync = .unsynced(from: nil)
+        topics[topic]?.sync = .unsynced(from: nil)
         askForRecovery(topic)
-        if topics[topic]!.recovery!.asked.isEmpty {
+        if topics[topic]?.recovery?.asked.isEmpty ?? true {
             finishRecovery(topic, now: now)
             return
         }
@@ -256,7 +254,7 @@ extension RelayCore {
     mutating func askForRecovery(_ topic: String) {
         guard let mesh, let r = topics[topic]?.recovery else { return }
         for region in mesh.config.graph.regions where region != config.region && canReach(region) && !r.asked.contains(region) {
-            topics[topic]!.recovery!.asked.insert(region)
+            topics[topic]?.recovery?.asked.insert(region)
             route(.recover(topic: topic, home: config.region, replica: region, after: StreamPosition(epoch: r.held.epoch, offset: 0)),
                   to: region)
         }
@@ -266,7 +264,7 @@ extension RelayCore {
     mutating func noteHeld(_ topic: String, _ position: StreamPosition) {
         guard var r = topics[topic]?.recovery, position.epoch == r.held.epoch, position.offset > r.held.offset else { return }
         r.held = position
-        topics[topic]!.recovery = r
+        topics[topic]?.recovery = r
     }
 
     /// At an asked region (or on the way there): answers with every publication of the epoch it holds after `after`.
@@ -302,15 +300,15 @@ extension RelayCore {
         }
         if let p = publication {
             guard p.position.epoch == recovery.held.epoch, p.topic == topic else { return }
-            if let newest = topics[topic]!.history.newest, newest.position.offset >= p.position.offset { return }
+            if let newest = topics[topic]?.history.newest, newest.position.offset >= p.position.offset { return }
             var p = p
             p.acceptedAt = now
-            topics[topic]!.history.append(p)
-            if !p.id.isEmpty { topics[topic]!.idempotency.remember(p.id, position: p.position, now: now, mark: joinSerial) }
+            topics[topic]?.history.append(p)
+            if !p.id.isEmpty { topics[topic]?.idempotency.remember(p.id, position: p.position, now: now, mark: joinSerial) }
             return
         }
-        topics[topic]!.recovery!.answered.insert(region)
-        let r = topics[topic]!.recovery!
+        topics[topic]?.recovery?.answered.insert(region)
+        guard let r = topics[topic]?.recovery else { return }
         let successor = mesh.flatMap { Rendezvous.ranking(topic: topic, regions: $0.config.graph.regions).first { $0 != config.region } }
         if r.answered.isSuperset(of: r.asked), successor.map(r.answered.contains) ?? true { finishRecovery(topic, now: now) }
     }
@@ -359,14 +357,14 @@ extension RelayCore {
     mutating func finishRecovery(_ topic: String, now: TernInstant) {
         guard let recovery = topics[topic]?.recovery else { return }
         var base = recovery.held
-        if let newest = topics[topic]!.history.newest, newest.position.epoch == base.epoch, newest.position.offset > base.offset {
+        if let newest = topics[topic]?.history.newest, newest.position.epoch == base.epoch, newest.position.offset > base.offset {
             base = newest.position
         }
-        topics[topic]!.recovery = nil
-        topics[topic]!.epoch = base.epoch
-        topics[topic]!.offset = base.offset.saturatingAdd(Self.adoptionJump)
-        topics[topic]!.adoptedFrom = base
-        topics[topic]!.sync = .current
+        topics[topic]?.recovery = nil
+        topics[topic]?.epoch = base.epoch
+        topics[topic]?.offset = base.offset.saturatingAdd(Self.adoptionJump)
+        topics[topic]?.adoptedFrom = base
+        topics[topic]?.sync = .current
         becameSynced(topic, now: now)
         for ref in mesh!.pending.keys.sorted() where mesh!.pending[ref]?.topic == topic && mesh!.pending[ref]?.sentVia == nil {
             forwardPending(ref)

@@ -8,11 +8,11 @@ extension RelayCore {
         guard let state = clients[client] else { return }
         if on {
             guard state.subscriptions.contains(topic), !state.traced.contains(topic), topics[topic] != nil else { return }
-            clients[client]!.traced.insert(topic)
-            topics[topic]!.traceSubscribers += 1
-            if topics[topic]!.traceSubscribers == 1 { tellHomeAboutTrace(topic, on: true) }
+            clients[client]?.traced.insert(topic)
+            topics[topic]?.traceSubscribers += 1
+            if topics[topic]?.traceSubscribers == 1 { tellHomeAboutTrace(topic, on: true) }
         } else if state.traced.contains(topic) {
-            clients[client]!.traced.remove(topic)
+            clients[client]?.traced.remove(topic)
             traceSubscriberGone(topic, now: now)
         }
     }
@@ -20,7 +20,7 @@ extension RelayCore {
     /// One traced subscription of `topic` ended.
     mutating func traceSubscriberGone(_ topic: String, now: TernInstant) {
         guard let count = topics[topic]?.traceSubscribers, count > 0 else { return }
-        topics[topic]!.traceSubscribers = count - 1
+        topics[topic]?.traceSubscribers = count - 1
         if count == 1 { tellHomeAboutTrace(topic, on: false) }
     }
 
@@ -44,7 +44,7 @@ extension RelayCore {
         if on {
             guard case .success(let options) = namespaceOptions(for: topic) else { return }
             ensureTopic(topic, options, now: now)
-            topics[topic]!.tracedBy.insert(region)
+            topics[topic]?.tracedBy.insert(region)
             sweepIfIdle(topic, now: now)
         } else {
             topics[topic]?.tracedBy.remove(region)
@@ -57,7 +57,8 @@ extension RelayCore {
     mutating func refreshTrace(_ topic: String) {
         guard let t = topics[topic] else { return }
         if !t.tracedBy.isEmpty {
-            topics[topic]!.tracedBy = isHome(topic) ? t.tracedBy.filter { canReach($0) } : []
+            let kept: Set<String> = isHome(topic) ? t.tracedBy.filter { canReach($0) } : []
+            topics[topic]?.tracedBy = kept
         }
         if t.traceSubscribers > 0 { tellHomeAboutTrace(topic, on: true) }
     }

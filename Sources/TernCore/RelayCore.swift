@@ -417,7 +417,7 @@ public struct RelayCore: Sendable {
             case .success(let reply?): sendSubscribed(client, ref: ref, reply, now: now)
             case .success(nil):
                 // Waiting for the upstream region to say where the stream stands.
-                topics[topic]!.pendingSubscribes.append((client, ref, since))
+                topics[topic]?.pendingSubscribes.append((client, ref, since))
                 schedule(now + (mesh?.config.homeTimeout ?? .seconds(10)), .subscribeTimeout(topic))
                 reconcileInterest(topic, now: now)
             case .failure(let error): send(client, .error(ref: ref, error))
@@ -508,16 +508,17 @@ public struct RelayCore: Sendable {
             idempotency: IdempotencyCache(capacity: config.limits.idempotencyCapacity, window: config.limits.idempotencyWindow),
             lastActivity: now
         )
-        topics[topic]!.canonicalHome = canonicalHome(of: topic)
+        let canonical = canonicalHome(of: topic)
+        topics[topic]?.canonicalHome = canonical
         // The home it has now, so the next topology change that moves it here (or away) is seen as a move.
         if mesh != nil { mesh!.lastHome[topic] = home(of: topic) }
         if !isHome(topic) {
             // A regional cache: its epoch and offset come from upstream.
-            topics[topic]!.sync = .unsynced(from: nil)
-            topics[topic]!.epoch = ""
+            topics[topic]?.sync = .unsynced(from: nil)
+            topics[topic]?.epoch = ""
         } else {
             // Nothing sequenced or served yet: a restarted home may still adopt an epoch a child holds.
-            topics[topic]!.fresh = mesh != nil
+            topics[topic]?.fresh = mesh != nil
         }
         stats.topics += 1
     }
@@ -580,26 +581,26 @@ public struct RelayCore: Sendable {
         ensureTopic(topic, options, now: now)
         clients[client]?.subscriptions[topic] = ()
         joinSerial += 1
-        topics[topic]!.subscribers[client] = Joined(serial: joinSerial, since: since)
-        topics[topic]!.lastActivity = now
+        topics[topic]?.subscribers[client] = Joined(serial: joinSerial, since: since)
+        topics[topic]?.lastActivity = now
         stats.subscriptions += 1
-        guard topics[topic]!.synced else { return .success(nil) }
+        guard topics[topic]?.synced == true else { return .success(nil) }
         reconcileInterest(topic, now: now)
         return .success(subscribeReply(topic, since: since, now: now))
     }
 
     /// The stream's position and, when asked, everything after `since` from this region's ring.
     mutating func subscribeReply(_ topic: String, since: StreamPosition?, now: TernInstant) -> SubscribeReply {
-        topics[topic]!.fresh = false
-        let current = topics[topic]!.position
+        topics[topic]?.fresh = false
+        let current = topics[topic]?.position ?? StreamPosition(epoch: "", offset: 0)
         var reply = SubscribeReply(topic: topic, position: current, recovered: nil, failure: nil, publications: [])
-        if let since, let adopted = topics[topic]!.adoptedFrom, since.epoch == adopted.epoch, current.epoch == adopted.epoch,
+        if let since, let adopted = topics[topic]?.adoptedFrom, since.epoch == adopted.epoch, current.epoch == adopted.epoch,
            since.offset < adopted.offset.saturatingAdd(Self.adoptionJump), current.offset >= adopted.offset.saturatingAdd(Self.adoptionJump) {
             // A restarted home continued this epoch past a jump: a client from before the jump resyncs.
             reply.recovered = false
             reply.failure = .evicted
         } else if let since {
-            switch topics[topic]!.history.publications(after: since, current: current, now: now) {
+            switch topics[topic]?.history.publications(after: since, current: current, now: now) ?? .failed(.evicted) {
             case .recovered(let publications):
                 // The reply must fit the client's send queue, or the client would be closed on every retry.
                 let bytes = publications.reduce(0) { $0 + $1.data.utf8.count + $1.topic.utf8.count + 96 }
@@ -625,7 +626,7 @@ public struct RelayCore: Sendable {
         guard let options = topics[topic]?.options, options.presence,
               let identity = clients[client]?.identity, !identity.isAnonymous else { return }
         let entry = PresenceEntry(client: client, user: identity.user, region: config.region)
-        topics[topic]!.presence.insert(entry)
+        topics[topic]?.presence.insert(entry)
         if options.joinLeave {
             broadcast(topic, .join(topic: topic, entry), volatileKey: "presence/\(topic)/\(config.region)/\(client)")
         }
@@ -634,7 +635,7 @@ public struct RelayCore: Sendable {
 
     mutating func removeSubscriber(_ client: ClientID, from topic: String, now: TernInstant) {
         guard topics[topic]?.subscribers.removeValue(forKey: client) != nil else { return }
-        topics[topic]!.lastActivity = now
+        topics[topic]?.lastActivity = now
         stats.subscriptions -= 1
         let region = config.region
         if let entry = topics[topic]?.presence.remove(client, region: region) {
@@ -662,7 +663,7 @@ public struct RelayCore: Sendable {
                 ? "namespace of '\(topic)' accepts publishes from backends only"
                 : "the token does not grant publish on '\(topic)'")))
         }
-        guard clients[client]!.publishBucket.take(now: now) else {
+        guard clients[client]?.publishBucket.take(now: now) == true else {
             return send(client, .error(ref: ref, TernError(.rateLimited, "more than \(Int(config.limits.publishRatePerSecond)) publishes a second; slow down")))
         }
         if volatile {
@@ -699,36 +700,39 @@ public struct RelayCore: Sendable {
             id = generatedPublishID()
         }
         let failoverHome = mesh != nil && canonicalHome(of: topic) != config.region
-        if !id.isEmpty, let earlier = topics[topic]!.idempotency.lookup(id, now: now) {
+        if !id.isEmpty, let earlier = topics[topic]?.idempotency.lookup(id, now: now) {
             stats.duplicatePublishes += 1
             return .success(.published(topic: topic, position: earlier, duplicate: true))
         }
-        if topics[topic]!.recovery != nil {
+        if topics[topic]?.recovery != nil {
             // Publishes wait for a recovering home (`forwardPending`); should one get here, the home
             // continues from what it knows rather than sequence into offsets it may not hold.
             finishRecovery(topic, now: now)
         }
-        guard topics[topic]!.offset < UInt64.max else {
+        guard let offset = topics[topic]?.offset, offset < UInt64.max else {
             // Only a peer's nonsense position could bring an epoch here; refuse rather than wrap.
             return .failure(TernError(.internalError, "'\(topic)' has no offsets left in its epoch"))
         }
         replicationWillSequence(topic)
-        topics[topic]!.offset += 1
-        topics[topic]!.fresh = false
-        topics[topic]!.lastActivity = now
+        topics[topic]?.offset += 1
+        topics[topic]?.fresh = false
+        topics[topic]?.lastActivity = now
         let wall = wallNow
         var trace: [TraceHop]?
-        if topics[topic]!.traceSubscribers > 0 || !topics[topic]!.tracedBy.isEmpty {
+        if (topics[topic]?.traceSubscribers ?? 0) > 0 || topics[topic]?.tracedBy.isEmpty == false {
             trace = [received ?? TraceHop(region: config.region, step: .received, at: wall),
                      TraceHop(region: config.region, step: .sequenced, at: wall)]
         }
-        let publication = Publication(topic: topic, position: topics[topic]!.position, id: id, data: data, user: user, acceptedAt: now,
+        guard let position = topics[topic]?.position else {
+            return .failure(TernError(.internalError, "'\(topic)' went away while it was being published to"))
+        }
+        let publication = Publication(topic: topic, position: position, id: id, data: data, user: user, acceptedAt: now,
                                       sequencedAtWall: wall, trace: trace, firstPosition: firstAt)
-        topics[topic]!.history.append(publication)
+        topics[topic]?.history.append(publication)
         // Delivered to every subscriber here right after, so its mark is the current subscription serial.
-        if !id.isEmpty { topics[topic]!.idempotency.remember(id, position: publication.position, now: now, mark: joinSerial) }
+        if !id.isEmpty { topics[topic]?.idempotency.remember(id, position: publication.position, now: now, mark: joinSerial) }
         // A failover home keeps what it sequences until the canonical home has sequenced it again.
-        if failoverHome, topics[topic]!.failoverLog.count < 100_000 { topics[topic]!.failoverLog.append(publication) }
+        if failoverHome, (topics[topic]?.failoverLog.count ?? 0) < 100_000 { topics[topic]?.failoverLog.append(publication) }
         stats.publications += 1
         deliver(publication, sequencedHere: true)
         sweepIfIdle(topic, now: now)
@@ -759,14 +763,14 @@ public struct RelayCore: Sendable {
         var joinedAfter: UInt64?
         var firstAt: StreamPosition?
         if !publication.id.isEmpty {
-            if let until = topics[topic]!.mergeUntil, clock < until, let mark = topics[topic]!.mergingIDs[publication.id] {
+            if let until = topics[topic]?.mergeUntil, clock < until, let mark = topics[topic]?.mergingIDs[publication.id] {
                 // After a heal, publications this region already delivered in the failover epoch come again.
                 joinedAfter = mark
             } else if mesh != nil, !sequencedHere {
                 // Sequenced again somewhere (a failover merge, a restarted home's retry), or brought again
                 // after this region's stream was reset to an earlier position: the subscribers that were
                 // here then have it. Every region remembers what it delivered, and when.
-                if let earlier = topics[topic]!.idempotency.entry(of: publication.id, now: clock) {
+                if let earlier = topics[topic]?.idempotency.entry(of: publication.id, now: clock) {
                     joinedAfter = earlier.mark
                     firstAt = earlier.position
                 } else if let first = publication.firstPosition, first.epoch != publication.position.epoch {
@@ -776,20 +780,20 @@ public struct RelayCore: Sendable {
                     joinedAfter = 0
                     firstAt = first
                 } else {
-                    topics[topic]!.idempotency.remember(publication.id, position: publication.position, now: clock, mark: joinSerial)
+                    topics[topic]?.idempotency.remember(publication.id, position: publication.position, now: clock, mark: joinSerial)
                 }
             }
-            let forked = topics[topic]!.fork != nil || (mesh != nil && !topics[topic]!.epoch.hasPrefix(topics[topic]!.canonicalHome + "."))
-            if joinedAfter == nil, forked, topics[topic]!.forkIDs.count < 100_000 {
-                topics[topic]!.forkIDs[publication.id] = joinSerial
+            let forked = topics[topic]?.fork != nil || (mesh != nil && topics[topic].map { !$0.epoch.hasPrefix($0.canonicalHome + ".") } == true)
+            if joinedAfter == nil, forked, (topics[topic]?.forkIDs.count ?? 0) < 100_000 {
+                topics[topic]?.forkIDs[publication.id] = joinSerial
             }
         }
         if let mark = joinedAfter {
             deliverAgain(publication, toSubscribersAfter: mark, firstAt: firstAt)
             // Everyone here has it now.
-            if topics[topic]!.mergingIDs[publication.id] != nil { topics[topic]!.mergingIDs[publication.id] = joinSerial }
+            if topics[topic]?.mergingIDs[publication.id] != nil { topics[topic]?.mergingIDs[publication.id] = joinSerial }
             if mesh != nil, !sequencedHere {
-                topics[topic]!.idempotency.remember(publication.id, position: firstAt ?? publication.position, now: clock, mark: joinSerial)
+                topics[topic]?.idempotency.remember(publication.id, position: firstAt ?? publication.position, now: clock, mark: joinSerial)
             }
             return
         }
@@ -801,7 +805,7 @@ public struct RelayCore: Sendable {
                                    sequencedAtWall: publication.sequencedAtWall)
         var traced: Publication?
         var sharedTraced: OutboundFrame?
-        if topics[topic]!.traceSubscribers > 0 {
+        if (topics[topic]?.traceSubscribers ?? 0) > 0 {
             var p = publication
             var hops = p.trace ?? []
             if hops.count < TraceHop.maxHops { hops.append(TraceHop(region: config.region, step: .delivered, at: wallNow)) }
@@ -810,9 +814,9 @@ public struct RelayCore: Sendable {
             sharedTraced = OutboundFrame(bytes: encoder.encode(.publication(p)), acceptedAt: publication.acceptedAt,
                                          sequencedAtWall: publication.sequencedAtWall)
         }
-        let subscribers = topics[topic]!.subscribers.orderedKeys
+        let subscribers = topics[topic]?.subscribers.orderedKeys ?? []
         // Clients still waiting for their subscribe reply get the stream through that reply, not before it.
-        let waiting = topics[topic]!.pendingSubscribes.isEmpty ? [] : Set(topics[topic]!.pendingSubscribes.map(\.client))
+        let waiting = topics[topic]?.pendingSubscribes.isEmpty ?? true ? [] : Set(topics[topic]?.pendingSubscribes.map(\.client) ?? [])
         for client in subscribers where waiting.isEmpty || !waiting.contains(client) {
             guard let i = clients.index(forKey: client) else { continue }
             let (transport, wantsTrace) = clients.inPlace(i) { ($0.transport, traced != nil && $0.traced.contains(topic)) }
@@ -938,18 +942,18 @@ public struct RelayCore: Sendable {
         for (topic, since) in wanted {
             let options = optionsByTopic[topic]!
             ensureTopic(topic, options, now: now)
-            topics[topic]!.lastActivity = now
-            if !topics[topic]!.synced {
+            topics[topic]?.lastActivity = now
+            if topics[topic]?.synced != true {
                 // This region's cache has not heard from upstream yet: answer once it has.
                 clients[client]?.pollNeedsSync.insert(topic)
                 if since != nil { clients[client]?.pollLostCursor.insert(topic) }
                 continue
             }
-            let current = topics[topic]!.position
+            guard let current = topics[topic]?.position else { continue }
             var recovered = true
             var failure: RecoveryFailure?
             if let since {
-                switch topics[topic]!.history.publications(after: since, current: current, now: now) {
+                switch topics[topic]?.history.publications(after: since, current: current, now: now) ?? .failed(.evicted) {
                 case .recovered(let publications):
                     reply.publications += publications.map { p in
                         var plain = p
@@ -971,7 +975,7 @@ public struct RelayCore: Sendable {
         let needsSync = clients[client]?.pollNeedsSync ?? []
         if !needsSync.isEmpty {
             for t in reply.topics { clients[client]?.cursor[t.topic] = t.position }
-            for (topic, _) in wanted { topics[topic]!.pollWaiters[client] = () }
+            for (topic, _) in wanted { topics[topic]?.pollWaiters[client] = () }
             for topic in needsSync.sorted() { reconcileInterest(topic, now: now) }
             schedule(now + (mesh?.config.homeTimeout ?? timeout), .pollTimeout(client))
             return
@@ -984,7 +988,7 @@ public struct RelayCore: Sendable {
         }
         for t in reply.topics {
             clients[client]?.cursor[t.topic] = t.position
-            topics[t.topic]!.pollWaiters[client] = ()
+            topics[t.topic]?.pollWaiters[client] = ()
         }
         schedule(now + timeout, .pollTimeout(client))
     }
@@ -1044,7 +1048,7 @@ public struct RelayCore: Sendable {
             case .pollTimeout(let client):
                 if clients[client]?.transport == .poll { completePoll(client) }
             case .topicSweep(let topic):
-                if topics[topic]?.sweepAt == next.at { topics[topic]!.sweepAt = nil }
+                if topics[topic]?.sweepAt == next.at { topics[topic]?.sweepAt = nil }
                 sweepIfIdle(topic, now: now)
             case .interestLinger(let topic):
                 interestLingerEnded(topic, now: now)
