@@ -157,6 +157,9 @@ public final class Simulation {
     final class Region {
         let name: String
         var core: RelayCore?
+        /// Whether `core` is running. Kept beside it because testing `core != nil` copies the whole
+        /// core (and retains everything it holds) on every event.
+        var running = false
         var encoder = SimEncoder()
         var skew: Duration = .zero
         var tickAt: TernInstant?
@@ -341,7 +344,7 @@ public final class Simulation {
             for m in messages { clientReceived(client, m) }
         case .clientSend(let key, let generation, let ref, let command):
             guard let client = client(key), client.generation == generation, client.connected, let id = client.connection,
-                  regions[key.region]!.core != nil else { return }
+                  regions[key.region]!.running else { return }
             mix("C\(now.nanoseconds)\(key.region)\(key.index)")
             handle(key.region, .command(id, ref: ref, command))
         case .clientClosedByRelay(let key, let generation, let code):
@@ -355,7 +358,7 @@ public final class Simulation {
             guard let client = client(key), !client.connected else { return }
             connectClient(client)
         case .tick(let region):
-            guard let r = regions[region], r.core != nil, let at = r.tickAt, at <= now else { return }
+            guard let r = regions[region], r.running, let at = r.tickAt, at <= now else { return }
             r.tickAt = nil
             handle(region, .tick)
         case .publish:
@@ -413,6 +416,7 @@ public final class Simulation {
         config.mesh?.incarnation = r.restarts << 40 | UInt64(now.nanoseconds / 1_000_000 + 1)
         r.core = RelayCore(config: config, encoder: r.encoder,
                            seed: rng.next() ^ r.restarts, now: regionNow(name))
+        r.running = true
         // A fixed wall-clock origin keeps runs reproducible; each region's skew shows in its trace hops.
         r.core!.wallClockOffset = Self.wallOrigin
         r.tickAt = nil
@@ -421,7 +425,7 @@ public final class Simulation {
 
     private func handle(_ region: String, _ event: RelayEvent) {
         let r = regions[region]!
-        guard r.core != nil else { return }
+        guard r.running else { return }
         let actions = r.core!.handle(event, now: regionNow(region))
         if let topic = Self.traceTopic, case let summary = r.core!.debugSummary(of: topic), summary != r.lastSummary {
             r.lastSummary = summary
@@ -467,9 +471,10 @@ public final class Simulation {
 
     private func crash(_ name: String) {
         let r = regions[name]!
-        guard r.core != nil else { return }
+        guard r.running else { return }
         collectInvariantFailures(r)
         r.core = nil
+        r.running = false
         for l in scenario.topology.links(of: name) { breakLink(name, l.peer.name, reconnect: false) }
         for c in clients where c.key.region == name && c.connected { disconnected(c, reconnect: true) }
     }
@@ -477,7 +482,7 @@ public final class Simulation {
     // MARK: Links
 
     private func linkAllowed(_ a: String, _ b: String) -> Bool {
-        regions[a]!.core != nil && regions[b]!.core != nil && !cuts.contains("\(a)>\(b)") && !cuts.contains("\(b)>\(a)")
+        regions[a]!.running && regions[b]!.running && !cuts.contains("\(a)>\(b)") && !cuts.contains("\(b)>\(a)")
             && !blackholes.contains(pairKey(a, b))
     }
 
@@ -617,7 +622,7 @@ public final class Simulation {
         case .crash(let r):
             crash(r)
         case .restart(let r):
-            if regions[r]!.core == nil {
+            if !regions[r]!.running {
                 startRelay(r)
                 lastHeal = now
                 for l in scenario.topology.links(of: r) { scheduleReconnect(r, l.peer.name) }
@@ -657,7 +662,7 @@ public final class Simulation {
 
     private func connectClient(_ c: SimClient) {
         let r = regions[c.key.region]!
-        guard r.core != nil else {
+        guard r.running else {
             schedule(now + .milliseconds(Int64(200 + random(0...800))), .clientReconnect(c.key))
             return
         }
@@ -708,7 +713,7 @@ public final class Simulation {
     private func drainClient(_ c: SimClient, _ id: ClientID, force: Bool = false) {
         if let until = c.slowUntil, until > now, !force { return }
         let r = regions[c.key.region]!
-        guard r.core != nil else { return }
+        guard r.running else { return }
         let frames = r.core!.takeOutbound(id, maxBytes: .max)
         guard !frames.isEmpty else { return }
         var messages = frames.map { r.encoder.decode($0) }
@@ -850,8 +855,8 @@ public final class Simulation {
     private func checkPresence() {
         let topic = scenario.workload.presenceTopic
         guard scenario.workload.presenceChurn > 0 else { return }
-        let joined = churners.values.joined().filter { $0.connected && $0.inPresence && regions[$0.key.region]!.core != nil }
-        for r in regionNames where regions[r]!.core != nil {
+        let joined = churners.values.joined().filter { $0.connected && $0.inPresence && regions[$0.key.region]!.running }
+        for r in regionNames where regions[r]!.running {
             let (count, _) = regions[r]!.core!.presenceCounts(topic)
             // A region that follows the topic knows every member in the mesh; one that does not, only its own.
             let expected = regions[r]!.core!.tracksMeshPresence(topic) ? joined.count : joined.filter { $0.key.region == r }.count
