@@ -628,95 +628,16 @@ extension RelayCore {
             mesh!.awaitingSync[topic, default: []].append((child, since, fork))
             return
         }
-        if let adopted = topics[topic]?.adoptedFrom, let since, since.epoch == adopted.epoch, current.epoch == adopted.epoch,
-           case let jumped = adopted.offset.saturatingAdd(Self.adoptionJump), since.offset != adopted.offset, since.offset < jumped {
-            // A child in the continued epoch, but not where it was continued from: behind it, it is caught
-            // up from what the home recovered and moved across the jump; past it (it holds publications
-            // the home did not recover), the home moves it across the jump too and sequences those
-            // publications again; elsewhere it is told of the gap.
-            var behind: [Publication] = []
-            if since.offset < adopted.offset {
-                let ring = topics[topic]?.history.all ?? []
-                behind = ring.filter { $0.position.epoch == adopted.epoch && $0.position.offset > since.offset && $0.position.offset <= adopted.offset }
-            }
-            if since.offset < adopted.offset, behind.count == Int(adopted.offset - since.offset),
-               case .recovered(let publications)? = topics[topic]?.history.publications(
-                   after: StreamPosition(epoch: adopted.epoch, offset: jumped), current: current, now: now) {
-                for p in behind { sendData(child, p) }
-                enqueueLink(child, .epochSwitch(topic: topic, from: adopted, to: StreamPosition(epoch: adopted.epoch, offset: jumped)))
-                for p in publications { sendData(child, p) }
-                enqueueLink(child, .caughtUp(topic: topic, position: current))
-            } else if since.offset > adopted.offset, isHome(topic),
-                      case .recovered(let publications)? = topics[topic]?.history.publications(
-                          after: StreamPosition(epoch: adopted.epoch, offset: jumped), current: current, now: now) {
-                // Past it: the home has asked the child for what it holds there (above) and sequences
-                // those again, so the child loses nothing by moving across the jump from where it stands.
-                enqueueLink(child, .epochSwitch(topic: topic, from: since, to: StreamPosition(epoch: adopted.epoch, offset: jumped)))
-                for p in publications { sendData(child, p) }
-                enqueueLink(child, .caughtUp(topic: topic, position: current))
-            } else {
-                enqueueLink(child, .gap(topic: topic, position: current, reason: .evicted))
-            }
-            mesh!.children[topic]?[child] = .live
-            sendPresenceSnapshots(topic, to: child)
-            return
-        }
-        if let adopted = topics[topic]?.adoptedFrom, let from = [since, fork].compactMap({ $0 }).first, from == adopted || fork == adopted,
-           case let jumped = StreamPosition(epoch: adopted.epoch, offset: adopted.offset.saturatingAdd(Self.adoptionJump)),
-           case .recovered(let publications)? = topics[topic]?.history.publications(after: jumped, current: current, now: now) {
-            // The child stands exactly where the adopted epoch was left: move it across the jump,
-            // then send what was sequenced since.
-            enqueueLink(child, .epochSwitch(topic: topic, from: since ?? adopted, to: jumped))
-            for p in publications { sendData(child, p) }
-            enqueueLink(child, .caughtUp(topic: topic, position: current))
-            mesh!.children[topic]?[child] = .live
-            sendPresenceSnapshots(topic, to: child)
-            return
-        }
-        if let sw = topics[topic]?.lastSwitch, let since, since == sw.from, since.epoch != current.epoch || since.offset < current.offset,
-           case .recovered(let publications)? = topics[topic]?.history.publications(after: sw.to, current: current, now: now) {
-            // The child stands where this region stood before its last epoch switch: make the same switch.
-            enqueueLink(child, .epochSwitch(topic: topic, from: since, to: sw.to))
-            for p in publications { sendData(child, p) }
-            enqueueLink(child, .caughtUp(topic: topic, position: current))
-            mesh!.children[topic]?[child] = .live
-            sendPresenceSnapshots(topic, to: child)
-            return
-        }
-        if let since, since.epoch != current.epoch {
-            if let fork, fork.epoch == current.epoch, fork.offset <= current.offset,
-               case .recovered(let publications)? = topics[topic]?.history.publications(after: fork, current: current, now: now) {
-                enqueueLink(child, .epochSwitch(topic: topic, from: since, to: fork))
-                for p in publications { sendData(child, p) }
-                enqueueLink(child, .caughtUp(topic: topic, position: current))
-                mesh!.children[topic]?[child] = .live
-                sendPresenceSnapshots(topic, to: child)
-                return
-            }
-            if let myFork = topics[topic]?.fork, since.epoch == myFork.epoch, since.offset <= myFork.offset,
-               var prior = topics[topic]?.priorHistory,
-               case .recovered(let old) = prior.publications(after: since, current: myFork, now: now),
-               case .recovered(let publications)? = topics[topic]?.history.publications(
-                   after: StreamPosition(epoch: current.epoch, offset: 0), current: current, now: now) {
-                for p in old { sendData(child, p) }
-                enqueueLink(child, .epochSwitch(topic: topic, from: myFork, to: StreamPosition(epoch: current.epoch, offset: 0)))
-                for p in publications { sendData(child, p) }
-                enqueueLink(child, .caughtUp(topic: topic, position: current))
-                mesh!.children[topic]?[child] = .live
-                sendPresenceSnapshots(topic, to: child)
-                return
-            }
-        }
-        if let since {
-            switch topics[topic]?.history.publications(after: since, current: current, now: now) ?? .failed(.evicted) {
-            case .recovered(let publications):
-                for p in publications { sendData(child, p) }
-                enqueueLink(child, .caughtUp(topic: topic, position: current))
-            case .failed(let reason):
-                enqueueLink(child, .gap(topic: topic, position: current, reason: reason))
-            }
-        } else {
-            enqueueLink(child, .caughtUp(topic: topic, position: current))
+        let home = isHome(topic)
+        guard let plan = withTopic(topic, { $0.catchUpPlan(since: since, fork: fork, isHome: home, now: now) }) else { return }
+        switch plan {
+        case .serve(let replay, let switchFrom, let switchTo, let then, let at):
+            for p in replay { sendData(child, p) }
+            if let switchFrom, let switchTo { enqueueLink(child, .epochSwitch(topic: topic, from: switchFrom, to: switchTo)) }
+            for p in then { sendData(child, p) }
+            enqueueLink(child, .caughtUp(topic: topic, position: at))
+        case .gap(let at, let reason):
+            enqueueLink(child, .gap(topic: topic, position: at, reason: reason))
         }
         mesh!.children[topic]?[child] = .live
         sendPresenceSnapshots(topic, to: child)

@@ -1,0 +1,87 @@
+import Testing
+@testable import TernCore
+
+/// The failover and recovery cases of catching up a child region, decided from one topic's stream
+/// state with no mesh and no links (`TopicState.catchUpPlan`).
+@Suite("Catching up a child region, from the topic's stream alone")
+struct TopicStreamTests {
+    static let now = TernInstant.zero + .seconds(10)
+
+    /// A stream at `epoch`, holding the publications at `offsets` (sequenced at `now`).
+    static func stream(_ epoch: String, holding offsets: [UInt64], at offset: UInt64? = nil) -> RelayCore.TopicState {
+        var t = RelayCore.TopicState(options: NamespaceOptions(), epoch: epoch,
+                                     history: HistoryRing(capacity: 100, ttl: .seconds(300)),
+                                     idempotency: IdempotencyCache(capacity: 100, window: .seconds(60)), lastActivity: .zero)
+        for o in offsets { t.history.append(pub(epoch, o)) }
+        t.offset = offset ?? offsets.last ?? 0
+        return t
+    }
+
+    static func pub(_ epoch: String, _ offset: UInt64) -> Publication {
+        Publication(topic: "news:x", position: StreamPosition(epoch: epoch, offset: offset), id: "\(epoch)/\(offset)", data: "1",
+                    user: nil, acceptedAt: now)
+    }
+
+    static func at(_ epoch: String, _ offset: UInt64) -> StreamPosition { StreamPosition(epoch: epoch, offset: offset) }
+
+    @Test("a child on this epoch gets what it missed, or a gap when the ring no longer holds it")
+    func sameEpoch() {
+        var t = Self.stream("a.1", holding: [3, 4, 5])
+        #expect(t.catchUpPlan(since: Self.at("a.1", 3), fork: nil, isHome: true, now: Self.now)
+            == .serve(replay: [], switchFrom: nil, switchTo: nil, then: [Self.pub("a.1", 4), Self.pub("a.1", 5)], at: Self.at("a.1", 5)))
+        #expect(t.catchUpPlan(since: Self.at("a.1", 1), fork: nil, isHome: true, now: Self.now) == .gap(at: Self.at("a.1", 5), reason: .evicted))
+        #expect(t.catchUpPlan(since: nil, fork: nil, isHome: true, now: Self.now)
+            == .serve(replay: [], switchFrom: nil, switchTo: nil, then: [], at: Self.at("a.1", 5)))
+    }
+
+    @Test("after a failover, a child still on the old epoch moves across from its fork")
+    func fromFork() {
+        // This region took over in b.2; the child left a.1 at offset 7 and stands further on in a.1's failover.
+        var t = Self.stream("b.2", holding: [1, 2])
+        #expect(t.catchUpPlan(since: Self.at("c.3", 4), fork: Self.at("b.2", 1), isHome: true, now: Self.now)
+            == .serve(replay: [], switchFrom: Self.at("c.3", 4), switchTo: Self.at("b.2", 1), then: [Self.pub("b.2", 2)], at: Self.at("b.2", 2)))
+    }
+
+    @Test("a child in the epoch this region forked from gets the rest of it from the kept ring, then the switch")
+    func fromOwnFork() {
+        var t = Self.stream("b.2", holding: [1, 2])
+        t.fork = Self.at("a.1", 7)
+        var prior = HistoryRing(capacity: 100, ttl: .seconds(300))
+        for o in 5...7 as ClosedRange<UInt64> { prior.append(Self.pub("a.1", o)) }
+        t.priorHistory = prior
+        #expect(t.catchUpPlan(since: Self.at("a.1", 5), fork: nil, isHome: true, now: Self.now)
+            == .serve(replay: [Self.pub("a.1", 6), Self.pub("a.1", 7)], switchFrom: Self.at("a.1", 7), switchTo: Self.at("b.2", 0),
+                      then: [Self.pub("b.2", 1), Self.pub("b.2", 2)], at: Self.at("b.2", 2)))
+        // Past the fork it holds what this region never had: no switch is possible from here.
+        #expect(t.catchUpPlan(since: Self.at("a.1", 9), fork: nil, isHome: true, now: Self.now) == .gap(at: Self.at("b.2", 2), reason: .epochChanged))
+    }
+
+    @Test("a restarted home moves children across the adoption jump: behind it after what it recovered, at it directly, past it from where they stand")
+    func acrossTheJump() {
+        let jump = RelayCore.adoptionJump
+        // Recovered 1...3 of a.1, continued at 3 + jump, sequenced one more since.
+        var t = Self.stream("a.1", holding: [1, 2, 3, 3 + jump + 1])
+        t.adoptedFrom = Self.at("a.1", 3)
+        let across = Self.at("a.1", 3 + jump)
+        let now = Self.at("a.1", 3 + jump + 1)
+        #expect(t.catchUpPlan(since: Self.at("a.1", 1), fork: nil, isHome: true, now: Self.now)
+            == .serve(replay: [Self.pub("a.1", 2), Self.pub("a.1", 3)], switchFrom: Self.at("a.1", 3), switchTo: across,
+                      then: [Self.pub("a.1", 3 + jump + 1)], at: now))
+        #expect(t.catchUpPlan(since: Self.at("a.1", 3), fork: nil, isHome: true, now: Self.now)
+            == .serve(replay: [], switchFrom: Self.at("a.1", 3), switchTo: across, then: [Self.pub("a.1", 3 + jump + 1)], at: now))
+        // Past the point: the home sequences what the child holds again, so the child moves across from where it stands.
+        #expect(t.catchUpPlan(since: Self.at("a.1", 5), fork: nil, isHome: true, now: Self.now)
+            == .serve(replay: [], switchFrom: Self.at("a.1", 5), switchTo: across, then: [Self.pub("a.1", 3 + jump + 1)], at: now))
+        // A cache that is not the home cannot have those publications sequenced again: the child gets a gap.
+        #expect(t.catchUpPlan(since: Self.at("a.1", 5), fork: nil, isHome: false, now: Self.now) == .gap(at: now, reason: .evicted))
+    }
+
+    @Test("a child where this region stood before its last epoch switch makes the same switch")
+    func lastSwitch() {
+        var t = Self.stream("a.1", holding: [40, 41], at: 41)
+        t.lastSwitch = (from: Self.at("b.2", 12), to: Self.at("a.1", 39))
+        #expect(t.catchUpPlan(since: Self.at("b.2", 12), fork: nil, isHome: false, now: Self.now)
+            == .serve(replay: [], switchFrom: Self.at("b.2", 12), switchTo: Self.at("a.1", 39),
+                      then: [Self.pub("a.1", 40), Self.pub("a.1", 41)], at: Self.at("a.1", 41)))
+    }
+}
