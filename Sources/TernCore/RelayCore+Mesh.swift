@@ -389,8 +389,7 @@ extension RelayCore {
             // This region takes over: continue in a new epoch of its own, remembering where the old one was left.
             let left = t.position
             // Ids delivered since the first fork stay remembered through later failovers, until the merge.
-            if t.fork == nil { t.forkIDs = [:] }
-            if t.synced, !t.epoch.isEmpty { t.fork = t.fork ?? left }
+            t.forkForTakeover()
             if !t.holdsForkHistory { t.priorHistory = t.synced ? t.history : nil }
             // Publishes sequenced before the failover may be retried here: recognise them by id.
             // Every subscriber here has them (as of the current subscription serial).
@@ -459,26 +458,9 @@ extension RelayCore {
             }
             return
         }
-        let canonical = canonicalHome(of: topic) + "."
-        if let fork = t.fork, fork.epoch == to.epoch {
-            // Back on the canonical epoch: what it brings that was delivered here in the failover epoch is skipped.
-            t.mergingIDs = t.forkIDs
-            t.mergeUntil = now + config.limits.idempotencyWindow
-            t.fork = nil
-            t.forkIDs = [:]
-        } else if to.epoch.hasPrefix(canonical), !from.epoch.hasPrefix(canonical) {
-            // Back on a canonical epoch from a failover epoch this region joined without knowing its fork
-            // (it restarted meanwhile): skip what it delivered in failover epochs, as far as it remembers.
-            var merging = t.forkIDs
-            for p in t.history.all where !p.position.epoch.hasPrefix(canonical) && merging[p.id] == nil { merging[p.id] = joinSerial }
-            t.mergingIDs = merging
-            t.mergeUntil = now + config.limits.idempotencyWindow
-            t.fork = nil
-            t.forkIDs = [:]
-        } else if from.epoch != to.epoch, t.fork == nil {
-            t.fork = from
-            t.forkIDs = [:]
-        }
+        // Back on the canonical epoch, what it brings that was delivered here in a failover epoch is skipped.
+        t.noteEpochSwitch(from: from, to: to, canonical: canonicalHome(of: topic) + ".", serial: joinSerial,
+                          mergeUntil: now + config.limits.idempotencyWindow)
         if !t.holdsForkHistory { t.priorHistory = t.history }
         t.history = HistoryRing(capacity: t.options.historySize, ttl: t.options.historyTTL)
         t.epoch = to.epoch
@@ -751,9 +733,7 @@ extension RelayCore {
         t.offset = position.offset
         t.sync = .current
         // Subscribers here are told to resync; what they had since a fork no longer needs merging.
-        t.fork = nil
-        t.forkIDs = [:]
-        t.lastSwitch = nil
+        t.forgetLineage()
         topics[topic] = t
         if wasSynced {
             broadcast(topic, .gap(topic: topic, position: position, reason: reason), volatileKey: nil)

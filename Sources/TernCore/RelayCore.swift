@@ -148,15 +148,11 @@ public struct RelayCore: Sendable {
         /// Where this region's copy of the stream stands against the home's.
         var sync = StreamSync.current
         var pendingSubscribes: [(client: ClientID, ref: UInt64?, since: StreamPosition?)] = []
-        /// Where this region left the canonical epoch when a failover moved the topic to another one.
-        var fork: StreamPosition?
-        /// Idempotency ids delivered here since the fork, with the subscription serial when each was
-        /// delivered, so the merge after heal skips them for the subscribers that have them.
-        var forkIDs: [String: UInt64] = [:]
-        /// Ids not to deliver again, to subscribers that joined before the serial given, while the
-        /// canonical stream catches this region up after a heal.
-        var mergingIDs: [String: UInt64] = [:]
-        var mergeUntil: TernInstant?
+        /// Whether this region left the canonical epoch (and where), and the ids it delivered in
+        /// failover epochs since, so the merge after a heal skips them for the subscribers that have them.
+        var lineage = Lineage.unforked(delivered: [:])
+        /// After a heal, the ids not to deliver again while the canonical stream catches this region up.
+        var merge: MergeWindow?
         /// The ring of the epoch before the last switch, to catch up children still in it. While this
         /// region has a fork, it keeps the ring of the fork's epoch through later switches: that epoch
         /// is the one children (and a recovering home) may still need from here.
@@ -763,7 +759,8 @@ public struct RelayCore: Sendable {
         var joinedAfter: UInt64?
         var firstAt: StreamPosition?
         if !publication.id.isEmpty {
-            if let until = topics[topic]?.mergeUntil, clock < until, let mark = topics[topic]?.mergingIDs[publication.id] {
+            let now = clock
+            if let mark = withTopic(topic, { $0.mergeMark(of: publication.id, now: now) }) ?? nil {
                 // After a heal, publications this region already delivered in the failover epoch come again.
                 joinedAfter = mark
             } else if mesh != nil, !sequencedHere {
@@ -783,15 +780,17 @@ public struct RelayCore: Sendable {
                     topics[topic]?.idempotency.remember(publication.id, position: publication.position, now: clock, mark: joinSerial)
                 }
             }
-            let forked = topics[topic]?.fork != nil || (mesh != nil && topics[topic].map { !$0.epoch.hasPrefix($0.canonicalHome + ".") } == true)
-            if joinedAfter == nil, forked, (topics[topic]?.forkIDs.count ?? 0) < 100_000 {
-                topics[topic]?.forkIDs[publication.id] = joinSerial
+            if joinedAfter == nil {
+                let serial = joinSerial
+                let inMesh = mesh != nil
+                withTopic(topic) { $0.noteDeliveredInFailover(publication.id, serial: serial, inMesh: inMesh) }
             }
         }
         if let mark = joinedAfter {
             deliverAgain(publication, toSubscribersAfter: mark, firstAt: firstAt)
             // Everyone here has it now.
-            if topics[topic]?.mergingIDs[publication.id] != nil { topics[topic]?.mergingIDs[publication.id] = joinSerial }
+            let serial = joinSerial
+            withTopic(topic) { $0.mergeDelivered(publication.id, serial: serial) }
             if mesh != nil, !sequencedHere {
                 topics[topic]?.idempotency.remember(publication.id, position: firstAt ?? publication.position, now: clock, mark: joinSerial)
             }

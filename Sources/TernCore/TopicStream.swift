@@ -80,3 +80,111 @@ extension RelayCore.TopicState {
         }
     }
 }
+
+/// Where a region's copy of a topic stands against the canonical epoch, for the merge after a heal.
+///
+/// Publications delivered in a failover epoch come again, re-sequenced, when the stream goes back to
+/// the canonical epoch; the ids remembered here (with the subscription serial at delivery) are what
+/// keeps them from reaching the same subscribers twice.
+enum Lineage: Sendable {
+    /// This region did not leave the canonical epoch itself: it is on it, or in a failover epoch it
+    /// joined without seeing the fork (it restarted, or came to the topic late). Ids delivered in a
+    /// failover epoch are remembered all the same.
+    case unforked(delivered: [String: UInt64])
+    /// This region left the canonical epoch at `at` (it took over as a failover home, or followed one),
+    /// and has delivered `delivered` since.
+    case forked(at: StreamPosition, delivered: [String: UInt64])
+
+    /// Where the canonical epoch was left, when this region left it.
+    var fork: StreamPosition? { if case .forked(let at, _) = self { at } else { nil } }
+
+    /// The ids delivered in failover epochs, with the subscription serial when each was delivered.
+    var delivered: [String: UInt64] {
+        switch self {
+        case .unforked(let d), .forked(_, let d): d
+        }
+    }
+
+    /// The most ids remembered; past it, the merge may deliver some again.
+    static let maxDelivered = 100_000
+}
+
+/// After a heal, the ids this region delivered in the failover epoch, not to deliver again (to the
+/// subscribers that joined before each serial) while the canonical stream brings them, until `until`.
+struct MergeWindow: Sendable {
+    var ids: [String: UInt64]
+    var until: TernInstant
+}
+
+extension RelayCore.TopicState {
+    /// Where this region left the canonical epoch, if it did.
+    var fork: StreamPosition? { lineage.fork }
+
+    /// This region takes the topic over as a failover home: it forks where its stream stands, unless
+    /// it forked already (a later failover keeps the first fork, and what was delivered since) or has
+    /// no stream to fork from.
+    mutating func forkForTakeover() {
+        guard case .unforked = lineage else { return }
+        lineage = synced && !epoch.isEmpty ? .forked(at: position, delivered: [:]) : .unforked(delivered: [:])
+    }
+
+    /// The upstream moves this region's stream from `from` to `to`. Back on the canonical epoch (at the
+    /// fork, or from a failover epoch joined without one), the ids delivered in failover epochs become
+    /// the merge window; from one epoch to another otherwise, this region forks at `from`.
+    /// `canonical` is the canonical home's epoch prefix (`"<home>."`) and `serial` the current
+    /// subscription serial.
+    mutating func noteEpochSwitch(from: StreamPosition, to: StreamPosition, canonical: String, serial: UInt64,
+                                  mergeUntil: TernInstant) {
+        if let fork, fork.epoch == to.epoch {
+            merge = MergeWindow(ids: lineage.delivered, until: mergeUntil)
+            lineage = .unforked(delivered: [:])
+        } else if to.epoch.hasPrefix(canonical), !from.epoch.hasPrefix(canonical) {
+            // Joined without knowing the fork (it restarted meanwhile): skip what it delivered in
+            // failover epochs, as far as it remembers, and what its ring holds of them.
+            var merging = lineage.delivered
+            for p in history.all where !p.position.epoch.hasPrefix(canonical) && merging[p.id] == nil { merging[p.id] = serial }
+            merge = MergeWindow(ids: merging, until: mergeUntil)
+            lineage = .unforked(delivered: [:])
+        } else if from.epoch != to.epoch, case .unforked = lineage {
+            lineage = .forked(at: from, delivered: [:])
+        }
+    }
+
+    /// The stream was reset (a gap): nothing of a fork is left to merge.
+    mutating func forgetLineage() {
+        lineage = .unforked(delivered: [:])
+        lastSwitch = nil
+    }
+
+    /// Remembers that `id` was delivered here, when this region is in a failover epoch (forked, or
+    /// on an epoch that is not the canonical home's).
+    mutating func noteDeliveredInFailover(_ id: String, serial: UInt64, inMesh: Bool) {
+        let failover = lineage.fork != nil || (inMesh && !epoch.hasPrefix(canonicalHome + "."))
+        guard failover, lineage.delivered.count < Lineage.maxDelivered else { return }
+        switch lineage {
+        case .unforked(var d):
+            lineage = .unforked(delivered: [:])
+            d[id] = serial
+            lineage = .unforked(delivered: d)
+        case .forked(let at, var d):
+            lineage = .unforked(delivered: [:])
+            d[id] = serial
+            lineage = .forked(at: at, delivered: d)
+        }
+    }
+
+    /// Within the merge window: the serial before which subscribers already have `id`.
+    mutating func mergeMark(of id: String, now: TernInstant) -> UInt64? {
+        guard let window = merge else { return nil }
+        guard now < window.until else {
+            merge = nil
+            return nil
+        }
+        return window.ids[id]
+    }
+
+    /// Everyone here has `id` now (as of `serial`).
+    mutating func mergeDelivered(_ id: String, serial: UInt64) {
+        if merge?.ids[id] != nil { merge?.ids[id] = serial }
+    }
+}

@@ -45,7 +45,7 @@ struct TopicStreamTests {
     @Test("a child in the epoch this region forked from gets the rest of it from the kept ring, then the switch")
     func fromOwnFork() {
         var t = Self.stream("b.2", holding: [1, 2])
-        t.fork = Self.at("a.1", 7)
+        t.lineage = .forked(at: Self.at("a.1", 7), delivered: [:])
         var prior = HistoryRing(capacity: 100, ttl: .seconds(300))
         for o in 5...7 as ClosedRange<UInt64> { prior.append(Self.pub("a.1", o)) }
         t.priorHistory = prior
@@ -83,5 +83,73 @@ struct TopicStreamTests {
         #expect(t.catchUpPlan(since: Self.at("b.2", 12), fork: nil, isHome: false, now: Self.now)
             == .serve(replay: [], switchFrom: Self.at("b.2", 12), switchTo: Self.at("a.1", 39),
                       then: [Self.pub("a.1", 40), Self.pub("a.1", 41)], at: Self.at("a.1", 41)))
+    }
+}
+
+@Suite("A topic's lineage across failovers and the merge")
+struct LineageTests {
+    static let now = TernInstant.zero + .seconds(10)
+
+    @Test("a takeover forks where the stream stands; a later failover keeps the first fork and what was delivered since")
+    func takeover() {
+        var t = TopicStreamTests.stream("a.1", holding: [1, 2])
+        t.canonicalHome = "a"
+        t.forkForTakeover()
+        #expect(t.fork == TopicStreamTests.at("a.1", 2))
+        t.epoch = "b.2"
+        t.offset = 0
+        t.noteDeliveredInFailover("p1", serial: 3, inMesh: true)
+        t.forkForTakeover()
+        #expect(t.fork == TopicStreamTests.at("a.1", 2))
+        #expect(t.lineage.delivered == ["p1": 3])
+    }
+
+    @Test("on the canonical epoch nothing is remembered for a merge; in a failover epoch joined without a fork, it is")
+    func deliveredInFailover() {
+        var t = TopicStreamTests.stream("a.1", holding: [1])
+        t.canonicalHome = "a"
+        t.noteDeliveredInFailover("p1", serial: 1, inMesh: true)
+        #expect(t.lineage.delivered.isEmpty)
+        t.epoch = "b.2"
+        t.noteDeliveredInFailover("p2", serial: 2, inMesh: true)
+        #expect(t.fork == nil)
+        #expect(t.lineage.delivered == ["p2": 2])
+    }
+
+    @Test("back at the fork's epoch, what was delivered in the failover becomes the merge window, which ends on time")
+    func merge() {
+        var t = TopicStreamTests.stream("b.2", holding: [1])
+        t.canonicalHome = "a"
+        t.lineage = .forked(at: TopicStreamTests.at("a.1", 7), delivered: ["p1": 4])
+        t.noteEpochSwitch(from: TopicStreamTests.at("b.2", 1), to: TopicStreamTests.at("a.1", 9), canonical: "a.", serial: 6,
+                          mergeUntil: Self.now + .seconds(60))
+        #expect(t.fork == nil)
+        #expect(t.mergeMark(of: "p1", now: Self.now) == 4)
+        t.mergeDelivered("p1", serial: 8)
+        #expect(t.mergeMark(of: "p1", now: Self.now) == 8)
+        #expect(t.mergeMark(of: "p1", now: Self.now + .seconds(61)) == nil)
+        #expect(t.merge == nil)
+    }
+
+    @Test("a region that restarted inside a failover epoch merges what its ring holds of it")
+    func mergeWithoutFork() {
+        var t = TopicStreamTests.stream("b.2", holding: [3, 4])
+        t.canonicalHome = "a"
+        t.noteEpochSwitch(from: TopicStreamTests.at("b.2", 4), to: TopicStreamTests.at("a.1", 9), canonical: "a.", serial: 5,
+                          mergeUntil: Self.now + .seconds(60))
+        #expect(t.mergeMark(of: "b.2/3", now: Self.now) == 5)
+        #expect(t.mergeMark(of: "b.2/4", now: Self.now) == 5)
+    }
+
+    @Test("switching between two other epochs forks at the first; a gap forgets the fork")
+    func switchAndGap() {
+        var t = TopicStreamTests.stream("a.1", holding: [5])
+        t.canonicalHome = "a"
+        t.noteEpochSwitch(from: TopicStreamTests.at("a.1", 5), to: TopicStreamTests.at("c.3", 0), canonical: "a.", serial: 1,
+                          mergeUntil: Self.now)
+        #expect(t.fork == TopicStreamTests.at("a.1", 5))
+        t.forgetLineage()
+        #expect(t.fork == nil)
+        #expect(t.lastSwitch == nil)
     }
 }
