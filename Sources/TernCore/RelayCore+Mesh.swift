@@ -387,23 +387,8 @@ extension RelayCore {
         guard var t = topics[topic] else { return }
         if new == config.region {
             // This region takes over: continue in a new epoch of its own, remembering where the old one was left.
-            let left = t.position
-            // Ids delivered since the first fork stay remembered through later failovers, until the merge.
-            t.forkForTakeover()
-            if !t.holdsForkHistory { t.priorHistory = t.synced ? t.history : nil }
-            // Publishes sequenced before the failover may be retried here: recognise them by id.
-            // Every subscriber here has them (as of the current subscription serial).
-            for p in t.history.all where !p.id.isEmpty && t.idempotency.entry(of: p.id, now: now) == nil {
-                t.idempotency.remember(p.id, position: p.position, now: now, mark: joinSerial)
-            }
-            t.fresh = false
-            t.history = HistoryRing(capacity: t.options.historySize, ttl: t.options.historyTTL)
-            t.epoch = "\(config.region).\(String(rng.next() & 0xFFFF_FFFF, radix: 16))"
-            t.offset = 0
-            // A log not yet re-sequenced (an earlier failover that never healed) is kept: the canonical
-            // home deduplicates by id, so sending it again is safe, dropping it is not.
-            let wasSynced = t.synced
-            t.sync = .current
+            let (left, wasSynced) = t.takeOver(epoch: "\(config.region).\(String(rng.next() & 0xFFFF_FFFF, radix: 16))",
+                                               serial: joinSerial, now: now)
             topics[topic] = t
             let to = t.position
             if wasSynced {
@@ -458,14 +443,8 @@ extension RelayCore {
             }
             return
         }
-        // Back on the canonical epoch, what it brings that was delivered here in a failover epoch is skipped.
-        t.noteEpochSwitch(from: from, to: to, canonical: canonicalHome(of: topic) + ".", serial: joinSerial,
-                          mergeUntil: now + config.limits.idempotencyWindow)
-        if !t.holdsForkHistory { t.priorHistory = t.history }
-        t.history = HistoryRing(capacity: t.options.historySize, ttl: t.options.historyTTL)
-        t.epoch = to.epoch
-        t.offset = to.offset
-        t.lastSwitch = (from, to)
+        t.switchEpoch(from: from, to: to, canonical: canonicalHome(of: topic) + ".", serial: joinSerial,
+                      mergeUntil: now + config.limits.idempotencyWindow)
         topics[topic] = t
         broadcast(topic, .epochChanged(topic: topic, position: to), volatileKey: nil)
         for child in mesh!.children[topic]?.orderedKeys ?? [] where mesh!.children[topic]?[child] == .live {
@@ -728,12 +707,7 @@ extension RelayCore {
     mutating func receiveGap(_ topic: String, _ position: StreamPosition, _ reason: RecoveryFailure, now: TernInstant) {
         guard var t = topics[topic], !Self.isBehind(position, t) else { return }
         let wasSynced = t.synced
-        t.history = HistoryRing(capacity: t.options.historySize, ttl: t.options.historyTTL)
-        t.epoch = position.epoch
-        t.offset = position.offset
-        t.sync = .current
-        // Subscribers here are told to resync; what they had since a fork no longer needs merging.
-        t.forgetLineage()
+        t.reset(to: position)
         topics[topic] = t
         if wasSynced {
             broadcast(topic, .gap(topic: topic, position: position, reason: reason), volatileKey: nil)

@@ -235,7 +235,6 @@ struct HomeRecovery: Sendable {
 extension RelayCore {
     /// At a fresh home: a child named `held`, a position in this region's own epoch.
     mutating func beginRecovery(_ topic: String, held: StreamPosition, now: TernInstant) {
-        topics[topic]?.fresh = false
         topics[topic]?.epoch = held.epoch
         topics[topic]?.offset = held.offset
         let deadline = now + mesh!.config.linkReadTimeout
@@ -360,10 +359,9 @@ extension RelayCore {
         if let newest = topics[topic]?.history.newest, newest.position.epoch == base.epoch, newest.position.offset > base.offset {
             base = newest.position
         }
-        topics[topic]?.recovery = nil
+        topics[topic]?.start = .continued(from: base)
         topics[topic]?.epoch = base.epoch
         topics[topic]?.offset = base.offset.saturatingAdd(Self.adoptionJump)
-        topics[topic]?.adoptedFrom = base
         topics[topic]?.sync = .current
         becameSynced(topic, now: now)
         for ref in mesh!.pending.keys.sorted() where mesh!.pending[ref]?.topic == topic && mesh!.pending[ref]?.sentVia == nil {

@@ -164,13 +164,9 @@ public struct RelayCore: Sendable {
         }
         /// Publications this region sequenced as a failover home, to re-sequence at the canonical home.
         var failoverLog: [Publication] = []
-        /// True for a home's stream that nothing has been sequenced in or served from yet: a restarted
-        /// home may adopt the epoch its children still hold instead of starting a new one.
-        var fresh = false
-        /// Where a restarted home continued this epoch from (past the adoption jump), for children in it.
-        var adoptedFrom: StreamPosition?
-        /// While a restarted home recovers its epoch from its replica.
-        var recovery: HomeRecovery?
+        /// How this stream began at a home: fresh, recovering a restarted home's epoch, or continued
+        /// past the adoption jump (`StreamStart`).
+        var start = StreamStart.established
         /// The last epoch switch this region made, so children standing where it stood can follow.
         var lastSwitch: (from: StreamPosition, to: StreamPosition)?
         /// At the home: the replica and the acknowledgments waiting for it.
@@ -514,7 +510,7 @@ public struct RelayCore: Sendable {
             topics[topic]?.epoch = ""
         } else {
             // Nothing sequenced or served yet: a restarted home may still adopt an epoch a child holds.
-            topics[topic]?.fresh = mesh != nil
+            if mesh != nil { topics[topic]?.start = .fresh }
         }
         stats.topics += 1
     }

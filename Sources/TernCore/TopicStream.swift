@@ -120,6 +120,53 @@ extension RelayCore.TopicState {
     /// Where this region left the canonical epoch, if it did.
     var fork: StreamPosition? { lineage.fork }
 
+    /// This region takes the topic over as a failover home and continues in `epoch`, a new epoch of
+    /// its own, from offset 0; returns where its stream stood and whether it had one.
+    ///
+    /// Ids delivered since the first fork stay remembered through later failovers, until the merge,
+    /// and the ring of the fork's epoch is kept for children still in it. Publishes sequenced before
+    /// the failover may be retried here: their ids are remembered, as delivered to every subscriber
+    /// here (as of `serial`). A failover log not yet re-sequenced (an earlier failover that never
+    /// healed) is kept: the canonical home deduplicates by id, so sending it again is safe, dropping
+    /// it is not.
+    mutating func takeOver(epoch newEpoch: String, serial: UInt64, now: TernInstant) -> (left: StreamPosition, wasSynced: Bool) {
+        let left = position
+        forkForTakeover()
+        if !holdsForkHistory { priorHistory = synced ? history : nil }
+        for p in history.all where !p.id.isEmpty && idempotency.entry(of: p.id, now: now) == nil {
+            idempotency.remember(p.id, position: p.position, now: now, mark: serial)
+        }
+        fresh = false
+        history = HistoryRing(capacity: options.historySize, ttl: options.historyTTL)
+        epoch = newEpoch
+        offset = 0
+        let wasSynced = synced
+        sync = .current
+        return (left, wasSynced)
+    }
+
+    /// The upstream moved this region's stream from `from` (where it stands) to `to`: a failover, or
+    /// the merge after a heal (`noteEpochSwitch`). The ring starts over; the old one is kept for
+    /// children still in the old epoch, unless the fork's epoch is kept already.
+    mutating func switchEpoch(from: StreamPosition, to: StreamPosition, canonical: String, serial: UInt64, mergeUntil: TernInstant) {
+        noteEpochSwitch(from: from, to: to, canonical: canonical, serial: serial, mergeUntil: mergeUntil)
+        if !holdsForkHistory { priorHistory = history }
+        history = HistoryRing(capacity: options.historySize, ttl: options.historyTTL)
+        epoch = to.epoch
+        offset = to.offset
+        lastSwitch = (from, to)
+    }
+
+    /// The upstream could not fill this region's gap: the stream restarts at `position`, empty.
+    /// Subscribers here are told to resync, so what they had since a fork no longer needs merging.
+    mutating func reset(to position: StreamPosition) {
+        history = HistoryRing(capacity: options.historySize, ttl: options.historyTTL)
+        epoch = position.epoch
+        offset = position.offset
+        sync = .current
+        forgetLineage()
+    }
+
     /// This region takes the topic over as a failover home: it forks where its stream stands, unless
     /// it forked already (a later failover keeps the first fork, and what was delivered since) or has
     /// no stream to fork from.
@@ -187,4 +234,43 @@ extension RelayCore.TopicState {
     mutating func mergeDelivered(_ id: String, serial: UInt64) {
         if merge?.ids[id] != nil { merge?.ids[id] = serial }
     }
+}
+
+/// How a topic's stream began at a home. A home that restarted has lost its streams; when a child
+/// names a position in the home's own epoch before anything was sequenced or served here, the home
+/// recovers that epoch from the regions that hold it and continues it past the adoption jump
+/// (`RelayCore.beginRecovery`, `finishRecovery`).
+enum StreamStart: Sendable {
+    /// A home's stream that nothing has been sequenced in or served from yet: a restarted home may
+    /// still adopt the epoch its children hold instead of starting a new one.
+    case fresh
+    /// Recovering this region's epoch from the regions that hold it; nothing is served or sequenced.
+    case recovering(HomeRecovery)
+    /// Continued the recovered epoch from `from`, past the adoption jump.
+    case continued(from: StreamPosition)
+    /// Anything else: a cache, or a home that began its own epoch.
+    case established
+}
+
+extension RelayCore.TopicState {
+    /// Whether nothing has been sequenced in or served from this home's stream yet. Setting it false
+    /// marks the stream used (only a fresh one changes).
+    var fresh: Bool {
+        get { if case .fresh = start { true } else { false } }
+        set {
+            if newValue { start = .fresh } else if case .fresh = start { start = .established }
+        }
+    }
+
+    /// The recovery of a restarted home's epoch under way, if any. Setting nil abandons it (the home
+    /// moved away); setting a value begins or updates it.
+    var recovery: HomeRecovery? {
+        get { if case .recovering(let r) = start { r } else { nil } }
+        set {
+            if let newValue { start = .recovering(newValue) } else if case .recovering = start { start = .established }
+        }
+    }
+
+    /// Where a restarted home continued this epoch from (past the adoption jump), for children in it.
+    var adoptedFrom: StreamPosition? { if case .continued(let from) = start { from } else { nil } }
 }

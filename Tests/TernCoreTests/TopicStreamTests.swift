@@ -61,7 +61,7 @@ struct TopicStreamTests {
         let jump = RelayCore.adoptionJump
         // Recovered 1...3 of a.1, continued at 3 + jump, sequenced one more since.
         var t = Self.stream("a.1", holding: [1, 2, 3, 3 + jump + 1])
-        t.adoptedFrom = Self.at("a.1", 3)
+        t.start = .continued(from: Self.at("a.1", 3))
         let across = Self.at("a.1", 3 + jump)
         let now = Self.at("a.1", 3 + jump + 1)
         #expect(t.catchUpPlan(since: Self.at("a.1", 1), fork: nil, isHome: true, now: Self.now)
