@@ -26,6 +26,10 @@ done
 #   successor (a failover home since, which had forked again) held.
 # failover-home-crash seed 6: a region that restarted inside a failover epoch delivered again, after
 #   the heal, what its resumed subscribers had received before the crash.
+# five-regions-10k seed 227: a region that became a failover home's replica after holding its epoch as
+#   a cache did not log what it held, so the home's crash lost it.
+# five-regions-10k seed 491: an acknowledgment addressed to a region's earlier incarnation answered
+#   another publish (references restarted at 1).
 for replay in "Simulations/broadcast-25.yaml --swarm 1 --seed 35" \
               "Simulations/five-regions-10k.yaml --swarm 1 --seed 2" \
               "Simulations/five-regions-10k.yaml --swarm 1 --seed 28" \
@@ -33,7 +37,9 @@ for replay in "Simulations/broadcast-25.yaml --swarm 1 --seed 35" \
               "Simulations/presence-restart.yaml --swarm 1 --seed 52" \
               "Simulations/partition-heal.yaml --swarm 1 --seed 10" \
               "Simulations/lossy-link.yaml --swarm 1 --seed 135" \
-              "Simulations/failover-home-crash.yaml --seed 6"; do
+              "Simulations/failover-home-crash.yaml --seed 6" \
+              "Simulations/five-regions-10k.yaml --swarm 1 --seed 227" \
+              "Simulations/five-regions-10k.yaml --swarm 1 --seed 491"; do
   echo "== regression: $replay"
   # shellcheck disable=SC2086
   if ! "$tern" sim $replay; then status=1; fi

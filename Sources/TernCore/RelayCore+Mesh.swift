@@ -45,6 +45,14 @@ enum PublishOrigin: Sendable, Hashable {
 }
 
 /// A publish this region forwarded towards a home and has not heard back about.
+extension MeshState {
+    /// Where an incarnation's publish references start: the top 24 bits come from the incarnation
+    /// (mixed, so consecutive incarnations differ there), the low 40 bits count up from 1.
+    static func firstRef(incarnation: UInt64) -> UInt64 {
+        ((incarnation &* 0x9E37_79B9_7F4A_7C15) >> 40) << 40 | 1
+    }
+}
+
 struct PendingPublish: Sendable {
     var origin: PublishOrigin
     var topic: String
@@ -103,6 +111,9 @@ struct MeshState: Sendable {
     var children: [String: IndexedMap<String, ChildState>] = [:]
     var awaitingSync: [String: [(child: String, since: StreamPosition?, fork: StreamPosition?)]] = [:]
     var lingering: Set<String> = []
+    /// The reference of this region's next routed publish. References start from a point drawn from
+    /// the incarnation (`firstRef`), so that an acknowledgment addressed to an earlier incarnation of
+    /// this region (sent before a crash, delivered after the restart) matches nothing here.
     var nextRef: UInt64 = 1
     var pending: [UInt64: PendingPublish] = [:]
     var dirty: Set<String> = []
@@ -838,7 +849,9 @@ extension RelayCore {
             if let hop = mesh!.routes.firstHop(to: origin) { enqueueLink(hop, .ack(origin: origin, ref: ref, topic: topic, result: result)) }
             return
         }
-        guard let pending = mesh!.pending.removeValue(forKey: ref) else { return }
+        // An acknowledgment for another topic is not for this publish (it was addressed to another
+        // incarnation of this region, or is a peer's mistake): it must not answer it.
+        guard mesh!.pending[ref]?.topic == topic, let pending = mesh!.pending.removeValue(forKey: ref) else { return }
         if case .resequence = pending.origin, case .refused = result {
             resequenceFailed(pending, now: clock)
             return

@@ -162,6 +162,9 @@ extension RelayCore {
         }
         guard case .success(let options) = namespaceOptions(for: topic), home != config.region else { return }
         ensureTopic(topic, options, now: now)
+        if topics[topic]?.replicaOf != home {
+            withTopic(topic) { $0.logHeldFailoverPublications(of: home) }
+        }
         topics[topic]?.replicaOf = home
         // A replica that holds nothing yet asks for the stream from where the replicated count stands,
         // so it receives, and can confirm, what waits for it.

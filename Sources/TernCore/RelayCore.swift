@@ -275,6 +275,7 @@ public struct RelayCore: Sendable {
             var state = MeshState(config: meshConfig, incarnation: incarnation,
                                   routes: meshConfig.graph.shortestPaths(from: config.region, isUp: { _, _ in false }))
             state.adverts[config.region] = LinkStateAdvert(incarnation: incarnation, sequence: 0, neighbours: [])
+            state.nextRef = MeshState.firstRef(incarnation: incarnation)
             self.mesh = state
         }
     }

@@ -274,3 +274,18 @@ extension RelayCore.TopicState {
     /// Where a restarted home continued this epoch from (past the adoption jump), for children in it.
     var adoptedFrom: StreamPosition? { if case .continued(let from) = start { from } else { nil } }
 }
+
+extension RelayCore.TopicState {
+    /// This region becomes the replica of `home`. When `home` is a failover home, the replica keeps
+    /// its log too, so it outlives that home's crash; what this region already holds of the home's
+    /// epoch (it followed the topic as a cache before) counts towards the home's acknowledgments at
+    /// once, so it goes into the log now, not only what arrives from here on.
+    mutating func logHeldFailoverPublications(of home: String) {
+        guard home != canonicalHome else { return }
+        let logged = Set(failoverLog.map(\.id))
+        for p in history.all where p.position.epoch.hasPrefix(home + ".") && !logged.contains(p.id)
+            && failoverLog.count < 100_000 {
+            failoverLog.append(p)
+        }
+    }
+}

@@ -751,9 +751,11 @@ public final class Simulation {
             c.position = r.recovered == true ? (r.publications.last?.position ?? r.position) : r.position
         case .reply(_, .unsubscribed):
             c.inPresence = false
-        case .reply(let ref?, .published(_, let position?, _)):
+        case .reply(let ref?, .published(let topic, let position?, _)):
             if let id = c.pendingPublishes.removeValue(forKey: ref) {
-                acks[id] = (sentAt[id]?.topic ?? "", position, now)
+                let sent = sentAt[id]?.topic ?? ""
+                if topic != sent { violations.append("\(id), published to \(sent), was acknowledged for \(topic) at \(position)") }
+                acks[id] = (sent, position, now)
             }
         case .publication(let p):
             checkHops(c, p)
