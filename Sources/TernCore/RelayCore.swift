@@ -752,45 +752,15 @@ public struct RelayCore: Sendable {
         if mesh != nil, let children = mesh!.children[topic] {
             for child in children.orderedKeys where children[child] == .live { sendData(child, publication, live: true) }
         }
-        // Set when this region delivered the publication before: only subscribers that joined since get it.
-        var joinedAfter: UInt64?
-        var firstAt: StreamPosition?
-        if !publication.id.isEmpty {
-            let now = clock
-            if let mark = withTopic(topic, { $0.mergeMark(of: publication.id, now: now) }) ?? nil {
-                // After a heal, publications this region already delivered in the failover epoch come again.
-                joinedAfter = mark
-            } else if mesh != nil, !sequencedHere {
-                // Sequenced again somewhere (a failover merge, a restarted home's retry), or brought again
-                // after this region's stream was reset to an earlier position: the subscribers that were
-                // here then have it. Every region remembers what it delivered, and when.
-                if let earlier = topics[topic]?.idempotency.entry(of: publication.id, now: clock) {
-                    joinedAfter = earlier.mark
-                    firstAt = earlier.position
-                } else if let first = publication.firstPosition, first.epoch != publication.position.epoch {
-                    // A failover epoch's publication, sequenced again at the merge, that this region does
-                    // not remember delivering (it restarted since): subscribers that resumed from at or
-                    // past where it was first sequenced have it; everyone else gets it.
-                    joinedAfter = 0
-                    firstAt = first
-                } else {
-                    topics[topic]?.idempotency.remember(publication.id, position: publication.position, now: clock, mark: joinSerial)
-                }
-            }
-            if joinedAfter == nil {
-                let serial = joinSerial
-                let inMesh = mesh != nil
-                withTopic(topic) { $0.noteDeliveredInFailover(publication.id, serial: serial, inMesh: inMesh) }
-            }
-        }
-        if let mark = joinedAfter {
+        // A publication this region delivered before goes only to the subscribers that joined since.
+        let serial = joinSerial
+        let inMesh = mesh != nil
+        let now = clock
+        let delivery = withTopic(topic) {
+            $0.delivery(of: publication, sequencedHere: sequencedHere, inMesh: inMesh, serial: serial, now: now)
+        } ?? .everyone
+        if case .again(let mark, let firstAt) = delivery {
             deliverAgain(publication, toSubscribersAfter: mark, firstAt: firstAt)
-            // Everyone here has it now.
-            let serial = joinSerial
-            withTopic(topic) { $0.mergeDelivered(publication.id, serial: serial) }
-            if mesh != nil, !sequencedHere {
-                topics[topic]?.idempotency.remember(publication.id, position: firstAt ?? publication.position, now: clock, mark: joinSerial)
-            }
             return
         }
         // Ordinary subscribers get the publication without hops; those that asked for them get the

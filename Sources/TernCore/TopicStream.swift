@@ -289,3 +289,51 @@ extension RelayCore.TopicState {
         }
     }
 }
+
+/// Who gets a publication a region is about to deliver.
+enum Delivery: Equatable, Sendable {
+    /// Every subscriber: this region has not delivered it before.
+    case everyone
+    /// Delivered here before: only subscribers that joined after subscription serial `mark` and did
+    /// not resume from at or past `firstAt` (where it was first delivered or sequenced), which have it.
+    case again(toSubscribersAfter: UInt64, firstAt: StreamPosition?)
+}
+
+extension RelayCore.TopicState {
+    /// Decides who gets `publication` here, and remembers that everyone here has it now.
+    ///
+    /// A publication comes again after a heal (the canonical home sequences the failover epoch's
+    /// publications again), after a restarted home's retry, or after this region's stream was reset to
+    /// an earlier position. Within the merge window the ids delivered in the failover epoch say who has
+    /// it; otherwise every region remembers the ids it delivered, with the serial and position, and a
+    /// re-sequenced publication it does not remember (it restarted since) carries where the failover
+    /// home first sequenced it. `serial` is the region's current subscription serial.
+    mutating func delivery(of publication: Publication, sequencedHere: Bool, inMesh: Bool, serial: UInt64,
+                           now: TernInstant) -> Delivery {
+        let id = publication.id
+        guard !id.isEmpty else { return .everyone }
+        var delivery = Delivery.everyone
+        if let mark = mergeMark(of: id, now: now) {
+            delivery = .again(toSubscribersAfter: mark, firstAt: nil)
+        } else if inMesh, !sequencedHere {
+            if let earlier = idempotency.entry(of: id, now: now) {
+                delivery = .again(toSubscribersAfter: earlier.mark, firstAt: earlier.position)
+            } else if let first = publication.firstPosition, first.epoch != publication.position.epoch {
+                delivery = .again(toSubscribersAfter: 0, firstAt: first)
+            } else {
+                idempotency.remember(id, position: publication.position, now: now, mark: serial)
+            }
+        }
+        switch delivery {
+        case .everyone:
+            noteDeliveredInFailover(id, serial: serial, inMesh: inMesh)
+        case .again(_, let firstAt):
+            // Everyone here has it now.
+            mergeDelivered(id, serial: serial)
+            if inMesh, !sequencedHere {
+                idempotency.remember(id, position: firstAt ?? publication.position, now: now, mark: serial)
+            }
+        }
+        return delivery
+    }
+}
