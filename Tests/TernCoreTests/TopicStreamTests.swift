@@ -153,3 +153,44 @@ struct LineageTests {
         #expect(t.lastSwitch == nil)
     }
 }
+
+@Suite("Who gets a publication a region delivers")
+struct DeliveryDecisionTests {
+    static let now = TernInstant.zero + .seconds(10)
+
+    @Test("the first delivery goes to everyone; the same id again goes only to subscribers that joined since, and not to those that resumed past it")
+    func again() {
+        var t = TopicStreamTests.stream("a.1", holding: [1])
+        t.canonicalHome = "a"
+        let p = TopicStreamTests.pub("a.1", 2)
+        #expect(t.delivery(of: p, sequencedHere: false, inMesh: true, serial: 4, now: Self.now) == .everyone)
+        var again = p
+        again.position = TopicStreamTests.at("a.1", 9)
+        #expect(t.delivery(of: again, sequencedHere: false, inMesh: true, serial: 6, now: Self.now)
+            == .again(toSubscribersAfter: 4, firstAt: TopicStreamTests.at("a.1", 2)))
+        // Now everyone here (as of serial 6) has it.
+        #expect(t.delivery(of: again, sequencedHere: false, inMesh: true, serial: 7, now: Self.now)
+            == .again(toSubscribersAfter: 6, firstAt: TopicStreamTests.at("a.1", 2)))
+    }
+
+    @Test("a re-sequenced failover publication this region never saw goes to all but the subscribers that resumed past where it was first sequenced")
+    func resequencedUnknown() {
+        var t = TopicStreamTests.stream("a.1", holding: [1])
+        t.canonicalHome = "a"
+        var p = TopicStreamTests.pub("a.1", 12)
+        p.firstPosition = TopicStreamTests.at("b.2", 3)
+        #expect(t.delivery(of: p, sequencedHere: false, inMesh: true, serial: 5, now: Self.now)
+            == .again(toSubscribersAfter: 0, firstAt: TopicStreamTests.at("b.2", 3)))
+    }
+
+    @Test("publications without an id, and a home's own, go to everyone")
+    func plain() {
+        var t = TopicStreamTests.stream("a.1", holding: [1])
+        t.canonicalHome = "a"
+        var p = TopicStreamTests.pub("a.1", 2)
+        p.id = ""
+        #expect(t.delivery(of: p, sequencedHere: false, inMesh: true, serial: 1, now: Self.now) == .everyone)
+        let q = TopicStreamTests.pub("a.1", 3)
+        #expect(t.delivery(of: q, sequencedHere: true, inMesh: true, serial: 1, now: Self.now) == .everyone)
+    }
+}
