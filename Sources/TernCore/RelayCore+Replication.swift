@@ -309,6 +309,9 @@ extension RelayCore {
             if !p.id.isEmpty { topics[topic]?.idempotency.remember(p.id, position: p.position, now: now, mark: joinSerial) }
             return
         }
+        // Only the regions this recovery asked can end it: another region's end of answer is for an
+        // earlier request (a `learnEpochBefore` this region sent while it was not the home).
+        guard recovery.asked.contains(region) else { return }
         topics[topic]?.recovery?.answered.insert(region)
         guard let r = topics[topic]?.recovery else { return }
         let successor = mesh.flatMap { Rendezvous.ranking(topic: topic, regions: $0.config.graph.regions).first { $0 != config.region } }
