@@ -102,9 +102,11 @@ public struct RelayCoreConfig: Sendable {
         false
         #endif
     }()
-    /// How much checking an event pays for, on average, in items visited (clients, topics, queued
-    /// link messages). A core smaller than this is checked after every event; a larger one after
-    /// every size/budget events, so a big simulated mesh is not slowed down by its checks.
+    /// How much of the full invariant sweep an event pays for, on average, in items visited (clients,
+    /// topics, queued link messages). A core smaller than this is swept after every event; a larger
+    /// one after every size/budget events, so a big simulated mesh is not slowed down by its checks.
+    /// Whatever the size, every client and topic an event changed, and the totals over them, are
+    /// checked after that event (`RelayCore.checkChangedAfterEvent`).
     public var invariantBudgetPerEvent: Int = 256
 
     /// A config for `region` with `namespaces` and `limits`.

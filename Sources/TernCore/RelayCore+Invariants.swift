@@ -32,7 +32,7 @@ extension RelayCore {
         var i = clients.startIndex
         while i != clients.endIndex {
             let id = clients.keys[i]
-            let (traced, subscribed, isCounted, bytes) = clients.inPlace(i) { c in
+            let (traced, subscribed, isCounted, bytes) = clients.reading(i) { c in
                 (c.traced, c.subscriptions.orderedKeys, c.counted, c.outbox.queuedBytes)
             }
             for topic in traced {
@@ -47,7 +47,7 @@ extension RelayCore {
                     fail("client \(id) is subscribed to \(topic), which the relay does not hold")
                     continue
                 }
-                if !topics.inPlace(ti, { $0.subscribers.contains(id) }) { fail("client \(id) is subscribed to \(topic) but is not among its subscribers") }
+                if !topics.reading(ti, { $0.subscribers.contains(id) }) { fail("client \(id) is subscribed to \(topic) but is not among its subscribers") }
             }
             clients.formIndex(after: &i)
         }
@@ -60,7 +60,7 @@ extension RelayCore {
         var ti = topics.startIndex
         while ti != topics.endIndex {
             let name = topics.keys[ti]
-            let (traceSubscribers, subscribers, waiters) = topics.inPlace(ti) { t in
+            let (traceSubscribers, subscribers, waiters) = topics.reading(ti) { t in
                 (t.traceSubscribers, t.subscribers.orderedKeys, t.pollWaiters.orderedKeys)
             }
             if traceSubscribers != tracedByTopic[name, default: 0] {
@@ -70,22 +70,13 @@ extension RelayCore {
             // totals, the topics list no subscriber that is not subscribed (checked below, after the loop).
             topicSubscriptions += subscribers.count
             for client in waiters {
-                guard let ci = clients.index(forKey: client), clients.inPlace(ci, { $0.transport == .poll }) else {
+                guard let ci = clients.index(forKey: client), clients.reading(ci, { $0.transport == .poll }) else {
                     fail("\(name) has poll waiter \(client), which is not a waiting long-poll")
                     continue
                 }
             }
             let home = isHome(name)
-            let problem = topics.inPlace(ti) { t -> String? in
-                if home, t.recovery == nil, t.epoch.isEmpty || !t.synced { return "\(name) is homed here but has no stream of its own (\(t.sync))" }
-                if !t.history.isOrdered { return "\(name)'s history is not in increasing offsets of one epoch" }
-                if t.history.count > t.history.capacity { return "\(name)'s history holds \(t.history.count) of \(t.history.capacity)" }
-                if t.synced, let last = t.history.newest, last.position.epoch == t.epoch, last.position.offset > t.offset {
-                    return "\(name) stands at \(t.position) but its history holds \(last.position)"
-                }
-                return nil
-            }
-            if let problem { fail(problem) }
+            if let problem = topics.reading(ti, { $0.stream.problem(isHome: home) }) { fail("\(name) \(problem)") }
             topics.formIndex(after: &ti)
         }
         if topicSubscriptions != subscriptions {
@@ -121,14 +112,126 @@ extension RelayCore {
         return problems
     }
 
-    /// Runs `checkInvariants` after an event and records what it finds. Large cores are checked
-    /// less often, so that on average a check visits at most `invariantBudgetPerEvent` items per event.
+    /// Runs the invariant checks after an event and records what they find.
+    ///
+    /// After every event, every client and topic the event changed is checked, and the totals over
+    /// all of them are compared with the core's counters (`checkChangedAfterEvent`); the cost follows
+    /// the event's own work. The whole state is also swept (`checkInvariantsInPlace`), which sees
+    /// what no single change shows (per-topic mesh maps, link queues): on a small core after every
+    /// event, on a large one every size/`invariantBudgetPerEvent` events.
     mutating func checkInvariantsAfterEvent() {
+        for problem in checkChangedAfterEvent() { invariantLog.record("t=\(clock) \(config.region): \(problem)") }
         invariantLog.eventsSinceCheck += 1
         let size = clients.count + topics.count + (mesh?.links.values.reduce(0) { $0 + $1.queue.count } ?? 0)
         guard invariantLog.eventsSinceCheck * max(1, config.invariantBudgetPerEvent) >= size else { return }
         invariantLog.eventsSinceCheck = 0
         for problem in checkInvariantsInPlace() { invariantLog.record("t=\(clock) \(config.region): \(problem)") }
+    }
+
+    /// Checks every client and topic changed since the last call (`TrackedMap`), and the totals
+    /// over all of them, kept up to date from what each changed one held before and holds now.
+    ///
+    /// Per changed client whose subscriptions or traces changed: what it traces it is subscribed to,
+    /// and each topic it is subscribed to exists and lists it. Per changed topic: its traced-subscriber count matches the clients
+    /// tracing it, its long-poll waiters are waiting long-polls, its stream is consistent
+    /// (`TopicStream.problem`), and a removed topic left nothing in the mesh's per-topic maps.
+    /// Totals: connections, subscriptions and queued bytes match the core's counters, and the topics
+    /// list as many subscribers as the clients hold subscriptions (with every client's subscriptions
+    /// listed, no topic lists a client that is not subscribed).
+    mutating func checkChangedAfterEvent() -> [String] {
+        var problems: [String] = []
+        func fail(_ text: String) { if problems.count < 20 { problems.append(text) } }
+        let changedClients = clients.takeChanged()
+        var changedTopics = topics.takeChanged()
+        var seen = invariantLog.seen
+        invariantLog.seen = InvariantShadow()
+        defer { invariantLog.seen = seen }
+
+        for id in changedClients {
+            let old = seen.clients.removeValue(forKey: id)
+            if let old {
+                seen.connections -= old.counted ? 1 : 0
+                seen.queuedBytes -= old.queuedBytes
+                seen.subscriptions -= old.subscribed.count
+                for topic in old.traced {
+                    seen.tracing[topic, default: 0] -= 1
+                    if seen.tracing[topic] == 0 { seen.tracing[topic] = nil }
+                    changedTopics.insert(topic)
+                }
+            }
+            guard let ci = clients.index(forKey: id) else { continue }
+            let now = clients.reading(ci) { c in
+                InvariantShadow.Client(counted: c.counted, queuedBytes: c.outbox.queuedBytes, subscribed: c.subscriptions.orderedKeys,
+                                       traced: c.traced)
+            }
+            // The subscriptions are looked up only when they changed: the array is shared with the
+            // client's own until either changes, so comparing an unchanged one is O(1).
+            if old?.subscribed != now.subscribed || old?.traced != now.traced {
+                for topic in now.traced where !clients.reading(ci, { $0.subscriptions.contains(topic) }) {
+                    fail("client \(id) traces \(topic) without being subscribed to it")
+                }
+                for topic in now.subscribed {
+                    guard let ti = topics.index(forKey: topic) else {
+                        fail("client \(id) is subscribed to \(topic), which the relay does not hold")
+                        continue
+                    }
+                    if !topics.reading(ti, { $0.subscribers.contains(id) }) { fail("client \(id) is subscribed to \(topic) but is not among its subscribers") }
+                }
+            }
+            seen.clients[id] = now
+            seen.connections += now.counted ? 1 : 0
+            seen.queuedBytes += now.queuedBytes
+            seen.subscriptions += now.subscribed.count
+            for topic in now.traced {
+                seen.tracing[topic, default: 0] += 1
+                changedTopics.insert(topic)
+            }
+        }
+
+        for name in changedTopics {
+            if let old = seen.topicSubscribers.removeValue(forKey: name) { seen.topicSubscriptions -= old }
+            guard let ti = topics.index(forKey: name) else {
+                if let tracing = seen.tracing[name] { fail("\(tracing) clients trace \(name), which the relay no longer holds") }
+                if let mesh {
+                    let left = [("children", mesh.children[name] != nil), ("upstream", mesh.upstream[name] != nil),
+                                ("awaitingSync", mesh.awaitingSync[name] != nil), ("lastHome", mesh.lastHome[name] != nil),
+                                ("presenceSequence", mesh.presenceSequence[name] != nil), ("presenceSeen", mesh.presenceSeen[name] != nil),
+                                ("presenceRoute", mesh.presenceRoute[name] != nil), ("stalePresence", mesh.stalePresence[name] != nil),
+                                ("presencePending", mesh.presencePending[name] != nil), ("lingering", mesh.lingering.contains(name)),
+                                ("replicaReports", mesh.replicaReports.contains(name))]
+                    for (map, holds) in left where holds { fail("mesh.\(map) still holds \(name), which the relay no longer holds") }
+                }
+                continue
+            }
+            let (traceSubscribers, subscribers, waiters) = topics.reading(ti) { t in
+                (t.traceSubscribers, t.subscribers.count, t.pollWaiters.orderedKeys)
+            }
+            if traceSubscribers != seen.tracing[name, default: 0] {
+                fail("\(name) counts \(traceSubscribers) traced subscribers but clients trace it \(seen.tracing[name, default: 0]) times")
+            }
+            for client in waiters {
+                guard let ci = clients.index(forKey: client), clients.reading(ci, { $0.transport == .poll }) else {
+                    fail("\(name) has poll waiter \(client), which is not a waiting long-poll")
+                    continue
+                }
+            }
+            let home = isHome(name)
+            if let problem = topics.reading(ti, { $0.stream.problem(isHome: home) }) { fail("\(name) \(problem)") }
+            seen.topicSubscribers[name] = subscribers
+            seen.topicSubscriptions += subscribers
+        }
+
+        if seen.connections != stats.connections { fail("stats.connections is \(stats.connections) but \(seen.connections) connections are counted") }
+        if seen.subscriptions != stats.subscriptions { fail("stats.subscriptions is \(stats.subscriptions) but clients hold \(seen.subscriptions)") }
+        if seen.queuedBytes != queuedBytes { fail("queuedBytes is \(queuedBytes) but client queues hold \(seen.queuedBytes)") }
+        if topics.count != stats.topics { fail("stats.topics is \(stats.topics) but \(topics.count) topics are held") }
+        if seen.topicSubscriptions != seen.subscriptions {
+            fail("topics list \(seen.topicSubscriptions) subscribers but clients hold \(seen.subscriptions) subscriptions: some topic lists a client that is not subscribed to it")
+        }
+        if let mesh, mesh.links.count != mesh.up.count || mesh.links.keys.contains(where: { !mesh.up.contains($0) }) {
+            fail("link queues exist for \(mesh.links.keys.sorted()) but the up links are \(mesh.up.sorted())")
+        }
+        return problems
     }
 
     /// Removes a topic and every structure kept for it: one removal, nothing left behind.
@@ -155,11 +258,33 @@ struct InvariantLog: Sendable {
     var failures: [String] = []
     var count = 0
     var eventsSinceCheck = 0
+    /// What the per-event check last saw.
+    var seen = InvariantShadow()
 
     mutating func record(_ failure: String) {
         count += 1
         if failures.count < RelayCore.maxRecordedInvariantFailures { failures.append(failure) }
     }
+}
+
+/// What the per-event invariant check last saw of each client and topic, and the totals over them,
+/// so that it checks the totals after every event while visiting only what the event changed.
+struct InvariantShadow: Sendable {
+    struct Client: Sendable {
+        var counted: Bool
+        var queuedBytes: Int
+        /// The client's subscriptions, in order (sharing the client's own array while unchanged).
+        var subscribed: [String]
+        var traced: Set<String>
+    }
+    var clients: [ClientID: Client] = [:]
+    var topicSubscribers: [String: Int] = [:]
+    /// Per topic, how many clients trace it.
+    var tracing: [String: Int] = [:]
+    var connections = 0
+    var queuedBytes = 0
+    var subscriptions = 0
+    var topicSubscriptions = 0
 }
 
 extension RelayCore {
@@ -172,19 +297,19 @@ extension RelayCore {
     /// (`TERN_SIM_TRACE_TOPIC`): home, upstream, stream position and failover state.
     public func debugSummary(of topic: String) -> String {
         guard let t = topics[topic] else { return "absent" }
-        var parts = ["home=\(home(of: topic))", "at=\(t.position)", "links=\(mesh?.up.sorted().joined(separator: ",") ?? "")"]
-        if !t.synced { parts.append("unsynced(from \(t.awaitingFrom.map { "\($0)" } ?? "-"))") }
-        if t.resyncing { parts.append("resyncing") }
+        var parts = ["home=\(home(of: topic))", "at=\(t.stream.position)", "links=\(mesh?.up.sorted().joined(separator: ",") ?? "")"]
+        if !t.stream.synced { parts.append("unsynced(from \(t.stream.awaitingFrom.map { "\($0)" } ?? "-"))") }
+        if t.stream.resyncing { parts.append("resyncing") }
         if let up = mesh?.upstream[topic] { parts.append("up=\(up)") }
         if let children = mesh?.children[topic], !children.isEmpty {
             parts.append("children=" + children.orderedKeys.map { "\($0)\(children[$0] == .live ? "" : "?")" }.joined(separator: ","))
         }
         if let parked = mesh?.awaitingSync[topic], !parked.isEmpty { parts.append("parked=" + parked.map(\.child).joined(separator: ",")) }
-        if let fork = t.fork { parts.append("fork=\(fork)") }
-        if let sw = t.lastSwitch { parts.append("switch=\(sw.from)->\(sw.to)") }
-        if !t.failoverLog.isEmpty { parts.append("log=\(t.failoverLog.count)") }
-        if let r = t.replicaOf { parts.append("replicaOf=\(r)") }
-        if let r = t.replication.replica { parts.append("replica=\(r)") }
+        if let fork = t.stream.fork { parts.append("fork=\(fork)") }
+        if let sw = t.stream.lastSwitch { parts.append("switch=\(sw.from)->\(sw.to)") }
+        if !t.stream.failoverLog.isEmpty { parts.append("log=\(t.stream.failoverLog.count)") }
+        if let r = t.stream.replicaOf { parts.append("replicaOf=\(r)") }
+        if let r = t.stream.replication.replica { parts.append("replica=\(r)") }
         if !t.subscribers.isEmpty { parts.append("subs=\(t.subscribers.count)") }
         if t.presence.count > 0 {
             let owners = mesh?.config.graph.regions ?? [config.region]
@@ -194,7 +319,7 @@ extension RelayCore {
             parts.append("seen=" + seen.keys.sorted().map { "\($0)@\(seen[$0]!.sequence)" }.joined(separator: ","))
         }
         if let stale = mesh?.stalePresence[topic], !stale.isEmpty { parts.append("stale=" + stale.keys.sorted().joined(separator: ",")) }
-        if let oldest = t.history.all.first, let newest = t.history.newest { parts.append("ring=\(oldest.position.offset)...\(newest.position)") }
+        if let oldest = t.stream.history.all.first, let newest = t.stream.history.newest { parts.append("ring=\(oldest.position.offset)...\(newest.position)") }
         return parts.joined(separator: " ")
     }
 }

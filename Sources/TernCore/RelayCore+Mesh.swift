@@ -213,7 +213,7 @@ extension RelayCore {
         for topic in mesh!.upstream.keys.sorted() where mesh!.upstream[topic] == peer {
             mesh!.upstream[topic] = nil
             // The cache may fall behind until a new upstream catches it up; children must wait for that.
-            topics[topic]?.catchUp()
+            topics[topic]?.stream.catchUp()
         }
         for ref in mesh!.pending.keys.sorted() where mesh!.pending[ref]?.sentVia == peer {
             mesh!.pending[ref]?.sentVia = nil
@@ -306,9 +306,9 @@ extension RelayCore {
     /// catches it up and sends full presence snapshots again.
     mutating func askAgain(_ topic: String, from peer: String) {
         guard var t = topics[topic] else { return }
-        t.catchUp()
+        t.stream.catchUp()
         topics[topic] = t
-        enqueueLink(peer, .interest(topic: topic, since: t.synced ? t.position : nil, fork: t.fork))
+        enqueueLink(peer, .interest(topic: topic, since: t.stream.synced ? t.stream.position : nil, fork: t.stream.fork))
     }
 
     // MARK: Link state and routes
@@ -367,11 +367,11 @@ extension RelayCore {
             if let last = mesh!.lastHome[topic], last != home { homeChanged(topic, from: last, to: home, now: now) }
             mesh!.lastHome[topic] = home
             if home == config.region {
-                if topics[topic]?.recovery != nil { askForRecovery(topic) }
+                if topics[topic]?.stream.recovery != nil { askForRecovery(topic) }
                 updateReplica(topic)
-            } else if let following = topics[topic]?.replicaOf, following != home {
+            } else if let following = topics[topic]?.stream.replicaOf, following != home {
                 // The home changed; the new one chooses its own replica.
-                topics[topic]?.replicaOf = nil
+                topics[topic]?.stream.replicaOf = nil
             }
             reconcileInterest(topic, now: now)
             refreshTrace(topic)
@@ -388,9 +388,9 @@ extension RelayCore {
     mutating func homeChanged(_ topic: String, from old: String, to new: String, now: TernInstant) {
         guard topics[topic] != nil else { return }
         if new == config.region {
-            topics[topic]?.replicaOf = nil
+            topics[topic]?.stream.replicaOf = nil
         } else if old == config.region {
-            topics[topic]?.recovery = nil
+            topics[topic]?.stream.recovery = nil
             failAcknowledgments(topic, where: { _ in true },
                 "the home of '\(topic)' moved to \(new) before a second region confirmed the publication; retry with the same id")
             releaseReplica(topic)
@@ -398,10 +398,10 @@ extension RelayCore {
         guard var t = topics[topic] else { return }
         if new == config.region {
             // This region takes over: continue in a new epoch of its own, remembering where the old one was left.
-            let (left, wasSynced) = t.takeOver(epoch: "\(config.region).\(String(rng.next() & 0xFFFF_FFFF, radix: 16))",
+            let (left, wasSynced) = t.stream.takeOver(epoch: "\(config.region).\(String(rng.next() & 0xFFFF_FFFF, radix: 16))",
                                                serial: joinSerial, now: now)
             topics[topic] = t
-            let to = t.position
+            let to = t.stream.position
             if wasSynced {
                 broadcast(topic, .epochChanged(topic: topic, position: to), volatileKey: nil)
                 for child in mesh!.children[topic]?.orderedKeys ?? [] where mesh!.children[topic]?[child] == .live {
@@ -415,7 +415,7 @@ extension RelayCore {
         } else if old == config.region {
             // The canonical home is back: follow it; once it has caught this region up, hand it what
             // this region accepted meanwhile (`resequenceFailoverLog`).
-            topics[topic]?.catchUp()
+            topics[topic]?.stream.catchUp()
         }
     }
 
@@ -423,9 +423,9 @@ extension RelayCore {
     /// which sequences them again, deduplicated by id.
     mutating func resequenceFailoverLog(_ topic: String, now: TernInstant) {
         // Only the canonical home's stream is final: while another failover home sequences, the log waits.
-        guard let log = topics[topic]?.failoverLog, !log.isEmpty, !isHome(topic),
+        guard let log = topics[topic]?.stream.failoverLog, !log.isEmpty, !isHome(topic),
               home(of: topic) == canonicalHome(of: topic) else { return }
-        topics[topic]?.failoverLog = []
+        topics[topic]?.stream.failoverLog = []
         for p in log {
             routePublish(.resequence, topic: topic, id: p.id, data: p.data, user: p.user,
                          firstAt: p.position.epoch.isEmpty ? p.firstPosition : p.position, now: now)
@@ -438,7 +438,7 @@ extension RelayCore {
     /// way, or the home moved): back into the log, to go again once this region is synced with the home.
     mutating func resequenceFailed(_ pending: PendingPublish, now: TernInstant) {
         guard topics[pending.topic] != nil else { return }
-        topics[pending.topic]?.failoverLog.append(Publication(topic: pending.topic, position: StreamPosition(epoch: "", offset: 0),
+        topics[pending.topic]?.stream.failoverLog.append(Publication(topic: pending.topic, position: StreamPosition(epoch: "", offset: 0),
             id: pending.id, data: pending.data, user: pending.user, acceptedAt: now, firstPosition: pending.firstAt))
         reconcileInterest(pending.topic, now: now)
         if isCurrent(pending.topic) { resequenceFailoverLog(pending.topic, now: now) }
@@ -446,15 +446,15 @@ extension RelayCore {
 
     /// The upstream moved this region's stream to another epoch (a failover, or the merge after a heal).
     mutating func receiveEpochSwitch(_ topic: String, from: StreamPosition, to: StreamPosition, from peer: String, now: TernInstant) {
-        guard var t = topics[topic], t.synced, mesh!.upstream[topic] == peer else { return }
-        guard t.position == from else {
-            if !t.resyncing {
-                topics[topic]?.catchUp()
-                enqueueLink(peer, .interest(topic: topic, since: t.position, fork: t.fork))
+        guard var t = topics[topic], t.stream.synced, mesh!.upstream[topic] == peer else { return }
+        guard t.stream.position == from else {
+            if !t.stream.resyncing {
+                topics[topic]?.stream.catchUp()
+                enqueueLink(peer, .interest(topic: topic, since: t.stream.position, fork: t.stream.fork))
             }
             return
         }
-        t.switchEpoch(from: from, to: to, canonical: canonicalHome(of: topic) + ".", serial: joinSerial,
+        t.stream.switchEpoch(from: from, to: to, canonical: canonicalHome(of: topic) + ".", serial: joinSerial,
                       mergeUntil: now + config.limits.idempotencyWindow)
         topics[topic] = t
         broadcast(topic, .epochChanged(topic: topic, position: to), volatileKey: nil)
@@ -462,7 +462,7 @@ extension RelayCore {
             enqueueLink(child, .epochSwitch(topic: topic, from: from, to: to))
         }
         // Children that were waiting for this region to reach them in the old epoch are served in the new one.
-        if t.synced, !t.resyncing, let parked = mesh!.awaitingSync.removeValue(forKey: topic) {
+        if t.stream.synced, !t.stream.resyncing, let parked = mesh!.awaitingSync.removeValue(forKey: topic) {
             for (child, since, fork) in parked where mesh!.up.contains(child) {
                 serveChild(child, topic: topic, since: since, fork: fork, now: now)
             }
@@ -490,7 +490,7 @@ extension RelayCore {
     func hasInterest(_ topic: String) -> Bool {
         guard let t = topics[topic] else { return false }
         return !t.subscribers.isEmpty || !t.pollWaiters.isEmpty || !(mesh?.children[topic]?.isEmpty ?? true)
-            || !t.pendingSubscribes.isEmpty || t.replicaOf != nil || !t.failoverLog.isEmpty
+            || !t.pendingSubscribes.isEmpty || t.stream.replicaOf != nil || !t.stream.failoverLog.isEmpty
     }
 
     /// Subscribes upstream when the first local subscriber or child appears, moves
@@ -506,8 +506,8 @@ extension RelayCore {
             if let old = current, mesh!.up.contains(old) { enqueueLink(old, .uninterest(topic: topic)) }
             mesh!.upstream[topic] = parent
             if let parent, let t = topics[topic] {
-                topics[topic]?.catchUp()
-                enqueueLink(parent, .interest(topic: topic, since: t.synced ? t.position : t.awaitingFrom, fork: t.fork))
+                topics[topic]?.stream.catchUp()
+                enqueueLink(parent, .interest(topic: topic, since: t.stream.synced ? t.stream.position : t.stream.awaitingFrom, fork: t.stream.fork))
             }
         } else if let current = mesh!.upstream[topic] {
             if isHome(topic) || current != parent(of: topic) {
@@ -536,7 +536,7 @@ extension RelayCore {
     /// and fed by its parent in the home's tree. A cache whose upstream lapsed or is no longer the
     /// way to the home may be stale (the home moved meanwhile) and must not serve children.
     mutating func isCurrent(_ topic: String) -> Bool {
-        guard let t = topics[topic], t.synced, !t.resyncing, let up = mesh?.upstream[topic] else { return false }
+        guard let t = topics[topic], t.stream.synced, !t.stream.resyncing, let up = mesh?.upstream[topic] else { return false }
         return up == parent(of: topic)
     }
 
@@ -554,9 +554,9 @@ extension RelayCore {
         } else {
             mesh!.awaitingSync[topic, default: []].removeAll { $0.child == child }
             mesh!.awaitingSync[topic, default: []].append((child, since, fork))
-            if topics[topic]?.synced == false, topics[topic]?.awaitingFrom == nil, mesh!.upstream[topic] == nil, let since {
+            if topics[topic]?.stream.synced == false, topics[topic]?.stream.awaitingFrom == nil, mesh!.upstream[topic] == nil, let since {
                 // Not asked upstream yet: ask from where the child stands, so the data it needs passes through here.
-                topics[topic]?.sync = .unsynced(from: since)
+                topics[topic]?.stream.sync = .unsynced(from: since)
             }
             reconcileInterest(topic, now: now)
         }
@@ -567,24 +567,24 @@ extension RelayCore {
     /// rings allow: back to the canonical epoch from its fork after a heal, or
     /// from the old epoch into this failover epoch.
     mutating func serveChild(_ child: String, topic: String, since: StreamPosition?, fork: StreamPosition? = nil, now: TernInstant) {
-        if isHome(topic), topics[topic]?.fresh == true,
+        if isHome(topic), topics[topic]?.stream.fresh == true,
            let held = [fork, since].compactMap({ $0 }).first(where: { $0.epoch.hasPrefix(config.region + ".") }),
            held.offset.saturatingAdd(Self.adoptionJump) < UInt64.max / 2 {
             // This home restarted and lost the stream, but a child still holds this region's epoch:
             // recover the epoch from the replica, then continue it (see `beginRecovery`).
             beginRecovery(topic, held: held, now: now)
         }
-        if topics[topic]?.recovery != nil {
-            if let held = [fork, since].compactMap({ $0 }).first(where: { $0.epoch == topics[topic]?.recovery?.held.epoch }) {
+        if topics[topic]?.stream.recovery != nil {
+            if let held = [fork, since].compactMap({ $0 }).first(where: { $0.epoch == topics[topic]?.stream.recovery?.held.epoch }) {
                 noteHeld(topic, held)
             }
             mesh!.awaitingSync[topic, default: []].removeAll { $0.child == child }
             mesh!.awaitingSync[topic, default: []].append((child, since, fork))
             return
         }
-        topics[topic]?.fresh = false
-        guard let current = topics[topic]?.position else { return }
-        if isHome(topic), let adopted = topics[topic]?.adoptedFrom,
+        topics[topic]?.stream.fresh = false
+        guard let current = topics[topic]?.stream.position else { return }
+        if isHome(topic), let adopted = topics[topic]?.stream.adoptedFrom,
            case let jumped = adopted.offset.saturatingAdd(Self.adoptionJump),
            [since, fork].contains(where: { $0.map { $0.epoch == adopted.epoch && $0.offset > adopted.offset && $0.offset < jumped } ?? false }) {
             // The child holds publications past where this home continued the epoch, which no region it
@@ -601,7 +601,7 @@ extension RelayCore {
             return
         }
         let home = isHome(topic)
-        guard let plan = withTopic(topic, { $0.catchUpPlan(since: since, fork: fork, isHome: home, now: now) }) else { return }
+        guard let plan = withTopic(topic, { $0.stream.catchUpPlan(since: since, fork: fork, isHome: home, now: now) }) else { return }
         switch plan {
         case .serve(let replay, let switchFrom, let switchTo, let then, let at):
             for p in replay { sendData(child, p) }
@@ -627,13 +627,13 @@ extension RelayCore {
         guard topics[topic] != nil, mesh!.upstream[topic] == peer else { return }
         // The topic's state is changed in place (never copied out and written back, which would copy
         // its history ring on every publication).
-        if withTopic(topic, { $0.synced }) == false {
+        if withTopic(topic, { $0.stream.synced }) == false {
             // Data from where this region asked to start: it is now positioned there, still catching up.
             let positioned = withTopic(topic) { t -> StreamPosition? in
-                guard let from = t.awaitingFrom, publication.position.epoch == from.epoch,
+                guard let from = t.stream.awaitingFrom, publication.position.epoch == from.epoch,
                       publication.position.offset.follows(from.offset) else { return nil }
-                Self.adopt(from, into: &t)
-                t.sync = .catchingUp
+                t.stream.adopt(from)
+                t.stream.sync = .catchingUp
                 return from
             }
             guard let from = positioned ?? nil else { return }
@@ -643,17 +643,7 @@ extension RelayCore {
             becameSynced(topic, now: clock)
             guard topics[topic] != nil else { return }
         }
-        enum Placement { case next, stale, behind(StreamPosition, StreamPosition?) }
-        let placement = withTopic(topic) { t -> Placement in
-            guard publication.position.epoch == t.epoch, publication.position.offset.follows(t.offset) else {
-                let stale = publication.position.epoch == t.epoch && publication.position.offset <= t.offset
-                if stale || t.resyncing { return .stale }
-                t.catchUp()
-                return .behind(t.position, t.fork)
-            }
-            return .next
-        }
-        switch placement {
+        switch withTopic(topic, { $0.stream.place(publication.position) }) {
         case nil, .stale?: return
         case .behind(let position, let fork)?:
             enqueueLink(peer, .interest(topic: topic, since: position, fork: fork))
@@ -665,15 +655,7 @@ extension RelayCore {
             hops.append(TraceHop(region: config.region, step: .relayed, at: wallNow))
             publication.trace = hops
         }
-        withTopic(topic) { t in
-            t.offset = publication.position.offset
-            t.history.append(publication)
-            if let home = t.replicaOf, home != t.canonicalHome, publication.position.epoch.hasPrefix(home + "."),
-               t.failoverLog.count < 100_000 {
-                // The replica of a failover home keeps its log too, so it outlives that home's crash.
-                t.failoverLog.append(publication)
-            }
-        }
+        withTopic(topic) { $0.stream.append(relayed: publication) }
         replicaReceived(publication)
         stats.relayedPublications += 1
         deliver(publication)
@@ -681,44 +663,24 @@ extension RelayCore {
     }
 
     mutating func receiveCaughtUp(_ topic: String, _ position: StreamPosition, now: TernInstant) {
-        guard var t = topics[topic], !Self.isBehind(position, t) else { return }
-        if t.synced && (position.epoch != t.epoch || position.offset != t.offset) {
+        guard var t = topics[topic], !t.stream.isBehind(position) else { return }
+        if t.stream.synced && (position.epoch != t.stream.epoch || position.offset != t.stream.offset) {
             receiveGap(topic, position, .evicted, now: now)
             return
         }
-        let positioning = !t.synced
-        Self.adopt(position, into: &t)
-        t.sync = .current
+        let positioning = !t.stream.synced
+        t.stream.adopt(position)
+        t.stream.sync = .current
         topics[topic] = t
         if positioning, let upstream = mesh!.upstream[topic] { learnEpochBefore(topic, from: position, upstream: upstream) }
         becameSynced(topic, now: now)
     }
 
-    /// Whether an upstream's `caughtUp` or `gap` names a position behind where this region already stands
-    /// in the same epoch. No upstream serving this region sends that (one that is behind waits until it
-    /// has caught up), so it is a stale message: sent before this region last left that upstream, and
-    /// delivered after it came back to it. Obeying it would move the stream backwards.
-    static func isBehind(_ position: StreamPosition, _ t: TopicState) -> Bool {
-        t.synced && position.epoch == t.epoch && position.offset < t.offset
-    }
-
-    /// Sets a cache's position as its upstream states it. A history of another epoch, or reaching past
-    /// the position (a former failover home's own epoch, say), no longer describes this stream: it goes,
-    /// so the ring holds only the current epoch up to the current offset. Clients recovering into it get
-    /// a gap notice, never another stream's publications.
-    static func adopt(_ position: StreamPosition, into t: inout TopicState) {
-        if let newest = t.history.newest, newest.position.epoch != position.epoch || newest.position.offset > position.offset {
-            t.history = HistoryRing(capacity: t.options.historySize, ttl: t.options.historyTTL)
-        }
-        t.epoch = position.epoch
-        t.offset = position.offset
-    }
-
     /// The upstream cannot fill this region's gap: reset the regional cache and tell everyone downstream.
     mutating func receiveGap(_ topic: String, _ position: StreamPosition, _ reason: RecoveryFailure, now: TernInstant) {
-        guard var t = topics[topic], !Self.isBehind(position, t) else { return }
-        let wasSynced = t.synced
-        t.reset(to: position)
+        guard var t = topics[topic], !t.stream.isBehind(position) else { return }
+        let wasSynced = t.stream.synced
+        t.stream.reset(to: position)
         topics[topic] = t
         if wasSynced {
             broadcast(topic, .gap(topic: topic, position: position, reason: reason), volatileKey: nil)
@@ -732,8 +694,8 @@ extension RelayCore {
 
     /// Serves children that were further on than this region once it has reached them.
     mutating func serveChildrenCaughtUp(_ topic: String, now: TernInstant) {
-        guard let waiting = mesh!.awaitingSync[topic], let t = topics[topic], t.synced else { return }
-        let ready = waiting.filter { $0.since.map { $0.epoch == t.epoch && $0.offset <= t.offset } ?? false }
+        guard let waiting = mesh!.awaitingSync[topic], let t = topics[topic], t.stream.synced else { return }
+        let ready = waiting.filter { $0.since.map { $0.epoch == t.stream.epoch && $0.offset <= t.stream.offset } ?? false }
         guard !ready.isEmpty else { return }
         mesh!.awaitingSync[topic]?.removeAll { w in ready.contains { $0.child == w.child } }
         if mesh!.awaitingSync[topic]?.isEmpty == true { mesh!.awaitingSync[topic] = nil }
@@ -748,8 +710,8 @@ extension RelayCore {
             serveChild(child, topic: topic, since: since, fork: fork, now: now)
         }
         // Serving children never removes the topic; should it be gone, nobody here waits for it.
-        guard let waiting = topics[topic]?.pendingSubscribes, let current = topics[topic]?.position,
-              let catchingUp = topics[topic]?.resyncing else { return }
+        guard let waiting = topics[topic]?.pendingSubscribes, let current = topics[topic]?.stream.position,
+              let catchingUp = topics[topic]?.stream.resyncing else { return }
         topics[topic]?.pendingSubscribes = []
         for pending in waiting where clients[pending.client]?.subscriptions.contains(topic) == true {
             if catchingUp, let since = pending.since, since.epoch == current.epoch, since.offset > current.offset {
@@ -771,7 +733,7 @@ extension RelayCore {
     /// Sends a publish towards its home, or sequences it here when this region is the home.
     mutating func routePublish(_ origin: PublishOrigin, topic: String, id: String, data: String, user: String?,
                                firstAt: StreamPosition? = nil, now: TernInstant) {
-        if isHome(topic), topics[topic]?.recovery == nil {
+        if isHome(topic), topics[topic]?.stream.recovery == nil {
             let result = publish(topic: topic, id: id, data: data, user: user, volatile: false, firstAt: firstAt, now: now)
             answerOnceHeld(topic, origin, result)
             return
@@ -794,7 +756,7 @@ extension RelayCore {
             originRef = r
         }
         let home = self.home(of: p.topic)
-        if home == config.region, topics[p.topic]?.recovery != nil {
+        if home == config.region, topics[p.topic]?.stream.recovery != nil {
             // Recovering its epoch: the publish waits (until `finishRecovery` or its timeout).
             mesh!.pending[ref]?.sentVia = nil
             return
@@ -824,7 +786,7 @@ extension RelayCore {
     mutating func receivePublish(topic: String, id: String, data: String, user: String?, origin: String, ref: UInt64, receivedAtWall: Int64,
                                  firstAt: StreamPosition?, now: TernInstant) {
         let home = self.home(of: topic)
-        if home != config.region || topics[topic]?.recovery != nil {
+        if home != config.region || topics[topic]?.stream.recovery != nil {
             if home != config.region, let hop = mesh!.routes.firstHop(to: home) {
                 enqueueLink(hop, .publish(topic: topic, id: id, data: data, user: user, origin: origin, ref: ref, receivedAtWall: receivedAtWall,
                                           firstAt: firstAt))
@@ -899,7 +861,7 @@ extension RelayCore {
 
     mutating func subscribeTimedOut(_ topic: String, now: TernInstant) {
         guard let t = topics[topic], !t.pendingSubscribes.isEmpty else { return }
-        if t.synced {
+        if t.stream.synced {
             // Waiting for this region to catch up past the client's own position took too long:
             // answer with what the region has (the client is told if it cannot be recovered).
             topics[topic]?.pendingSubscribes = []

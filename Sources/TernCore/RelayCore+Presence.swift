@@ -233,7 +233,7 @@ extension RelayCore {
                                        sequence: mesh!.presenceSequence[topic] ?? mesh!.presenceClock,
                                        change: .snapshot(table.entries(of: config.region)), towardsHome: true))
         }
-        if diverged, t.synced, !t.resyncing {
+        if diverged, t.stream.synced, !t.stream.resyncing {
             stats.presenceResyncs += 1
             askAgain(topic, from: peer)
         }

@@ -52,7 +52,7 @@ extension RelayCore {
     }
 
     /// The region asked to follow `topic`, when this region is its home.
-    public func replica(of topic: String) -> String? { topics[topic]?.replication.replica }
+    public func replica(of topic: String) -> String? { topics[topic]?.stream.replication.replica }
 
     /// Sends `message` one hop towards `region`, if there is a route.
     mutating func route(_ message: LinkMessage, to region: String) {
@@ -63,21 +63,21 @@ extension RelayCore {
     /// At the home: makes sure the topic's replica is the current successor, telling the old
     /// one to stop following and the new one to start.
     mutating func updateReplica(_ topic: String) {
-        guard mesh != nil, let current = topics[topic].map({ $0.replication.replica }), isHome(topic), needsReplication(topic) else { return }
+        guard mesh != nil, let current = topics[topic].map({ $0.stream.replication.replica }), isHome(topic), needsReplication(topic) else { return }
         let target = replicaTarget(topic)
         guard target != current else { return }
         if let current, canReach(current) { route(.unfollow(topic: topic, replica: current), to: current) }
-        topics[topic]?.replication.replica = target
+        topics[topic]?.stream.replication.replica = target
         if let target, let t = topics[topic] {
-            let from = StreamPosition(epoch: t.epoch, offset: t.replication.epoch == t.epoch ? t.replication.through : t.offset)
+            let from = StreamPosition(epoch: t.stream.epoch, offset: t.stream.replication.epoch == t.stream.epoch ? t.stream.replication.through : t.stream.offset)
             route(.follow(topic: topic, replica: target, home: config.region, from: from), to: target)
         }
     }
 
     /// Stops asking anyone to follow `topic` (the topic is going away here, or this region is no longer its home).
     mutating func releaseReplica(_ topic: String) {
-        guard mesh != nil, let replica = topics[topic]?.replication.replica else { return }
-        topics[topic]?.replication.replica = nil
+        guard mesh != nil, let replica = topics[topic]?.stream.replication.replica else { return }
+        topics[topic]?.stream.replication.replica = nil
         if canReach(replica) { route(.unfollow(topic: topic, replica: replica), to: replica) }
     }
 
@@ -85,26 +85,26 @@ extension RelayCore {
     /// the replica reports that it holds the publication (or an error at `home_timeout`).
     mutating func answerOnceHeld(_ topic: String, _ origin: PublishOrigin, _ result: Result<ReplyBody, TernError>) {
         guard case .success(.published(_, let position?, let duplicate)) = result, needsReplication(topic),
-              let t = topics[topic], isHome(topic), position.epoch == t.epoch,
-              !(t.replication.epoch == position.epoch && position.offset <= t.replication.through) else {
+              let t = topics[topic], isHome(topic), position.epoch == t.stream.epoch,
+              !(t.stream.replication.epoch == position.epoch && position.offset <= t.stream.replication.through) else {
             answer(origin, result)
             return
         }
         let expires = clock + mesh!.config.homeTimeout
-        topics[topic]?.replication.pending.append(PendingAck(position: position, origin: origin, duplicate: duplicate, expires: expires))
-        if topics[topic]?.replication.timeoutAt == nil {
-            topics[topic]?.replication.timeoutAt = expires
+        topics[topic]?.stream.replication.pending.append(PendingAck(position: position, origin: origin, duplicate: duplicate, expires: expires))
+        if topics[topic]?.stream.replication.timeoutAt == nil {
+            topics[topic]?.stream.replication.timeoutAt = expires
             schedule(expires, .ackTimeout(topic))
         }
-        if topics[topic]?.replication.replica == nil { updateReplica(topic) }
+        if topics[topic]?.stream.replication.replica == nil { updateReplica(topic) }
     }
 
     /// Called by the home as it sequences in `epoch`: the first publication of an epoch starts
     /// its replicated count at the offset before it.
     mutating func replicationWillSequence(_ topic: String) {
-        guard let t = topics[topic], t.replication.epoch != t.epoch else { return }
-        topics[topic]?.replication.epoch = t.epoch
-        topics[topic]?.replication.through = t.offset
+        guard let t = topics[topic], t.stream.replication.epoch != t.stream.epoch else { return }
+        topics[topic]?.stream.replication.epoch = t.stream.epoch
+        topics[topic]?.stream.replication.through = t.stream.offset
     }
 
     /// A replica's report, on its way to the home or arrived there.
@@ -113,20 +113,20 @@ extension RelayCore {
             route(.replicated(topic: topic, epoch: epoch, from: from, to: to, home: home), to: home)
             return
         }
-        guard let t = topics[topic], isHome(topic), t.replication.epoch == epoch else { return }
-        var r = t.replication
-        if from <= r.through.saturatingAdd(1), to > r.through { r.through = t.epoch == epoch ? min(to, t.offset) : to }
-        topics[topic]?.replication = r
+        guard let t = topics[topic], isHome(topic), t.stream.replication.epoch == epoch else { return }
+        var r = t.stream.replication
+        if from <= r.through.saturatingAdd(1), to > r.through { r.through = t.stream.epoch == epoch ? min(to, t.stream.offset) : to }
+        topics[topic]?.stream.replication = r
         releaseAcknowledgments(topic)
     }
 
     /// Answers every pending publish the replica now holds.
     mutating func releaseAcknowledgments(_ topic: String) {
-        guard let t = topics[topic], !t.replication.pending.isEmpty else { return }
-        let r = t.replication
+        guard let t = topics[topic], !t.stream.replication.pending.isEmpty else { return }
+        let r = t.stream.replication
         let held = r.pending.prefix { $0.position.epoch == r.epoch && $0.position.offset <= r.through }
         guard !held.isEmpty else { return }
-        topics[topic]?.replication.pending.removeFirst(held.count)
+        topics[topic]?.stream.replication.pending.removeFirst(held.count)
         for ack in held {
             answer(ack.origin, .success(.published(topic: topic, position: ack.position, duplicate: ack.duplicate)))
         }
@@ -134,20 +134,20 @@ extension RelayCore {
 
     /// Fails every pending acknowledgment of `topic` with `reason` (the home moved, or time ran out).
     mutating func failAcknowledgments(_ topic: String, where expired: (PendingAck) -> Bool, _ reason: String) {
-        guard let t = topics[topic], !t.replication.pending.isEmpty else { return }
-        let failing = t.replication.pending.filter(expired)
+        guard let t = topics[topic], !t.stream.replication.pending.isEmpty else { return }
+        let failing = t.stream.replication.pending.filter(expired)
         guard !failing.isEmpty else { return }
-        topics[topic]?.replication.pending.removeAll(where: expired)
+        topics[topic]?.stream.replication.pending.removeAll(where: expired)
         for ack in failing { answer(ack.origin, .failure(TernError(.internalError, reason))) }
     }
 
     mutating func ackTimedOut(_ topic: String, now: TernInstant) {
-        guard let t = topics[topic], t.replication.timeoutAt != nil else { return }
-        topics[topic]?.replication.timeoutAt = nil
+        guard let t = topics[topic], t.stream.replication.timeoutAt != nil else { return }
+        topics[topic]?.stream.replication.timeoutAt = nil
         failAcknowledgments(topic, where: { $0.expires <= now },
             "'\(topic)' was sequenced but no second region confirmed it within home_timeout; retry with the same id")
-        if let next = topics[topic]?.replication.pending.first?.expires {
-            topics[topic]?.replication.timeoutAt = next
+        if let next = topics[topic]?.stream.replication.pending.first?.expires {
+            topics[topic]?.stream.replication.timeoutAt = next
             schedule(next, .ackTimeout(topic))
         }
         sweepIfIdle(topic, now: now)
@@ -162,18 +162,18 @@ extension RelayCore {
         }
         guard case .success(let options) = namespaceOptions(for: topic), home != config.region else { return }
         ensureTopic(topic, options, now: now)
-        if topics[topic]?.replicaOf != home {
-            withTopic(topic) { $0.logHeldFailoverPublications(of: home) }
+        if topics[topic]?.stream.replicaOf != home {
+            withTopic(topic) { $0.stream.logHeldFailoverPublications(of: home) }
         }
-        topics[topic]?.replicaOf = home
+        topics[topic]?.stream.replicaOf = home
         // A replica that holds nothing yet asks for the stream from where the replicated count stands,
         // so it receives, and can confirm, what waits for it.
-        if topics[topic]?.synced == false, topics[topic]?.awaitingFrom == nil, mesh!.upstream[topic] == nil {
-            topics[topic]?.sync = .unsynced(from: from)
+        if topics[topic]?.stream.synced == false, topics[topic]?.stream.awaitingFrom == nil, mesh!.upstream[topic] == nil {
+            topics[topic]?.stream.sync = .unsynced(from: from)
         }
         topics[topic]?.lastActivity = now
         // What it already holds counts at once (it may have followed the topic as a cache).
-        if topics[topic]?.replicaRun != nil { mesh!.replicaReports.insert(topic) }
+        if topics[topic]?.stream.replicaRun != nil { mesh!.replicaReports.insert(topic) }
         reconcileInterest(topic, now: now)
     }
 
@@ -182,8 +182,8 @@ extension RelayCore {
             route(.unfollow(topic: topic, replica: replica), to: replica)
             return
         }
-        guard topics[topic]?.replicaOf != nil else { return }
-        topics[topic]?.replicaOf = nil
+        guard topics[topic]?.stream.replicaOf != nil else { return }
+        topics[topic]?.stream.replicaOf = nil
         reconcileInterest(topic, now: now)
         sweepIfIdle(topic, now: now)
     }
@@ -194,15 +194,15 @@ extension RelayCore {
         let topic = publication.topic
         guard mesh != nil, let t = topics[topic] else { return }
         let p = publication.position
-        if var run = t.replicaRun, run.epoch == p.epoch, p.offset.follows(run.to) {
+        if var run = t.stream.replicaRun, run.epoch == p.epoch, p.offset.follows(run.to) {
             run.to = p.offset
-            topics[topic]?.replicaRun = run
-        } else if let run = t.replicaRun, run.epoch == p.epoch, p.offset >= run.from, p.offset <= run.to {
+            topics[topic]?.stream.replicaRun = run
+        } else if let run = t.stream.replicaRun, run.epoch == p.epoch, p.offset >= run.from, p.offset <= run.to {
             return
         } else {
-            topics[topic]?.replicaRun = ReplicaRun(epoch: p.epoch, from: p.offset, to: p.offset)
+            topics[topic]?.stream.replicaRun = ReplicaRun(epoch: p.epoch, from: p.offset, to: p.offset)
         }
-        if t.replicaOf != nil { mesh!.replicaReports.insert(topic) }
+        if t.stream.replicaOf != nil { mesh!.replicaReports.insert(topic) }
     }
 
     /// After a batch: each replica tells its home what it now holds, once per topic.
@@ -211,7 +211,7 @@ extension RelayCore {
         let reports = mesh!.replicaReports.sorted()
         mesh!.replicaReports.removeAll()
         for topic in reports {
-            guard let t = topics[topic], let home = t.replicaOf, let run = t.replicaRun else { continue }
+            guard let t = topics[topic], let home = t.stream.replicaOf, let run = t.stream.replicaRun else { continue }
             route(.replicated(topic: topic, epoch: run.epoch, from: run.from, to: run.to, home: home), to: home)
         }
     }
@@ -238,14 +238,14 @@ struct HomeRecovery: Sendable {
 extension RelayCore {
     /// At a fresh home: a child named `held`, a position in this region's own epoch.
     mutating func beginRecovery(_ topic: String, held: StreamPosition, now: TernInstant) {
-        topics[topic]?.epoch = held.epoch
-        topics[topic]?.offset = held.offset
+        topics[topic]?.stream.epoch = held.epoch
+        topics[topic]?.stream.offset = held.offset
         let deadline = now + mesh!.config.linkReadTimeout
-        topics[topic]?.recovery = HomeRecovery(held: held, deadline: deadline)
+        topics[topic]?.stream.recovery = HomeRecovery(held: held, deadline: deadline)
         // Nothing is served or sequenced here until the epoch is known.
-        topics[topic]?.sync = .unsynced(from: nil)
+        topics[topic]?.stream.sync = .unsynced(from: nil)
         askForRecovery(topic)
-        if topics[topic]?.recovery?.asked.isEmpty ?? true {
+        if topics[topic]?.stream.recovery?.asked.isEmpty ?? true {
             finishRecovery(topic, now: now)
             return
         }
@@ -254,9 +254,9 @@ extension RelayCore {
 
     /// Asks every reachable region not asked yet.
     mutating func askForRecovery(_ topic: String) {
-        guard let mesh, let r = topics[topic]?.recovery else { return }
+        guard let mesh, let r = topics[topic]?.stream.recovery else { return }
         for region in mesh.config.graph.regions where region != config.region && canReach(region) && !r.asked.contains(region) {
-            topics[topic]?.recovery?.asked.insert(region)
+            topics[topic]?.stream.recovery?.asked.insert(region)
             route(.recover(topic: topic, home: config.region, replica: region, after: StreamPosition(epoch: r.held.epoch, offset: 0)),
                   to: region)
         }
@@ -264,9 +264,9 @@ extension RelayCore {
 
     /// A child named a position further on in the epoch being recovered.
     mutating func noteHeld(_ topic: String, _ position: StreamPosition) {
-        guard var r = topics[topic]?.recovery, position.epoch == r.held.epoch, position.offset > r.held.offset else { return }
+        guard var r = topics[topic]?.stream.recovery, position.epoch == r.held.epoch, position.offset > r.held.offset else { return }
         r.held = position
-        topics[topic]?.recovery = r
+        topics[topic]?.stream.recovery = r
     }
 
     /// At an asked region (or on the way there): answers with every publication of the epoch it holds after `after`.
@@ -278,11 +278,11 @@ extension RelayCore {
         var position: StreamPosition?
         if let t = topics[topic] {
             // The ring before this region's last fork holds the epoch it forked from.
-            let held = (t.priorHistory?.all ?? []) + t.history.all
+            let held = (t.stream.priorHistory?.all ?? []) + t.stream.history.all
             for p in held where p.position.epoch == after.epoch && p.position.offset > after.offset {
                 route(.recovered(topic: topic, home: home, replica: replica, publication: p, position: nil), to: home)
             }
-            if t.synced, t.epoch == after.epoch { position = t.position }
+            if t.stream.synced, t.stream.epoch == after.epoch { position = t.stream.position }
         }
         route(.recovered(topic: topic, home: home, replica: replica, publication: nil, position: position), to: home)
     }
@@ -294,7 +294,7 @@ extension RelayCore {
             route(.recovered(topic: topic, home: home, replica: region, publication: publication, position: position), to: home)
             return
         }
-        guard let recovery = topics[topic]?.recovery else {
+        guard let recovery = topics[topic]?.stream.recovery else {
             if let p = publication, p.topic == topic {
                 if isHome(topic) { resequenceUnrecovered(p, now: now) } else { rememberDeliveredBefore(p, now: now) }
             }
@@ -302,18 +302,18 @@ extension RelayCore {
         }
         if let p = publication {
             guard p.position.epoch == recovery.held.epoch, p.topic == topic else { return }
-            if let newest = topics[topic]?.history.newest, newest.position.offset >= p.position.offset { return }
+            if let newest = topics[topic]?.stream.history.newest, newest.position.offset >= p.position.offset { return }
             var p = p
             p.acceptedAt = now
-            topics[topic]?.history.append(p)
-            if !p.id.isEmpty { topics[topic]?.idempotency.remember(p.id, position: p.position, now: now, mark: joinSerial) }
+            topics[topic]?.stream.history.append(p)
+            if !p.id.isEmpty { topics[topic]?.stream.idempotency.remember(p.id, position: p.position, now: now, mark: joinSerial) }
             return
         }
         // Only the regions this recovery asked can end it: another region's end of answer is for an
         // earlier request (a `learnEpochBefore` this region sent while it was not the home).
         guard recovery.asked.contains(region) else { return }
-        topics[topic]?.recovery?.answered.insert(region)
-        guard let r = topics[topic]?.recovery else { return }
+        topics[topic]?.stream.recovery?.answered.insert(region)
+        guard let r = topics[topic]?.stream.recovery else { return }
         let successor = mesh.flatMap { Rendezvous.ranking(topic: topic, regions: $0.config.graph.regions).first { $0 != config.region } }
         if r.answered.isSuperset(of: r.asked), successor.map(r.answered.contains) ?? true { finishRecovery(topic, now: now) }
     }
@@ -323,7 +323,7 @@ extension RelayCore {
     /// did not), but it was acknowledged: sequence it again, once, under its id. Regions that delivered
     /// it before skip their subscribers that have it (region-level id memory); the others deliver it.
     mutating func resequenceUnrecovered(_ p: Publication, now: TernInstant) {
-        guard isHome(p.topic), let adopted = topics[p.topic]?.adoptedFrom, !p.id.isEmpty,
+        guard isHome(p.topic), let adopted = topics[p.topic]?.stream.adoptedFrom, !p.id.isEmpty,
               p.position.epoch == adopted.epoch, p.position.offset > adopted.offset,
               p.position.offset < adopted.offset.saturatingAdd(Self.adoptionJump) else { return }
         _ = publish(topic: p.topic, id: p.id, data: p.data, user: p.user, volatile: false, now: now)
@@ -335,7 +335,7 @@ extension RelayCore {
     /// canonical home sequences them again after the heal, the subscribers that resumed from at or past
     /// them have them, and skip them.
     mutating func learnEpochBefore(_ topic: String, from: StreamPosition, upstream: String) {
-        guard mesh != nil, from.offset > 0, let canonical = topics[topic]?.canonicalHome,
+        guard mesh != nil, from.offset > 0, let canonical = topics[topic]?.stream.canonicalHome,
               !from.epoch.hasPrefix(canonical + ".") else { return }
         route(.recover(topic: topic, home: config.region, replica: upstream, after: StreamPosition(epoch: from.epoch, offset: 0)),
               to: upstream)
@@ -345,30 +345,30 @@ extension RelayCore {
     /// stands, which its subscribers that resumed from at or past it have.
     mutating func rememberDeliveredBefore(_ p: Publication, now: TernInstant) {
         withTopic(p.topic) { t in
-            guard !p.id.isEmpty, p.position.epoch == t.epoch, p.position.offset <= t.offset,
-                  t.idempotency.entry(of: p.id, now: now) == nil else { return }
+            guard !p.id.isEmpty, p.position.epoch == t.stream.epoch, p.position.offset <= t.stream.offset,
+                  t.stream.idempotency.entry(of: p.id, now: now) == nil else { return }
             // Mark 0: no subscriber is known to have it by when it joined, only by where it resumed.
-            t.idempotency.remember(p.id, position: p.position, now: now, mark: 0)
+            t.stream.idempotency.remember(p.id, position: p.position, now: now, mark: 0)
         }
     }
 
     mutating func recoveryTimedOut(_ topic: String, now: TernInstant) {
-        guard let recovery = topics[topic]?.recovery, recovery.deadline <= now else { return }
+        guard let recovery = topics[topic]?.stream.recovery, recovery.deadline <= now else { return }
         finishRecovery(topic, now: now)
     }
 
     /// Continues the epoch past the newest position known (recovered or named by a child), then serves
     /// everyone who waited and sequences the publishes held meanwhile.
     mutating func finishRecovery(_ topic: String, now: TernInstant) {
-        guard let recovery = topics[topic]?.recovery else { return }
+        guard let recovery = topics[topic]?.stream.recovery else { return }
         var base = recovery.held
-        if let newest = topics[topic]?.history.newest, newest.position.epoch == base.epoch, newest.position.offset > base.offset {
+        if let newest = topics[topic]?.stream.history.newest, newest.position.epoch == base.epoch, newest.position.offset > base.offset {
             base = newest.position
         }
-        topics[topic]?.start = .continued(from: base)
-        topics[topic]?.epoch = base.epoch
-        topics[topic]?.offset = base.offset.saturatingAdd(Self.adoptionJump)
-        topics[topic]?.sync = .current
+        topics[topic]?.stream.start = .continued(from: base)
+        topics[topic]?.stream.epoch = base.epoch
+        topics[topic]?.stream.offset = base.offset.saturatingAdd(Self.adoptionJump)
+        topics[topic]?.stream.sync = .current
         becameSynced(topic, now: now)
         for ref in mesh!.pending.keys.sorted() where mesh!.pending[ref]?.topic == topic && mesh!.pending[ref]?.sentVia == nil {
             forwardPending(ref)

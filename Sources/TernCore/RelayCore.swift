@@ -129,10 +129,9 @@ public struct RelayCore: Sendable {
 
     struct TopicState: Sendable {
         var options: NamespaceOptions
-        var epoch: String
-        var offset: UInt64 = 0
-        var history: HistoryRing
-        var idempotency: IdempotencyCache
+        /// The topic's stream at this region: epoch, offset, history, idempotency, and the replica and
+        /// failover state (`TopicStream`).
+        var stream: TopicStream
         /// Local subscribers, each with the region's subscription serial when it joined and the
         /// position it said it had seen up to.
         var subscribers = IndexedMap<ClientID, Joined>()
@@ -145,48 +144,8 @@ public struct RelayCore: Sendable {
         var lastActivity: TernInstant
         /// When a sweep of this topic is already scheduled.
         var sweepAt: TernInstant?
-        /// Where this region's copy of the stream stands against the home's.
-        var sync = StreamSync.current
+        /// Subscribes waiting for the stream to be positioned.
         var pendingSubscribes: [(client: ClientID, ref: UInt64?, since: StreamPosition?)] = []
-        /// Whether this region left the canonical epoch (and where), and the ids it delivered in
-        /// failover epochs since, so the merge after a heal skips them for the subscribers that have them.
-        var lineage = Lineage.unforked(delivered: [:])
-        /// After a heal, the ids not to deliver again while the canonical stream catches this region up.
-        var merge: MergeWindow?
-        /// The ring of the epoch before the last switch, to catch up children still in it. While this
-        /// region has a fork, it keeps the ring of the fork's epoch through later switches: that epoch
-        /// is the one children (and a recovering home) may still need from here.
-        var priorHistory: HistoryRing?
-        /// Whether `priorHistory` is the ring of the fork's epoch, to keep through a switch.
-        var holdsForkHistory: Bool {
-            guard let fork, let newest = priorHistory?.newest else { return false }
-            return newest.position.epoch == fork.epoch
-        }
-        /// Publications this region sequenced as a failover home, to re-sequence at the canonical home.
-        var failoverLog: [Publication] = []
-        /// How this stream began at a home: fresh, recovering a restarted home's epoch, or continued
-        /// past the adoption jump (`StreamStart`).
-        var start = StreamStart.established
-        /// The last epoch switch this region made, so children standing where it stood can follow.
-        var lastSwitch: (from: StreamPosition, to: StreamPosition)?
-        /// At the home: the replica and the acknowledgments waiting for it.
-        var replication = ReplicationState()
-        /// At a replica: the home this region follows the topic for, whether or not it has subscribers.
-        var replicaOf: String?
-        /// The region that sequences this topic when every region is alive.
-        var canonicalHome = ""
-        /// What this region has received of the stream, contiguously, for replica reports.
-        var replicaRun: ReplicaRun?
-        var position: StreamPosition { StreamPosition(epoch: epoch, offset: offset) }
-        /// Positioned in the stream (current, or being caught up).
-        var synced: Bool { if case .unsynced = sync { false } else { true } }
-        /// Positioned, and the upstream is catching this region up.
-        var resyncing: Bool { sync == .catchingUp }
-        /// While unsynced: where this region asked its upstream to start.
-        var awaitingFrom: StreamPosition? { if case .unsynced(let from) = sync { from } else { nil } }
-        /// The upstream is to catch this region up (a gap, a new parent, a lost link): a positioned
-        /// stream waits for it; one not yet positioned waits as it was.
-        mutating func catchUp() { if synced { sync = .catchingUp } }
     }
 
     /// Where a region's copy of a topic's stream stands against the home's.
@@ -234,8 +193,8 @@ public struct RelayCore: Sendable {
 
     let encoder: any ServerMessageEncoding
     var rng: SplitMix64
-    var clients: [ClientID: ClientState] = [:]
-    var topics: [String: TopicState] = [:]
+    var clients = TrackedMap<ClientID, ClientState>()
+    var topics = TrackedMap<String, TopicState>()
     var deadlines = Heap<Deadline>()
     var deadlineSequence: UInt64 = 0
     var acceptBucket: TokenBucket
@@ -270,6 +229,8 @@ public struct RelayCore: Sendable {
         self.encoder = encoder
         self.rng = SplitMix64(seed: seed)
         self.acceptBucket = TokenBucket(rate: config.limits.acceptRatePerSecond, burst: config.limits.acceptBurst, now: now)
+        clients.tracking = config.checkInvariants
+        topics.tracking = config.checkInvariants
         if let meshConfig = config.mesh {
             let incarnation = meshConfig.incarnation != 0 ? meshConfig.incarnation : rng.next() >> 1
             var state = MeshState(config: meshConfig, incarnation: incarnation,
@@ -336,7 +297,7 @@ public struct RelayCore: Sendable {
     public internal(set) var queuedBytes = 0
 
     /// The current position of `topic`'s stream, if the relay holds it.
-    public func position(of topic: String) -> StreamPosition? { topics[topic]?.position }
+    public func position(of topic: String) -> StreamPosition? { topics[topic]?.stream.position }
 
     // MARK: - Connections
 
@@ -496,22 +457,24 @@ public struct RelayCore: Sendable {
         let generation = String(rng.next() & 0xFFFF_FFFF, radix: 16)
         topics[topic] = TopicState(
             options: options,
-            epoch: "\(config.region).\(generation)",
-            history: HistoryRing(capacity: options.historySize, ttl: options.historyTTL),
-            idempotency: IdempotencyCache(capacity: config.limits.idempotencyCapacity, window: config.limits.idempotencyWindow),
+            stream: TopicStream(
+                epoch: "\(config.region).\(generation)",
+                history: HistoryRing(capacity: options.historySize, ttl: options.historyTTL),
+                idempotency: IdempotencyCache(capacity: config.limits.idempotencyCapacity, window: config.limits.idempotencyWindow)
+            ),
             lastActivity: now
         )
         let canonical = canonicalHome(of: topic)
-        topics[topic]?.canonicalHome = canonical
+        topics[topic]?.stream.canonicalHome = canonical
         // The home it has now, so the next topology change that moves it here (or away) is seen as a move.
         if mesh != nil { mesh!.lastHome[topic] = home(of: topic) }
         if !isHome(topic) {
             // A regional cache: its epoch and offset come from upstream.
-            topics[topic]?.sync = .unsynced(from: nil)
-            topics[topic]?.epoch = ""
+            topics[topic]?.stream.sync = .unsynced(from: nil)
+            topics[topic]?.stream.epoch = ""
         } else {
             // Nothing sequenced or served yet: a restarted home may still adopt an epoch a child holds.
-            if mesh != nil { topics[topic]?.start = .fresh }
+            if mesh != nil { topics[topic]?.stream.start = .fresh }
         }
         stats.topics += 1
     }
@@ -522,21 +485,21 @@ public struct RelayCore: Sendable {
     mutating func sweepIfIdle(_ topic: String, now: TernInstant) {
         guard var state = topics[topic] else { return }
         guard state.subscribers.isEmpty, state.presence.count == 0, state.pollWaiters.isEmpty, state.pendingSubscribes.isEmpty,
-              state.replication.pending.isEmpty, state.replicaOf == nil, state.failoverLog.isEmpty else { return }
+              state.stream.replication.pending.isEmpty, state.stream.replicaOf == nil, state.stream.failoverLog.isEmpty else { return }
         if let mesh {
             // At the home, the replica following the topic does not keep it alive: it is told to stop when the topic goes.
             let children = mesh.children[topic]?.orderedKeys ?? []
-            let onlyReplica = isHome(topic) && children.allSatisfy { $0 == state.replication.replica }
+            let onlyReplica = isHome(topic) && children.allSatisfy { $0 == state.stream.replication.replica }
             if (!children.isEmpty && !onlyReplica) || mesh.upstream[topic] != nil || mesh.awaitingSync[topic] != nil { return }
         }
-        state.history.expire(now: now)
+        state.stream.history.expire(now: now)
         // Idempotency ids must outlive the stream's own linger, or a late retry would be delivered twice.
         let lingerEnds = state.lastActivity + max(config.limits.streamLinger, config.limits.idempotencyWindow)
-        if state.history.isEmpty, lingerEnds <= now {
+        if state.stream.history.isEmpty, lingerEnds <= now {
             releaseReplica(topic)
             removeTopic(topic)
         } else {
-            let at = max(lingerEnds, state.history.nextExpiry ?? lingerEnds)
+            let at = max(lingerEnds, state.stream.history.nextExpiry ?? lingerEnds)
             if state.sweepAt == nil || state.sweepAt! > at {
                 state.sweepAt = at
                 schedule(at, .topicSweep(topic))
@@ -577,23 +540,23 @@ public struct RelayCore: Sendable {
         topics[topic]?.subscribers[client] = Joined(serial: joinSerial, since: since)
         topics[topic]?.lastActivity = now
         stats.subscriptions += 1
-        guard topics[topic]?.synced == true else { return .success(nil) }
+        guard topics[topic]?.stream.synced == true else { return .success(nil) }
         reconcileInterest(topic, now: now)
         return .success(subscribeReply(topic, since: since, now: now))
     }
 
     /// The stream's position and, when asked, everything after `since` from this region's ring.
     mutating func subscribeReply(_ topic: String, since: StreamPosition?, now: TernInstant) -> SubscribeReply {
-        topics[topic]?.fresh = false
-        let current = topics[topic]?.position ?? StreamPosition(epoch: "", offset: 0)
+        topics[topic]?.stream.fresh = false
+        let current = topics[topic]?.stream.position ?? StreamPosition(epoch: "", offset: 0)
         var reply = SubscribeReply(topic: topic, position: current, recovered: nil, failure: nil, publications: [])
-        if let since, let adopted = topics[topic]?.adoptedFrom, since.epoch == adopted.epoch, current.epoch == adopted.epoch,
+        if let since, let adopted = topics[topic]?.stream.adoptedFrom, since.epoch == adopted.epoch, current.epoch == adopted.epoch,
            since.offset < adopted.offset.saturatingAdd(Self.adoptionJump), current.offset >= adopted.offset.saturatingAdd(Self.adoptionJump) {
             // A restarted home continued this epoch past a jump: a client from before the jump resyncs.
             reply.recovered = false
             reply.failure = .evicted
         } else if let since {
-            switch topics[topic]?.history.publications(after: since, current: current, now: now) ?? .failed(.evicted) {
+            switch topics[topic]?.stream.history.publications(after: since, current: current, now: now) ?? .failed(.evicted) {
             case .recovered(let publications):
                 // The reply must fit the client's send queue, or the client would be closed on every retry.
                 let bytes = publications.reduce(0) { $0 + $1.data.utf8.count + $1.topic.utf8.count + 96 }
@@ -693,22 +656,22 @@ public struct RelayCore: Sendable {
             id = generatedPublishID()
         }
         let failoverHome = mesh != nil && canonicalHome(of: topic) != config.region
-        if !id.isEmpty, let earlier = topics[topic]?.idempotency.lookup(id, now: now) {
+        if !id.isEmpty, let earlier = topics[topic]?.stream.idempotency.lookup(id, now: now) {
             stats.duplicatePublishes += 1
             return .success(.published(topic: topic, position: earlier, duplicate: true))
         }
-        if topics[topic]?.recovery != nil {
+        if topics[topic]?.stream.recovery != nil {
             // Publishes wait for a recovering home (`forwardPending`); should one get here, the home
             // continues from what it knows rather than sequence into offsets it may not hold.
             finishRecovery(topic, now: now)
         }
-        guard let offset = topics[topic]?.offset, offset < UInt64.max else {
+        guard let offset = topics[topic]?.stream.offset, offset < UInt64.max else {
             // Only a peer's nonsense position could bring an epoch here; refuse rather than wrap.
             return .failure(TernError(.internalError, "'\(topic)' has no offsets left in its epoch"))
         }
         replicationWillSequence(topic)
-        topics[topic]?.offset += 1
-        topics[topic]?.fresh = false
+        topics[topic]?.stream.offset += 1
+        topics[topic]?.stream.fresh = false
         topics[topic]?.lastActivity = now
         let wall = wallNow
         var trace: [TraceHop]?
@@ -716,16 +679,16 @@ public struct RelayCore: Sendable {
             trace = [received ?? TraceHop(region: config.region, step: .received, at: wall),
                      TraceHop(region: config.region, step: .sequenced, at: wall)]
         }
-        guard let position = topics[topic]?.position else {
+        guard let position = topics[topic]?.stream.position else {
             return .failure(TernError(.internalError, "'\(topic)' went away while it was being published to"))
         }
         let publication = Publication(topic: topic, position: position, id: id, data: data, user: user, acceptedAt: now,
                                       sequencedAtWall: wall, trace: trace, firstPosition: firstAt)
-        topics[topic]?.history.append(publication)
+        topics[topic]?.stream.history.append(publication)
         // Delivered to every subscriber here right after, so its mark is the current subscription serial.
-        if !id.isEmpty { topics[topic]?.idempotency.remember(id, position: publication.position, now: now, mark: joinSerial) }
+        if !id.isEmpty { topics[topic]?.stream.idempotency.remember(id, position: publication.position, now: now, mark: joinSerial) }
         // A failover home keeps what it sequences until the canonical home has sequenced it again.
-        if failoverHome, (topics[topic]?.failoverLog.count ?? 0) < 100_000 { topics[topic]?.failoverLog.append(publication) }
+        if failoverHome, (topics[topic]?.stream.failoverLog.count ?? 0) < 100_000 { topics[topic]?.stream.failoverLog.append(publication) }
         stats.publications += 1
         deliver(publication, sequencedHere: true)
         sweepIfIdle(topic, now: now)
@@ -757,7 +720,7 @@ public struct RelayCore: Sendable {
         let inMesh = mesh != nil
         let now = clock
         let delivery = withTopic(topic) {
-            $0.delivery(of: publication, sequencedHere: sequencedHere, inMesh: inMesh, serial: serial, now: now)
+            $0.stream.delivery(of: publication, sequencedHere: sequencedHere, inMesh: inMesh, serial: serial, now: now)
         } ?? .everyone
         if case .again(let mark, let firstAt) = delivery {
             deliverAgain(publication, toSubscribersAfter: mark, firstAt: firstAt)
@@ -909,17 +872,17 @@ public struct RelayCore: Sendable {
             let options = optionsByTopic[topic]!
             ensureTopic(topic, options, now: now)
             topics[topic]?.lastActivity = now
-            if topics[topic]?.synced != true {
+            if topics[topic]?.stream.synced != true {
                 // This region's cache has not heard from upstream yet: answer once it has.
                 clients[client]?.pollNeedsSync.insert(topic)
                 if since != nil { clients[client]?.pollLostCursor.insert(topic) }
                 continue
             }
-            guard let current = topics[topic]?.position else { continue }
+            guard let current = topics[topic]?.stream.position else { continue }
             var recovered = true
             var failure: RecoveryFailure?
             if let since {
-                switch topics[topic]?.history.publications(after: since, current: current, now: now) ?? .failed(.evicted) {
+                switch topics[topic]?.stream.history.publications(after: since, current: current, now: now) ?? .failed(.evicted) {
                 case .recovered(let publications):
                     reply.publications += publications.map { p in
                         var plain = p
@@ -965,7 +928,7 @@ public struct RelayCore: Sendable {
         var reply = PollReply(publications: publications, topics: [], error: error)
         for topic in Set(state.cursor.keys).union(state.pollNeedsSync).sorted() {
             topics[topic]?.pollWaiters.removeValue(forKey: client)
-            var position = state.cursor[topic] ?? topics[topic]?.position ?? StreamPosition(epoch: "", offset: 0)
+            var position = state.cursor[topic] ?? topics[topic]?.stream.position ?? StreamPosition(epoch: "", offset: 0)
             if let last = publications.last(where: { $0.topic == topic }) { position = last.position }
             let lost = state.pollLostCursor.contains(topic)
             reply.topics.append(.init(topic: topic, position: position, recovered: !lost, failure: lost ? .evicted : nil))

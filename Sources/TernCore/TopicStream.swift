@@ -1,8 +1,71 @@
+/// One topic's stream at one region: where it stands (epoch and offset), what it holds (history and
+/// the ids it has seen), and its replica and failover state. The region's subscribers, presence and
+/// long-poll waiters live beside it in `RelayCore.TopicState`; every decision about the stream itself
+/// (catching up a child, taking over, switching epoch, merging after a heal, who gets a repeated
+/// publication) is a method here that returns a plan or an enum, unit-tested with no mesh
+/// (`TopicStreamTests`, `LineageTests`, `DeliveryDecisionTests`).
+struct TopicStream: Sendable {
+    var epoch: String
+    var offset: UInt64 = 0
+    var history: HistoryRing
+    var idempotency: IdempotencyCache
+    /// Where this region's copy of the stream stands against the home's.
+    var sync = RelayCore.StreamSync.current
+    /// Whether this region left the canonical epoch (and where), and the ids it delivered in
+    /// failover epochs since, so the merge after a heal skips them for the subscribers that have them.
+    var lineage = Lineage.unforked(delivered: [:])
+    /// After a heal, the ids not to deliver again while the canonical stream catches this region up.
+    var merge: MergeWindow?
+    /// The ring of the epoch before the last switch, to catch up children still in it. While this
+    /// region has a fork, it keeps the ring of the fork's epoch through later switches: that epoch
+    /// is the one children (and a recovering home) may still need from here.
+    var priorHistory: HistoryRing?
+    /// Publications this region sequenced as a failover home, to re-sequence at the canonical home.
+    var failoverLog: [Publication] = []
+    /// How this stream began at a home: fresh, recovering a restarted home's epoch, or continued
+    /// past the adoption jump (`StreamStart`).
+    var start = StreamStart.established
+    /// The last epoch switch this region made, so children standing where it stood can follow.
+    var lastSwitch: (from: StreamPosition, to: StreamPosition)?
+    /// At the home: the replica and the acknowledgments waiting for it.
+    var replication = ReplicationState()
+    /// At a replica: the home this region follows the topic for, whether or not it has subscribers.
+    var replicaOf: String?
+    /// The region that sequences this topic when every region is alive.
+    var canonicalHome = ""
+    /// What this region has received of the stream, contiguously, for replica reports.
+    var replicaRun: ReplicaRun?
+
+    init(epoch: String, history: HistoryRing, idempotency: IdempotencyCache) {
+        self.epoch = epoch
+        self.history = history
+        self.idempotency = idempotency
+    }
+
+    var position: StreamPosition { StreamPosition(epoch: epoch, offset: offset) }
+    /// Positioned in the stream (current, or being caught up).
+    var synced: Bool { if case .unsynced = sync { false } else { true } }
+    /// Positioned, and the upstream is catching this region up.
+    var resyncing: Bool { sync == .catchingUp }
+    /// While unsynced: where this region asked its upstream to start.
+    var awaitingFrom: StreamPosition? { if case .unsynced(let from) = sync { from } else { nil } }
+    /// The upstream is to catch this region up (a gap, a new parent, a lost link): a positioned
+    /// stream waits for it; one not yet positioned waits as it was.
+    mutating func catchUp() { if synced { sync = .catchingUp } }
+    /// Whether `priorHistory` is the ring of the fork's epoch, to keep through a switch.
+    var holdsForkHistory: Bool {
+        guard let fork, let newest = priorHistory?.newest else { return false }
+        return newest.position.epoch == fork.epoch
+    }
+    /// An empty ring with this stream's capacity and TTL.
+    var emptyRing: HistoryRing { HistoryRing(capacity: history.capacity, ttl: history.ttl) }
+}
+
 /// What a region sends a child region that asks for a topic from a position (`interest`): the
 /// publications it missed, an epoch switch where a failover, a merge or a restarted home moved the
 /// stream, and where the child stands afterwards, or a gap when the rings cannot fill it.
 ///
-/// Decided from the topic's own stream state alone (`TopicState.catchUpPlan`), with no mesh and no
+/// Decided from the topic's own stream state alone (`TopicStream.catchUpPlan`), with no mesh and no
 /// links, so the failover cases are unit-tested on their own (`TopicStreamTests`); the mesh turns
 /// the plan into link messages (`RelayCore.serveChild`).
 enum ChildCatchUp: Equatable, Sendable {
@@ -13,7 +76,7 @@ enum ChildCatchUp: Equatable, Sendable {
     case gap(at: StreamPosition, reason: RecoveryFailure)
 }
 
-extension RelayCore.TopicState {
+extension TopicStream {
     /// How to catch up a child that stands at `since` (nil: nowhere yet) and, after a failover it
     /// followed, left the canonical epoch at `fork`. `isHome` says whether this region is the
     /// topic's home. Expires what the history ring holds past its TTL, as every ring read does.
@@ -116,7 +179,7 @@ struct MergeWindow: Sendable {
     var until: TernInstant
 }
 
-extension RelayCore.TopicState {
+extension TopicStream {
     /// Where this region left the canonical epoch, if it did.
     var fork: StreamPosition? { lineage.fork }
 
@@ -137,7 +200,7 @@ extension RelayCore.TopicState {
             idempotency.remember(p.id, position: p.position, now: now, mark: serial)
         }
         fresh = false
-        history = HistoryRing(capacity: options.historySize, ttl: options.historyTTL)
+        history = emptyRing
         epoch = newEpoch
         offset = 0
         let wasSynced = synced
@@ -151,7 +214,7 @@ extension RelayCore.TopicState {
     mutating func switchEpoch(from: StreamPosition, to: StreamPosition, canonical: String, serial: UInt64, mergeUntil: TernInstant) {
         noteEpochSwitch(from: from, to: to, canonical: canonical, serial: serial, mergeUntil: mergeUntil)
         if !holdsForkHistory { priorHistory = history }
-        history = HistoryRing(capacity: options.historySize, ttl: options.historyTTL)
+        history = emptyRing
         epoch = to.epoch
         offset = to.offset
         lastSwitch = (from, to)
@@ -160,7 +223,7 @@ extension RelayCore.TopicState {
     /// The upstream could not fill this region's gap: the stream restarts at `position`, empty.
     /// Subscribers here are told to resync, so what they had since a fork no longer needs merging.
     mutating func reset(to position: StreamPosition) {
-        history = HistoryRing(capacity: options.historySize, ttl: options.historyTTL)
+        history = emptyRing
         epoch = position.epoch
         offset = position.offset
         sync = .current
@@ -252,7 +315,7 @@ enum StreamStart: Sendable {
     case established
 }
 
-extension RelayCore.TopicState {
+extension TopicStream {
     /// Whether nothing has been sequenced in or served from this home's stream yet. Setting it false
     /// marks the stream used (only a fresh one changes).
     var fresh: Bool {
@@ -275,7 +338,7 @@ extension RelayCore.TopicState {
     var adoptedFrom: StreamPosition? { if case .continued(let from) = start { from } else { nil } }
 }
 
-extension RelayCore.TopicState {
+extension TopicStream {
     /// This region becomes the replica of `home`. When `home` is a failover home, the replica keeps
     /// its log too, so it outlives that home's crash; what this region already holds of the home's
     /// epoch (it followed the topic as a cache before) counts towards the home's acknowledgments at
@@ -299,7 +362,7 @@ enum Delivery: Equatable, Sendable {
     case again(toSubscribersAfter: UInt64, firstAt: StreamPosition?)
 }
 
-extension RelayCore.TopicState {
+extension TopicStream {
     /// Decides who gets `publication` here, and remembers that everyone here has it now.
     ///
     /// A publication comes again after a heal (the canonical home sequences the failover epoch's
@@ -335,5 +398,75 @@ extension RelayCore.TopicState {
             }
         }
         return delivery
+    }
+}
+
+/// Where a publication relayed from upstream falls in this region's stream.
+enum Placement: Equatable, Sendable {
+    /// The next one: append and deliver it.
+    case next
+    /// Already here (or the upstream is catching this region up anyway): drop it.
+    case stale
+    /// Past a gap: this region asks its upstream again from `from` (having left the canonical epoch
+    /// at `fork`, when it did).
+    case behind(from: StreamPosition, fork: StreamPosition?)
+}
+
+extension TopicStream {
+    /// Where a publication at `position`, relayed from upstream, falls; past a gap, the stream waits
+    /// to be caught up.
+    mutating func place(_ position: StreamPosition) -> Placement {
+        guard position.epoch == epoch, position.offset.follows(offset) else {
+            let stale = position.epoch == epoch && position.offset <= offset
+            if stale || resyncing { return .stale }
+            catchUp()
+            return .behind(from: self.position, fork: fork)
+        }
+        return .next
+    }
+
+    /// Appends the next publication relayed from upstream. The replica of a failover home logs it
+    /// too, so that home's log outlives its crash.
+    mutating func append(relayed publication: Publication) {
+        offset = publication.position.offset
+        history.append(publication)
+        if let home = replicaOf, home != canonicalHome, publication.position.epoch.hasPrefix(home + "."),
+           failoverLog.count < 100_000 {
+            failoverLog.append(publication)
+        }
+    }
+
+    /// Whether an upstream's `caughtUp` or `gap` names a position behind where this region already stands
+    /// in the same epoch. No upstream serving this region sends that (one that is behind waits until it
+    /// has caught up), so it is a stale message: sent before this region last left that upstream, and
+    /// delivered after it came back to it. Obeying it would move the stream backwards.
+    func isBehind(_ position: StreamPosition) -> Bool {
+        synced && position.epoch == epoch && position.offset < offset
+    }
+
+    /// Sets a cache's position as its upstream states it. A history of another epoch, or reaching past
+    /// the position (a former failover home's own epoch, say), no longer describes this stream: it goes,
+    /// so the ring holds only the current epoch up to the current offset. Clients recovering into it get
+    /// a gap notice, never another stream's publications.
+    mutating func adopt(_ position: StreamPosition) {
+        if let newest = history.newest, newest.position.epoch != position.epoch || newest.position.offset > position.offset {
+            history = emptyRing
+        }
+        epoch = position.epoch
+        offset = position.offset
+    }
+}
+
+extension TopicStream {
+    /// What is inconsistent in this stream, if anything, as a phrase that follows the topic's name.
+    /// `isHome` says whether this region is the topic's home now.
+    func problem(isHome: Bool) -> String? {
+        if isHome, recovery == nil, epoch.isEmpty || !synced { return "is homed here but has no stream of its own (\(sync))" }
+        if !history.isOrdered { return "has a history not in increasing offsets of one epoch" }
+        if history.count > history.capacity { return "has a history holding \(history.count) of \(history.capacity)" }
+        if synced, let last = history.newest, last.position.epoch == epoch, last.position.offset > offset {
+            return "stands at \(position) but its history holds \(last.position)"
+        }
+        return nil
     }
 }

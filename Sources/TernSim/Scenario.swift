@@ -170,9 +170,10 @@ public struct Scenario: Sendable {
     public var faults: [ScheduledFault] = []
     public var invariants = Invariants()
     public var debug = DebugFaults()
-    /// Items each relay's invariant check visits per event, on average (`RelayCoreConfig.invariantBudgetPerEvent`):
-    /// small cores are checked after every event, large ones after every size/budget events.
-    public var invariantBudgetPerEvent = 32
+    /// Items each relay's full invariant sweep visits per event, on average (`RelayCoreConfig.invariantBudgetPerEvent`):
+    /// small cores are swept after every event, large ones after every size/budget events. Whatever
+    /// the size, every client and topic an event changed is checked after that event.
+    public var invariantBudgetPerEvent = 8
 }
 
 /// A problem in a scenario file, with its line.

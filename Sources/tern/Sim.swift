@@ -36,8 +36,8 @@ struct SimCommand: ParsableCommand {
     var checkDeterminism = false
 
     @Option(name: .long, help: ArgumentHelp(
-        "Items each relay's invariant check may visit per event on average (default 32).",
-        discussion: "A relay with fewer clients, topics and queued link messages than this is checked after every event; a larger one after every size/budget events. Use a large value to check after every event."))
+        "Items each relay's full invariant sweep may visit per event on average (default 8).",
+        discussion: "After every event, each relay checks every client and topic that event changed. It also sweeps its whole state: after every event when it holds fewer clients, topics and queued link messages than this, otherwise after every size/budget events. Use a large value to sweep after every event."))
     var invariantBudget: Int?
 
     @Option(name: .long, help: "Override every namespace's acknowledgment mode: replicated or leader (to compare their cost).")

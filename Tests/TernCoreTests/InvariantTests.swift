@@ -64,3 +64,61 @@ struct InvariantTests {
         #expect(meshCore.invariantFailures.contains { $0.contains("mesh.lastHome still holds news:gone") }, "\(meshCore.invariantFailures)")
     }
 }
+
+@Suite("Core invariants, checked after every event on a large core")
+struct ChangedStateInvariantTests {
+    /// A core with 60 subscribed clients whose full sweep runs only every 60 or so events, so that
+    /// what is caught after the next event is caught by the check of what that event changed.
+    func largeCore() -> RelayCore {
+        var config = RelayCoreConfig(region: "a", namespaces: InvariantTests.namespaces)
+        config.checkInvariants = true
+        config.invariantBudgetPerEvent = 1
+        var core = RelayCore(config: config, encoder: RecordingEncoder(), seed: 1, now: .zero)
+        for i in 1...60 {
+            let c = ClientID(UInt64(i))
+            _ = core.handle(.opened(c, .websocket), now: .zero)
+            _ = core.handle(.command(c, ref: 1, .connect(token: nil)), now: .zero)
+            _ = core.handle(.command(c, ref: 2, .subscribe(topic: i.isMultiple(of: 2) ? "news:x" : "news:y", since: nil)), now: .zero)
+        }
+        return core
+    }
+
+    /// Runs events until the full sweep is due, and returns how many ran before it.
+    func eventsUntilSweep(_ core: RelayCore) -> Int {
+        let size = core.clients.count + core.topics.count
+        return size - core.invariantLog.eventsSinceCheck - 1
+    }
+
+    @Test("a consistent large core passes the per-event check through publishes, closes and sweeps")
+    func consistent() {
+        var core = largeCore()
+        for i in 1...30 { _ = core.handle(.apiPublish(request: UInt64(i), topic: "news:x", id: "p\(i)", data: "\(i)"), now: .zero) }
+        for i in 1...20 { _ = core.handle(.closed(ClientID(UInt64(i))), now: .zero + .seconds(1)) }
+        _ = core.handle(.tick, now: .zero + .seconds(1_000))
+        #expect(core.invariantFailures.isEmpty, "\(core.invariantFailures)")
+        #expect(core.checkInvariants().isEmpty)
+    }
+
+    @Test("a broken subscriber list, queue count or trace is caught by the very next event, before the sweep")
+    func caughtBeforeTheSweep() {
+        var core = largeCore()
+        #expect(eventsUntilSweep(core) > 1)
+        core.topics["news:x"]!.subscribers.removeValue(forKey: ClientID(2))
+        _ = core.handle(.apiPublish(request: 1, topic: "news:y", id: "q1", data: "1"), now: .zero)
+        #expect(core.invariantFailures.contains { $0.contains("topics list 59 subscribers but clients hold 60 subscriptions") },
+                "\(core.invariantFailures)")
+
+        var queued = largeCore()
+        queued.queuedBytes += 7
+        _ = queued.handle(.apiPublish(request: 1, topic: "news:y", id: "q1", data: "1"), now: .zero)
+        #expect(queued.invariantFailures.contains { $0.contains("queuedBytes is") }, "\(queued.invariantFailures)")
+
+        var traced = largeCore()
+        traced.clients[ClientID(3)]!.traced.insert("news:x")
+        _ = traced.handle(.apiPublish(request: 1, topic: "news:y", id: "q1", data: "1"), now: .zero)
+        #expect(traced.invariantFailures.contains { $0.contains("client c3 traces news:x without being subscribed to it") },
+                "\(traced.invariantFailures)")
+        #expect(traced.invariantFailures.contains { $0.contains("news:x counts 0 traced subscribers but clients trace it 1 times") },
+                "\(traced.invariantFailures)")
+    }
+}

@@ -2,16 +2,15 @@ import Testing
 @testable import TernCore
 
 /// The failover and recovery cases of catching up a child region, decided from one topic's stream
-/// state with no mesh and no links (`TopicState.catchUpPlan`).
+/// state with no mesh and no links (`TopicStream.catchUpPlan`).
 @Suite("Catching up a child region, from the topic's stream alone")
 struct TopicStreamTests {
     static let now = TernInstant.zero + .seconds(10)
 
     /// A stream at `epoch`, holding the publications at `offsets` (sequenced at `now`).
-    static func stream(_ epoch: String, holding offsets: [UInt64], at offset: UInt64? = nil) -> RelayCore.TopicState {
-        var t = RelayCore.TopicState(options: NamespaceOptions(), epoch: epoch,
-                                     history: HistoryRing(capacity: 100, ttl: .seconds(300)),
-                                     idempotency: IdempotencyCache(capacity: 100, window: .seconds(60)), lastActivity: .zero)
+    static func stream(_ epoch: String, holding offsets: [UInt64], at offset: UInt64? = nil) -> TopicStream {
+        var t = TopicStream(epoch: epoch, history: HistoryRing(capacity: 100, ttl: .seconds(300)),
+                            idempotency: IdempotencyCache(capacity: 100, window: .seconds(60)))
         for o in offsets { t.history.append(pub(epoch, o)) }
         t.offset = offset ?? offsets.last ?? 0
         return t

@@ -1,0 +1,67 @@
+/// A dictionary that can remember which keys were changed (set, removed or given out in place)
+/// since it was last asked. The core keeps its clients and topics in one, so that with invariant
+/// checks on it checks, after every event, every client and topic that event changed
+/// (`RelayCore.checkChangedAfterEvent`), at a cost in proportion to the event's own work rather than
+/// to the whole state. With tracking off (a release relay) a change costs one branch more.
+///
+/// A key is recorded on any mutable access, whether or not the value actually changed: a check of
+/// an unchanged value is wasted work, never a missed change.
+struct TrackedMap<Key: Hashable & Sendable, Value: Sendable>: Sendable {
+    typealias Index = Dictionary<Key, Value>.Index
+
+    private(set) var storage: [Key: Value] = [:]
+    /// Whether changes are recorded.
+    var tracking = false
+    /// The keys changed since `takeChanged`.
+    private(set) var changed: Set<Key> = []
+
+    init() {}
+
+    subscript(key: Key) -> Value? {
+        get { storage[key] }
+        set {
+            if tracking { changed.insert(key) }
+            storage[key] = newValue
+        }
+        _modify {
+            if tracking { changed.insert(key) }
+            yield &storage[key]
+        }
+    }
+
+    var count: Int { storage.count }
+    var isEmpty: Bool { storage.isEmpty }
+    var keys: Dictionary<Key, Value>.Keys { storage.keys }
+    var startIndex: Index { storage.startIndex }
+    var endIndex: Index { storage.endIndex }
+    func formIndex(after i: inout Index) { storage.formIndex(after: &i) }
+    func index(forKey key: Key) -> Index? { storage.index(forKey: key) }
+
+    @discardableResult
+    mutating func removeValue(forKey key: Key) -> Value? {
+        if tracking { changed.insert(key) }
+        return storage.removeValue(forKey: key)
+    }
+
+    /// Gives `body` the value at `index` in place (see `Dictionary.inPlace`); the key counts as changed.
+    @inline(__always)
+    mutating func inPlace<T>(_ index: Index, _ body: (inout Value) -> T) -> T {
+        if tracking { changed.insert(storage.keys[index]) }
+        return storage.inPlace(index, body)
+    }
+
+    /// Reads the value at `index` in place without counting it as changed. For the invariant checks,
+    /// which must not mark what they read.
+    @inline(__always)
+    mutating func reading<T>(_ index: Index, _ body: (inout Value) -> T) -> T {
+        storage.inPlace(index, body)
+    }
+
+    /// The keys changed since the last call, and forgets them.
+    mutating func takeChanged() -> Set<Key> {
+        guard !changed.isEmpty else { return [] }
+        let taken = changed
+        changed = Set(minimumCapacity: taken.count)
+        return taken
+    }
+}
