@@ -423,9 +423,8 @@ extension RelayCore {
     /// which sequences them again, deduplicated by id.
     mutating func resequenceFailoverLog(_ topic: String, now: TernInstant) {
         // Only the canonical home's stream is final: while another failover home sequences, the log waits.
-        guard let log = topics[topic]?.stream.failoverLog, !log.isEmpty, !isHome(topic),
-              home(of: topic) == canonicalHome(of: topic) else { return }
-        topics[topic]?.stream.failoverLog = []
+        guard topics[topic]?.stream.failoverLog.isEmpty == false, !isHome(topic),
+              home(of: topic) == canonicalHome(of: topic), let log = topics[topic]?.stream.takeFailoverLog() else { return }
         for p in log {
             routePublish(.resequence, topic: topic, id: p.id, data: p.data, user: p.user,
                          firstAt: p.position.epoch.isEmpty ? p.firstPosition : p.position, now: now)
@@ -438,8 +437,7 @@ extension RelayCore {
     /// way, or the home moved): back into the log, to go again once this region is synced with the home.
     mutating func resequenceFailed(_ pending: PendingPublish, now: TernInstant) {
         guard topics[pending.topic] != nil else { return }
-        topics[pending.topic]?.stream.failoverLog.append(Publication(topic: pending.topic, position: StreamPosition(epoch: "", offset: 0),
-            id: pending.id, data: pending.data, user: pending.user, acceptedAt: now, firstPosition: pending.firstAt))
+        topics[pending.topic]?.stream.logAgain(pending, now: now)
         reconcileInterest(pending.topic, now: now)
         if isCurrent(pending.topic) { resequenceFailoverLog(pending.topic, now: now) }
     }

@@ -219,31 +219,13 @@ extension RelayCore {
 
 // MARK: A restarted home recovers its epoch from the regions that hold it
 
-/// A home that restarted has lost its streams, but its replica holds every publication it
-/// acknowledged. When a child first names a position in the home's own epoch, the home asks every
-/// region it can reach (and each one it reaches later, until it is done) for what they hold of that
-/// epoch, before it serves anyone or sequences anything. It is done when its usual replica (its
-/// successor when every region is up) and everyone else asked have answered, or after
-/// `link_read_timeout`. It then continues the epoch past the newest publication it knows (with the
-/// adoption jump, so no offset a child may hold is reused), and catches up children that were behind
-/// from its ring. Publishes that arrive meanwhile wait, as they do while a home is unreachable.
-struct HomeRecovery: Sendable {
-    /// The epoch being recovered and the newest position a child named in it.
-    var held: StreamPosition
-    var asked: Set<String> = []
-    var answered: Set<String> = []
-    var deadline: TernInstant
-}
 
 extension RelayCore {
     /// At a fresh home: a child named `held`, a position in this region's own epoch.
     mutating func beginRecovery(_ topic: String, held: StreamPosition, now: TernInstant) {
-        topics[topic]?.stream.epoch = held.epoch
-        topics[topic]?.stream.offset = held.offset
-        let deadline = now + mesh!.config.linkReadTimeout
-        topics[topic]?.stream.recovery = HomeRecovery(held: held, deadline: deadline)
-        // Nothing is served or sequenced here until the epoch is known.
-        topics[topic]?.stream.sync = .unsynced(from: nil)
+        guard let mesh else { return }
+        let deadline = now + mesh.config.linkReadTimeout
+        topics[topic]?.stream.beginRecovery(held: held, deadline: deadline)
         askForRecovery(topic)
         if topics[topic]?.stream.recovery?.asked.isEmpty ?? true {
             finishRecovery(topic, now: now)
@@ -254,19 +236,16 @@ extension RelayCore {
 
     /// Asks every reachable region not asked yet.
     mutating func askForRecovery(_ topic: String) {
-        guard let mesh, let r = topics[topic]?.stream.recovery else { return }
-        for region in mesh.config.graph.regions where region != config.region && canReach(region) && !r.asked.contains(region) {
-            topics[topic]?.stream.recovery?.asked.insert(region)
-            route(.recover(topic: topic, home: config.region, replica: region, after: StreamPosition(epoch: r.held.epoch, offset: 0)),
-                  to: region)
+        guard let mesh, let epoch = topics[topic]?.stream.recovery?.held.epoch else { return }
+        let reachable = mesh.config.graph.regions.filter { $0 != config.region && canReach($0) }
+        for region in topics[topic]?.stream.ask(reachable) ?? [] {
+            route(.recover(topic: topic, home: config.region, replica: region, after: StreamPosition(epoch: epoch, offset: 0)), to: region)
         }
     }
 
     /// A child named a position further on in the epoch being recovered.
     mutating func noteHeld(_ topic: String, _ position: StreamPosition) {
-        guard var r = topics[topic]?.stream.recovery, position.epoch == r.held.epoch, position.offset > r.held.offset else { return }
-        r.held = position
-        topics[topic]?.stream.recovery = r
+        topics[topic]?.stream.noteHeld(position)
     }
 
     /// At an asked region (or on the way there): answers with every publication of the epoch it holds after `after`.
@@ -275,15 +254,8 @@ extension RelayCore {
             route(.recover(topic: topic, home: home, replica: replica, after: after), to: replica)
             return
         }
-        var position: StreamPosition?
-        if let t = topics[topic] {
-            // The ring before this region's last fork holds the epoch it forked from.
-            let held = (t.stream.priorHistory?.all ?? []) + t.stream.history.all
-            for p in held where p.position.epoch == after.epoch && p.position.offset > after.offset {
-                route(.recovered(topic: topic, home: home, replica: replica, publication: p, position: nil), to: home)
-            }
-            if t.stream.synced, t.stream.epoch == after.epoch { position = t.stream.position }
-        }
+        let (held, position) = topics[topic]?.stream.held(after: after) ?? ([], nil)
+        for p in held { route(.recovered(topic: topic, home: home, replica: replica, publication: p, position: nil), to: home) }
         route(.recovered(topic: topic, home: home, replica: replica, publication: nil, position: position), to: home)
     }
 
@@ -294,28 +266,19 @@ extension RelayCore {
             route(.recovered(topic: topic, home: home, replica: region, publication: publication, position: position), to: home)
             return
         }
-        guard let recovery = topics[topic]?.stream.recovery else {
+        guard topics[topic]?.stream.recovery != nil else {
             if let p = publication, p.topic == topic {
                 if isHome(topic) { resequenceUnrecovered(p, now: now) } else { rememberDeliveredBefore(p, now: now) }
             }
             return
         }
         if let p = publication {
-            guard p.position.epoch == recovery.held.epoch, p.topic == topic else { return }
-            if let newest = topics[topic]?.stream.history.newest, newest.position.offset >= p.position.offset { return }
-            var p = p
-            p.acceptedAt = now
-            topics[topic]?.stream.history.append(p)
-            if !p.id.isEmpty { topics[topic]?.stream.idempotency.remember(p.id, position: p.position, now: now, mark: joinSerial) }
+            guard p.topic == topic else { return }
+            topics[topic]?.stream.recovered(p, serial: joinSerial, now: now)
             return
         }
-        // Only the regions this recovery asked can end it: another region's end of answer is for an
-        // earlier request (a `learnEpochBefore` this region sent while it was not the home).
-        guard recovery.asked.contains(region) else { return }
-        topics[topic]?.stream.recovery?.answered.insert(region)
-        guard let r = topics[topic]?.stream.recovery else { return }
         let successor = mesh.flatMap { Rendezvous.ranking(topic: topic, regions: $0.config.graph.regions).first { $0 != config.region } }
-        if r.answered.isSuperset(of: r.asked), successor.map(r.answered.contains) ?? true { finishRecovery(topic, now: now) }
+        if topics[topic]?.stream.recoveryAnswered(by: region, successor: successor) == true { finishRecovery(topic, now: now) }
     }
 
     /// At a home that has continued a recovered epoch: a publication of that epoch past the point it
@@ -323,9 +286,7 @@ extension RelayCore {
     /// did not), but it was acknowledged: sequence it again, once, under its id. Regions that delivered
     /// it before skip their subscribers that have it (region-level id memory); the others deliver it.
     mutating func resequenceUnrecovered(_ p: Publication, now: TernInstant) {
-        guard isHome(p.topic), let adopted = topics[p.topic]?.stream.adoptedFrom, !p.id.isEmpty,
-              p.position.epoch == adopted.epoch, p.position.offset > adopted.offset,
-              p.position.offset < adopted.offset.saturatingAdd(Self.adoptionJump) else { return }
+        guard isHome(p.topic), topics[p.topic]?.stream.isUnrecovered(p) == true else { return }
         _ = publish(topic: p.topic, id: p.id, data: p.data, user: p.user, volatile: false, now: now)
     }
 
@@ -344,12 +305,7 @@ extension RelayCore {
     /// The answer to `learnEpochBefore`: a publication of this region's epoch at or before where it
     /// stands, which its subscribers that resumed from at or past it have.
     mutating func rememberDeliveredBefore(_ p: Publication, now: TernInstant) {
-        withTopic(p.topic) { t in
-            guard !p.id.isEmpty, p.position.epoch == t.stream.epoch, p.position.offset <= t.stream.offset,
-                  t.stream.idempotency.entry(of: p.id, now: now) == nil else { return }
-            // Mark 0: no subscriber is known to have it by when it joined, only by where it resumed.
-            t.stream.idempotency.remember(p.id, position: p.position, now: now, mark: 0)
-        }
+        withTopic(p.topic) { $0.stream.rememberDeliveredBefore(p, now: now) }
     }
 
     mutating func recoveryTimedOut(_ topic: String, now: TernInstant) {
@@ -360,15 +316,7 @@ extension RelayCore {
     /// Continues the epoch past the newest position known (recovered or named by a child), then serves
     /// everyone who waited and sequences the publishes held meanwhile.
     mutating func finishRecovery(_ topic: String, now: TernInstant) {
-        guard let recovery = topics[topic]?.stream.recovery else { return }
-        var base = recovery.held
-        if let newest = topics[topic]?.stream.history.newest, newest.position.epoch == base.epoch, newest.position.offset > base.offset {
-            base = newest.position
-        }
-        topics[topic]?.stream.start = .continued(from: base)
-        topics[topic]?.stream.epoch = base.epoch
-        topics[topic]?.stream.offset = base.offset.saturatingAdd(Self.adoptionJump)
-        topics[topic]?.stream.sync = .current
+        guard topics[topic]?.stream.continueRecoveredEpoch() == true else { return }
         becameSynced(topic, now: now)
         for ref in mesh!.pending.keys.sorted() where mesh!.pending[ref]?.topic == topic && mesh!.pending[ref]?.sentVia == nil {
             forwardPending(ref)

@@ -315,6 +315,22 @@ enum StreamStart: Sendable {
     case established
 }
 
+/// A home that restarted has lost its streams, but its replica holds every publication it
+/// acknowledged. When a child first names a position in the home's own epoch, the home asks every
+/// region it can reach (and each one it reaches later, until it is done) for what they hold of that
+/// epoch, before it serves anyone or sequences anything. It is done when its usual replica (its
+/// successor when every region is up) and everyone else asked have answered, or after
+/// `link_read_timeout`. It then continues the epoch past the newest publication it knows (with the
+/// adoption jump, so no offset a child may hold is reused), and catches up children that were behind
+/// from its ring. Publishes that arrive meanwhile wait, as they do while a home is unreachable.
+struct HomeRecovery: Sendable {
+    /// The epoch being recovered and the newest position a child named in it.
+    var held: StreamPosition
+    var asked: Set<String> = []
+    var answered: Set<String> = []
+    var deadline: TernInstant
+}
+
 extension TopicStream {
     /// Whether nothing has been sequenced in or served from this home's stream yet. Setting it false
     /// marks the stream used (only a fresh one changes).
@@ -468,5 +484,113 @@ extension TopicStream {
             return "stands at \(position) but its history holds \(last.position)"
         }
         return nil
+    }
+}
+
+extension TopicStream {
+    // MARK: A restarted home recovering its epoch (`StreamStart.recovering`)
+
+    /// At a fresh home, a child named `held`, a position in this region's own epoch: the stream
+    /// stands there, unsynced (nothing is served or sequenced) until the epoch is recovered or
+    /// `deadline` passes.
+    mutating func beginRecovery(held: StreamPosition, deadline: TernInstant) {
+        epoch = held.epoch
+        offset = held.offset
+        recovery = HomeRecovery(held: held, deadline: deadline)
+        sync = .unsynced(from: nil)
+    }
+
+    /// The regions of `reachable` this recovery has not asked yet, in order; they count as asked now.
+    mutating func ask(_ reachable: [String]) -> [String] {
+        guard var r = recovery else { return [] }
+        let new = reachable.filter { !r.asked.contains($0) }
+        r.asked.formUnion(new)
+        recovery = r
+        return new
+    }
+
+    /// A child named a position further on in the epoch being recovered.
+    mutating func noteHeld(_ position: StreamPosition) {
+        guard var r = recovery, position.epoch == r.held.epoch, position.offset > r.held.offset else { return }
+        r.held = position
+        recovery = r
+    }
+
+    /// At a region asked to help recover (or to say what an epoch brought before): the publications
+    /// of `after`'s epoch it holds past `after`, including the ring kept from before its last fork, and
+    /// where it stands, when it stands in that epoch.
+    func held(after: StreamPosition) -> (publications: [Publication], position: StreamPosition?) {
+        let held = (priorHistory?.all ?? []) + history.all
+        let publications = held.filter { $0.position.epoch == after.epoch && $0.position.offset > after.offset }
+        return (publications, synced && epoch == after.epoch ? position : nil)
+    }
+
+    /// One recovered publication: kept in the ring, in order, when it is of the epoch being recovered;
+    /// its id is remembered (as of subscription serial `serial`) so a retried publish is a duplicate.
+    mutating func recovered(_ p: Publication, serial: UInt64, now: TernInstant) {
+        guard let r = recovery, p.position.epoch == r.held.epoch else { return }
+        if let newest = history.newest, newest.position.offset >= p.position.offset { return }
+        var p = p
+        p.acceptedAt = now
+        history.append(p)
+        if !p.id.isEmpty { idempotency.remember(p.id, position: p.position, now: now, mark: serial) }
+    }
+
+    /// `region` has sent all it holds. Only the regions this recovery asked can end it: another
+    /// region's end of answer is for an earlier request (a `learnEpochBefore` sent while this region
+    /// was not the home). Returns whether the recovery is complete: every asked region answered,
+    /// the topic's `successor` (its replica when the home crashed) among them.
+    mutating func recoveryAnswered(by region: String, successor: String?) -> Bool {
+        guard var r = recovery, r.asked.contains(region) else { return false }
+        r.answered.insert(region)
+        recovery = r
+        return r.answered.isSuperset(of: r.asked) && (successor.map(r.answered.contains) ?? true)
+    }
+
+    /// Ends the recovery: continues the epoch past the newest position known (recovered or named by a
+    /// child) with the adoption jump, so that no offset a child may hold is used again. Returns false
+    /// when no recovery was under way.
+    mutating func continueRecoveredEpoch() -> Bool {
+        guard let r = recovery else { return false }
+        var base = r.held
+        if let newest = history.newest, newest.position.epoch == base.epoch, newest.position.offset > base.offset {
+            base = newest.position
+        }
+        start = .continued(from: base)
+        epoch = base.epoch
+        offset = base.offset.saturatingAdd(RelayCore.adoptionJump)
+        sync = .current
+        return true
+    }
+
+    /// Whether `p`, which a child still held, falls between where this home continued its recovered
+    /// epoch and the adoption jump: acknowledged, but never recovered here, so it is sequenced again.
+    func isUnrecovered(_ p: Publication) -> Bool {
+        guard let adopted = adoptedFrom, !p.id.isEmpty else { return false }
+        return p.position.epoch == adopted.epoch && p.position.offset > adopted.offset
+            && p.position.offset < adopted.offset.saturatingAdd(RelayCore.adoptionJump)
+    }
+
+    /// The answer to `learnEpochBefore`: a publication of this region's epoch at or before where it
+    /// stands, which its subscribers that resumed from at or past it have. Mark 0: no subscriber is
+    /// known to have it by when it joined, only by where it resumed.
+    mutating func rememberDeliveredBefore(_ p: Publication, now: TernInstant) {
+        guard !p.id.isEmpty, p.position.epoch == epoch, p.position.offset <= offset,
+              idempotency.entry(of: p.id, now: now) == nil else { return }
+        idempotency.remember(p.id, position: p.position, now: now, mark: 0)
+    }
+
+    // MARK: The failover log
+
+    /// The failover log, to re-sequence at the canonical home; the log is empty afterwards.
+    mutating func takeFailoverLog() -> [Publication] {
+        defer { failoverLog = [] }
+        return failoverLog
+    }
+
+    /// A publication of the log the canonical home did not take: back into the log, to go again.
+    mutating func logAgain(_ pending: PendingPublish, now: TernInstant) {
+        failoverLog.append(Publication(topic: pending.topic, position: StreamPosition(epoch: "", offset: 0), id: pending.id,
+                                       data: pending.data, user: pending.user, acceptedAt: now, firstPosition: pending.firstAt))
     }
 }

@@ -193,3 +193,120 @@ struct DeliveryDecisionTests {
         #expect(t.delivery(of: q, sequencedHere: true, inMesh: true, serial: 1, now: Self.now) == .everyone)
     }
 }
+
+/// A restarted home recovering its own epoch from the regions that hold it, on the stream alone
+/// (`TopicStream.beginRecovery` … `continueRecoveredEpoch`).
+@Suite("A restarted home recovering its epoch, from the topic's stream alone")
+struct HomeRecoveryTests {
+    static let now = TopicStreamTests.now
+    static func at(_ epoch: String, _ offset: UInt64) -> StreamPosition { TopicStreamTests.at(epoch, offset) }
+    static func pub(_ epoch: String, _ offset: UInt64) -> Publication { TopicStreamTests.pub(epoch, offset) }
+
+    /// A fresh home's stream (a new epoch of its own, nothing in it) that a child told about `a.1/3`.
+    static func recovering() -> TopicStream {
+        var t = TopicStreamTests.stream("a.9", holding: [])
+        t.start = .fresh
+        t.canonicalHome = "a"
+        t.beginRecovery(held: at("a.1", 3), deadline: now + .seconds(5))
+        return t
+    }
+
+    @Test("the home stands where the child held, unsynced, and asks each reachable region once")
+    func asks() {
+        var t = Self.recovering()
+        #expect(t.position == Self.at("a.1", 3))
+        #expect(!t.synced)
+        #expect(t.recovery?.held == Self.at("a.1", 3))
+        let askedFirst = t.ask(["b", "c"])
+        #expect(askedFirst == ["b", "c"])
+        let askedThen = t.ask(["c", "d"])
+        #expect(askedThen == ["d"])
+        t.noteHeld(Self.at("a.1", 5))
+        t.noteHeld(Self.at("a.1", 4))
+        t.noteHeld(Self.at("z.1", 9))
+        #expect(t.recovery?.held == Self.at("a.1", 5))
+    }
+
+    @Test("recovered publications of the epoch go into the ring in order; others are ignored")
+    func recovered() {
+        var t = Self.recovering()
+        _ = t.ask(["b"])
+        t.recovered(Self.pub("a.1", 1), serial: 7, now: Self.now)
+        t.recovered(Self.pub("a.1", 2), serial: 7, now: Self.now)
+        t.recovered(Self.pub("a.1", 2), serial: 7, now: Self.now)
+        t.recovered(Self.pub("a.1", 1), serial: 7, now: Self.now)
+        t.recovered(Self.pub("x.5", 3), serial: 7, now: Self.now)
+        #expect(t.history.all.map(\.position) == [Self.at("a.1", 1), Self.at("a.1", 2)])
+        // A retried publish of a recovered id is a duplicate at its recovered position.
+        #expect(t.idempotency.entry(of: "a.1/2", now: Self.now)?.position == Self.at("a.1", 2))
+        #expect(t.idempotency.entry(of: "x.5/3", now: Self.now) == nil)
+    }
+
+    @Test("only the regions asked end the recovery, and not before the successor has answered")
+    func answered() {
+        var t = Self.recovering()
+        _ = t.ask(["b", "c"])
+        let byUnasked = t.recoveryAnswered(by: "d", successor: "b")
+        #expect(!byUnasked)
+        #expect(t.recovery?.answered.isEmpty == true)
+        let byAnother = t.recoveryAnswered(by: "c", successor: "b")
+        #expect(!byAnother)
+        let bySuccessor = t.recoveryAnswered(by: "b", successor: "b")
+        #expect(bySuccessor)
+        // With the successor out of reach (not asked), every asked region is not enough.
+        var u = Self.recovering()
+        _ = u.ask(["c"])
+        let withoutSuccessor = u.recoveryAnswered(by: "c", successor: "b")
+        #expect(!withoutSuccessor)
+    }
+
+    @Test("the epoch continues past the adoption jump from the newest position known, and what lies between is sequenced again")
+    func continues() {
+        let jump = RelayCore.adoptionJump
+        var t = Self.recovering()
+        t.recovered(Self.pub("a.1", 1), serial: 1, now: Self.now)
+        t.recovered(Self.pub("a.1", 2), serial: 1, now: Self.now)
+        t.recovered(Self.pub("a.1", 4), serial: 1, now: Self.now)
+        let continued = t.continueRecoveredEpoch()
+        #expect(continued)
+        #expect(t.recovery == nil)
+        #expect(t.adoptedFrom == Self.at("a.1", 4))
+        #expect(t.position == Self.at("a.1", 4 + jump))
+        #expect(t.synced && !t.resyncing)
+        let continuedAgain = t.continueRecoveredEpoch()
+        #expect(!continuedAgain)
+        // A child held a.1/6, which no asked region had: acknowledged, so it is sequenced again.
+        #expect(t.isUnrecovered(Self.pub("a.1", 6)))
+        #expect(!t.isUnrecovered(Self.pub("a.1", 4)))
+        #expect(!t.isUnrecovered(Self.pub("a.1", 4 + jump)))
+        #expect(!t.isUnrecovered(Self.pub("b.1", 6)))
+        var anonymous = Self.pub("a.1", 6)
+        anonymous.id = ""
+        #expect(!t.isUnrecovered(anonymous))
+    }
+
+    @Test("a region asked for an epoch answers from its ring and the one kept from before its fork")
+    func heldAfter() {
+        var t = TopicStreamTests.stream("b.2", holding: [1])
+        var prior = HistoryRing(capacity: 10, ttl: .seconds(300))
+        for o: UInt64 in [4, 5, 6] { prior.append(Self.pub("a.1", o)) }
+        t.priorHistory = prior
+        let (publications, position) = t.held(after: Self.at("a.1", 4))
+        #expect(publications.map(\.position) == [Self.at("a.1", 5), Self.at("a.1", 6)])
+        #expect(position == nil)
+        #expect(t.held(after: Self.at("b.2", 0)).position == Self.at("b.2", 1))
+    }
+
+    @Test("the failover log is handed over once, and what the canonical home did not take goes back into it")
+    func failoverLog() {
+        var t = TopicStreamTests.stream("b.2", holding: [1, 2])
+        t.failoverLog = [Self.pub("b.2", 1), Self.pub("b.2", 2)]
+        let log = t.takeFailoverLog()
+        #expect(log.map(\.id) == ["b.2/1", "b.2/2"])
+        #expect(t.failoverLog.isEmpty)
+        t.logAgain(PendingPublish(origin: .resequence, topic: "news:x", id: "b.2/2", data: "1", user: nil, receivedAtWall: 0,
+                                  firstAt: Self.at("b.2", 2)), now: Self.now)
+        #expect(t.failoverLog.map(\.id) == ["b.2/2"])
+        #expect(t.failoverLog.first?.firstPosition == Self.at("b.2", 2))
+    }
+}
