@@ -41,7 +41,7 @@ public struct MeshGraph: Sendable, Hashable {
             for (next, w) in latency[current] ?? [:] where !done.contains(next) && isUp(current, next) {
                 let candidate = d + w
                 if let known = distance[next] {
-                    if candidate < known || (candidate == known && current < parent[next]!) {
+                    if candidate < known || (candidate == known && parent[next].map { current < $0 } == true) {
                         distance[next] = candidate
                         parent[next] = current
                     }

@@ -316,7 +316,7 @@ extension RelayCore {
             parts.append("presence=" + owners.filter { t.presence.count(in: $0) > 0 }.map { "\($0):\(t.presence.count(in: $0))" }.joined(separator: ","))
         }
         if let seen = mesh?.presenceSeen[topic], !seen.isEmpty {
-            parts.append("seen=" + seen.keys.sorted().map { "\($0)@\(seen[$0]!.sequence)" }.joined(separator: ","))
+            parts.append("seen=" + seen.sorted { $0.key < $1.key }.map { "\($0.key)@\($0.value.sequence)" }.joined(separator: ","))
         }
         if let stale = mesh?.stalePresence[topic], !stale.isEmpty { parts.append("stale=" + stale.keys.sorted().joined(separator: ",")) }
         if let oldest = t.stream.history.all.first, let newest = t.stream.history.newest { parts.append("ring=\(oldest.position.offset)...\(newest.position)") }

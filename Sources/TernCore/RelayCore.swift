@@ -856,20 +856,22 @@ public struct RelayCore: Sendable {
         // Check every topic before creating any, so a refused poll leaves nothing behind.
         var optionsByTopic: [String: NamespaceOptions] = [:]
         for (topic, _) in wanted {
+            let options: NamespaceOptions
             switch namespaceOptions(for: topic) {
-            case .success(let o): optionsByTopic[topic] = o
+            case .success(let o): options = o
             case .failure(let e):
                 completePoll(client, error: e)
                 return
             }
-            let permitted = optionsByTopic[topic]!.anonymous || (!identity.isAnonymous && ClientIdentity.allowed(identity.subscribe, topic))
+            optionsByTopic[topic] = options
+            let permitted = options.anonymous || (!identity.isAnonymous && ClientIdentity.allowed(identity.subscribe, topic))
             guard permitted else {
                 completePoll(client, error: TernError(.permissionDenied, "not allowed to subscribe to '\(topic)'"))
                 return
             }
         }
         for (topic, since) in wanted {
-            let options = optionsByTopic[topic]!
+            guard let options = optionsByTopic[topic] else { continue }
             ensureTopic(topic, options, now: now)
             topics[topic]?.lastActivity = now
             if topics[topic]?.stream.synced != true {
@@ -1012,7 +1014,9 @@ public struct RelayCore: Sendable {
         case .websocket:
             bytes = encoder.encode(message)
         case .sse:
-            bytes = encoder.encodeSSE(message, cursor: &clients[client]!.cursor)
+            var cursor = state.cursor
+            bytes = encoder.encodeSSE(message, cursor: &cursor)
+            clients[client]?.cursor = cursor
         case .poll:
             return
         }
