@@ -60,23 +60,10 @@ extension RelayCore {
         var ti = topics.startIndex
         while ti != topics.endIndex {
             let name = topics.keys[ti]
-            let (traceSubscribers, subscribers, waiters) = topics.reading(ti) { t in
-                (t.traceSubscribers, t.subscribers.orderedKeys, t.pollWaiters.orderedKeys)
-            }
-            if traceSubscribers != tracedByTopic[name, default: 0] {
-                fail("\(name) counts \(traceSubscribers) traced subscribers but clients trace it \(tracedByTopic[name, default: 0]) times")
-            }
+            for problem in topicProblems(name, at: ti, tracing: tracedByTopic[name, default: 0]) { fail(problem) }
             // Every client's subscription is among its topic's subscribers (checked above); with equal
             // totals, the topics list no subscriber that is not subscribed (checked below, after the loop).
-            topicSubscriptions += subscribers.count
-            for client in waiters {
-                guard let ci = clients.index(forKey: client), clients.reading(ci, { $0.transport == .poll }) else {
-                    fail("\(name) has poll waiter \(client), which is not a waiting long-poll")
-                    continue
-                }
-            }
-            let home = isHome(name)
-            if let problem = topics.reading(ti, { $0.stream.problem(isHome: home) }) { fail("\(name) \(problem)") }
+            topicSubscriptions += topics.reading(ti) { $0.subscribers.count }
             topics.formIndex(after: &ti)
         }
         if topicSubscriptions != subscriptions {
@@ -109,6 +96,25 @@ extension RelayCore {
         for (topic, upstream) in mesh.upstream where !mesh.up.contains(upstream) {
             fail("\(topic)'s upstream \(upstream) is not an up link")
         }
+        return problems
+    }
+
+    /// What is inconsistent in one topic on its own: its traced-subscriber count against the
+    /// `tracing` clients that trace it, its long-poll waiters, and its stream.
+    mutating func topicProblems(_ name: String, at ti: TrackedMap<String, TopicState>.Index, tracing: Int) -> [String] {
+        var problems: [String] = []
+        let (traceSubscribers, waiters) = topics.reading(ti) { ($0.traceSubscribers, $0.pollWaiters.orderedKeys) }
+        if traceSubscribers != tracing {
+            problems.append("\(name) counts \(traceSubscribers) traced subscribers but clients trace it \(tracing) times")
+        }
+        for client in waiters {
+            guard let ci = clients.index(forKey: client), clients.reading(ci, { $0.transport == .poll }) else {
+                problems.append("\(name) has poll waiter \(client), which is not a waiting long-poll")
+                continue
+            }
+        }
+        let home = isHome(name)
+        if let problem = topics.reading(ti, { $0.stream.problem(isHome: home) }) { problems.append("\(name) \(problem)") }
         return problems
     }
 
@@ -203,20 +209,8 @@ extension RelayCore {
                 }
                 continue
             }
-            let (traceSubscribers, subscribers, waiters) = topics.reading(ti) { t in
-                (t.traceSubscribers, t.subscribers.count, t.pollWaiters.orderedKeys)
-            }
-            if traceSubscribers != seen.tracing[name, default: 0] {
-                fail("\(name) counts \(traceSubscribers) traced subscribers but clients trace it \(seen.tracing[name, default: 0]) times")
-            }
-            for client in waiters {
-                guard let ci = clients.index(forKey: client), clients.reading(ci, { $0.transport == .poll }) else {
-                    fail("\(name) has poll waiter \(client), which is not a waiting long-poll")
-                    continue
-                }
-            }
-            let home = isHome(name)
-            if let problem = topics.reading(ti, { $0.stream.problem(isHome: home) }) { fail("\(name) \(problem)") }
+            for problem in topicProblems(name, at: ti, tracing: seen.tracing[name, default: 0]) { fail(problem) }
+            let subscribers = topics.reading(ti) { $0.subscribers.count }
             seen.topicSubscribers[name] = subscribers
             seen.topicSubscriptions += subscribers
         }
