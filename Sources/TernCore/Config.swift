@@ -108,6 +108,8 @@ public struct RelayCoreConfig: Sendable {
     /// Whatever the size, every client and topic an event changed, and the totals over them, are
     /// checked after that event (`RelayCore.checkChangedAfterEvent`).
     public var invariantBudgetPerEvent: Int = 256
+    /// A core with fewer items than this is swept after every event, whatever the budget.
+    public var invariantSweepEveryEventBelow: Int = 64
 
     /// A config for `region` with `namespaces` and `limits`.
     public init(region: String, namespaces: [String: NamespaceOptions], limits: RelayLimits = RelayLimits(), mesh: MeshConfig? = nil) {

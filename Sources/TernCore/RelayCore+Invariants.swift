@@ -123,13 +123,15 @@ extension RelayCore {
     /// After every event, every client and topic the event changed is checked, and the totals over
     /// all of them are compared with the core's counters (`checkChangedAfterEvent`); the cost follows
     /// the event's own work. The whole state is also swept (`checkInvariantsInPlace`), which sees
-    /// what no single change shows (per-topic mesh maps, link queues): on a small core after every
-    /// event, on a large one every size/`invariantBudgetPerEvent` events.
+    /// what no single change shows (per-topic mesh maps, link queues): on a core of fewer than
+    /// `invariantSweepEveryEventBelow` items after every event, on a larger one every
+    /// size/`invariantBudgetPerEvent` events.
     mutating func checkInvariantsAfterEvent() {
         for problem in checkChangedAfterEvent() { invariantLog.record("t=\(clock) \(config.region): \(problem)") }
         invariantLog.eventsSinceCheck += 1
         let size = clients.count + topics.count + (mesh?.links.values.reduce(0) { $0 + $1.queue.count } ?? 0)
-        guard invariantLog.eventsSinceCheck * max(1, config.invariantBudgetPerEvent) >= size else { return }
+        guard size < config.invariantSweepEveryEventBelow || invariantLog.eventsSinceCheck * max(1, config.invariantBudgetPerEvent) >= size
+        else { return }
         invariantLog.eventsSinceCheck = 0
         for problem in checkInvariantsInPlace() { invariantLog.record("t=\(clock) \(config.region): \(problem)") }
     }

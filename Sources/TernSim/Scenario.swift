@@ -171,8 +171,8 @@ public struct Scenario: Sendable {
     public var invariants = Invariants()
     public var debug = DebugFaults()
     /// Items each relay's full invariant sweep visits per event, on average (`RelayCoreConfig.invariantBudgetPerEvent`):
-    /// small cores are swept after every event, large ones after every size/budget events. Whatever
-    /// the size, every client and topic an event changed is checked after that event.
+    /// cores of fewer than 64 items are swept after every event, larger ones after every size/budget
+    /// events. Whatever the size, every client and topic an event changed is checked after that event.
     public var invariantBudgetPerEvent = 8
 }
 

@@ -37,7 +37,7 @@ struct SimCommand: ParsableCommand {
 
     @Option(name: .long, help: ArgumentHelp(
         "Items each relay's full invariant sweep may visit per event on average (default 8).",
-        discussion: "After every event, each relay checks every client and topic that event changed. It also sweeps its whole state: after every event when it holds fewer clients, topics and queued link messages than this, otherwise after every size/budget events. Use a large value to sweep after every event."))
+        discussion: "After every event, each relay checks every client and topic that event changed. It also sweeps its whole state: after every event when it holds fewer than 64 clients, topics and queued link messages (or fewer than this budget), otherwise after every size/budget events. Use a large value to sweep after every event."))
     var invariantBudget: Int?
 
     @Option(name: .long, help: "Override every namespace's acknowledgment mode: replicated or leader (to compare their cost).")

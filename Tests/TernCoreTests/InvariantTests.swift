@@ -73,6 +73,7 @@ struct ChangedStateInvariantTests {
         var config = RelayCoreConfig(region: "a", namespaces: InvariantTests.namespaces)
         config.checkInvariants = true
         config.invariantBudgetPerEvent = 1
+        config.invariantSweepEveryEventBelow = 0
         var core = RelayCore(config: config, encoder: RecordingEncoder(), seed: 1, now: .zero)
         for i in 1...60 {
             let c = ClientID(UInt64(i))
