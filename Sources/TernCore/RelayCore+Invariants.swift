@@ -83,9 +83,9 @@ extension RelayCore {
         for (map, keys) in perTopic {
             for topic in keys where topics[topic] == nil { fail("mesh.\(map) still holds \(topic), which the relay no longer holds") }
         }
-        for (topic, waiting) in mesh.awaitingSync where waiting.isEmpty { fail("mesh.awaitingSync holds an empty list for \(topic)") }
-        for (topic, children) in mesh.children where children.isEmpty { fail("mesh.children holds an empty map for \(topic)") }
-        for (topic, stale) in mesh.stalePresence where stale.isEmpty { fail("mesh.stalePresence holds an empty map for \(topic)") }
+        for (topic, waiting) in mesh.awaitingSync where waiting.isEmpty { fail("mesh.awaitingSync holds an empty entry for \(topic)") }
+        for (topic, children) in mesh.children where children.isEmpty { fail("mesh.children holds an empty entry for \(topic)") }
+        for (topic, stale) in mesh.stalePresence where stale.isEmpty { fail("mesh.stalePresence holds an empty entry for \(topic)") }
         // Link queues: what is counted is what is queued, and only up links have one.
         if Set(mesh.links.keys) != mesh.up { fail("link queues exist for \(mesh.links.keys.sorted()) but the up links are \(mesh.up.sorted())") }
         for (peer, link) in mesh.links {
@@ -224,8 +224,71 @@ extension RelayCore {
         if seen.topicSubscriptions != seen.subscriptions {
             fail("topics list \(seen.topicSubscriptions) subscribers but clients hold \(seen.subscriptions) subscriptions: some topic lists a client that is not subscribed to it")
         }
-        if let mesh, mesh.links.count != mesh.up.count || mesh.links.keys.contains(where: { !mesh.up.contains($0) }) {
+        guard mesh != nil else { return problems }
+        for problem in checkChangedMeshState(upBefore: seen.up) { fail(problem) }
+        seen.up = mesh?.up ?? []
+        return problems
+    }
+
+    /// The per-event check of the mesh's state: every key of a per-topic map and every link queue
+    /// changed since the last call (and, when the set of up links changed, every upstream).
+    mutating func checkChangedMeshState(upBefore: Set<String>) -> [String] {
+        guard mesh != nil else { return [] }
+        let perTopic: [(String, Set<String>)] = [
+            ("children", mesh!.children.takeChanged()), ("upstream", mesh!.upstream.takeChanged()),
+            ("awaitingSync", mesh!.awaitingSync.takeChanged()), ("lastHome", mesh!.lastHome.takeChanged()),
+            ("presenceSequence", mesh!.presenceSequence.takeChanged()), ("presenceSeen", mesh!.presenceSeen.takeChanged()),
+            ("presenceRoute", mesh!.presenceRoute.takeChanged()), ("stalePresence", mesh!.stalePresence.takeChanged()),
+            ("presencePending", mesh!.presencePending.takeChanged()), ("lingering", mesh!.lingering.takeChanged()),
+            ("replicaReports", mesh!.replicaReports.takeChanged()),
+        ]
+        let changedLinks = mesh!.links.takeChanged()
+        guard let mesh else { return [] }
+        var problems: [String] = []
+        func fail(_ text: String) { if problems.count < 20 { problems.append(text) } }
+        func holds(_ map: String, _ topic: String) -> Bool {
+            switch map {
+            case "children": mesh.children[topic] != nil
+            case "upstream": mesh.upstream[topic] != nil
+            case "awaitingSync": mesh.awaitingSync[topic] != nil
+            case "lastHome": mesh.lastHome[topic] != nil
+            case "presenceSequence": mesh.presenceSequence[topic] != nil
+            case "presenceSeen": mesh.presenceSeen[topic] != nil
+            case "presenceRoute": mesh.presenceRoute[topic] != nil
+            case "stalePresence": mesh.stalePresence[topic] != nil
+            case "presencePending": mesh.presencePending[topic] != nil
+            case "lingering": mesh.lingering.contains(topic)
+            default: mesh.replicaReports.contains(topic)
+            }
+        }
+        for (map, keys) in perTopic {
+            for topic in keys where holds(map, topic) && topics[topic] == nil {
+                fail("mesh.\(map) still holds \(topic), which the relay no longer holds")
+            }
+        }
+        for (map, keys) in perTopic where map == "children" || map == "awaitingSync" || map == "stalePresence" {
+            for topic in keys {
+                let empty = switch map {
+                case "children": mesh.children[topic]?.isEmpty == true
+                case "awaitingSync": mesh.awaitingSync[topic]?.isEmpty == true
+                default: mesh.stalePresence[topic]?.isEmpty == true
+                }
+                if empty { fail("mesh.\(map) holds an empty entry for \(topic)") }
+            }
+        }
+        if mesh.links.count != mesh.up.count || mesh.links.keys.contains(where: { !mesh.up.contains($0) }) {
             fail("link queues exist for \(mesh.links.keys.sorted()) but the up links are \(mesh.up.sorted())")
+        }
+        for peer in changedLinks {
+            guard let link = mesh.links[peer] else { continue }
+            let bytes = link.queue.reduce(0) { $0 + $1.message.estimatedBytes }
+            if bytes != link.queuedBytes { fail("the link to \(peer) counts \(link.queuedBytes) queued bytes but holds \(bytes)") }
+            if link.unacknowledged < 0 { fail("the link to \(peer) has \(link.unacknowledged) unacknowledged batches") }
+        }
+        // An upstream must be an up link: check the upstreams that changed, or all of them when a link went down.
+        let upstreams = mesh.up == upBefore ? perTopic[1].1 : Set(mesh.upstream.keys)
+        for topic in upstreams {
+            if let upstream = mesh.upstream[topic], !mesh.up.contains(upstream) { fail("\(topic)'s upstream \(upstream) is not an up link") }
         }
         return problems
     }
@@ -281,6 +344,8 @@ struct InvariantShadow: Sendable {
     var queuedBytes = 0
     var subscriptions = 0
     var topicSubscriptions = 0
+    /// The mesh's up links after the last event.
+    var up: Set<String> = []
 }
 
 extension RelayCore {

@@ -106,11 +106,11 @@ struct MeshState: Sendable {
     var adverts: [String: LinkStateAdvert] = [:]
     var routes: ShortestPaths
     var trees: [String: ShortestPaths] = [:]
-    var links: [String: LinkOutbox] = [:]
-    var upstream: [String: String] = [:]
-    var children: [String: IndexedMap<String, ChildState>] = [:]
-    var awaitingSync: [String: [(child: String, since: StreamPosition?, fork: StreamPosition?)]] = [:]
-    var lingering: Set<String> = []
+    var links: TrackedMap<String, LinkOutbox> = [:]
+    var upstream: TrackedMap<String, String> = [:]
+    var children: TrackedMap<String, IndexedMap<String, ChildState>> = [:]
+    var awaitingSync: TrackedMap<String, [(child: String, since: StreamPosition?, fork: StreamPosition?)]> = [:]
+    var lingering: TrackedSet<String> = []
     /// The reference of this region's next routed publish. References start from a point drawn from
     /// the incarnation (`firstRef`), so that an acknowledgment addressed to an earlier incarnation of
     /// this region (sent before a crash, delivered after the restart) matches nothing here.
@@ -120,17 +120,17 @@ struct MeshState: Sendable {
     var counters: [String: LinkCounters] = [:]
     /// Per topic: the sequence number of this region's last own presence change. Numbers come from
     /// `presenceClock`, so they keep growing within an incarnation even when a topic is swept and comes back.
-    var presenceSequence: [String: UInt64] = [:]
+    var presenceSequence: TrackedMap<String, UInt64> = [:]
     /// The last presence sequence number handed out, over all topics.
     var presenceClock: UInt64 = 0
     /// Per topic and owner: the newest (incarnation, sequence) applied.
-    var presenceSeen: [String: [String: (incarnation: UInt64, sequence: UInt64)]] = [:]
+    var presenceSeen: TrackedMap<String, [String: (incarnation: UInt64, sequence: UInt64)]> = [:]
     /// Per topic: the hop this region last sent its own presence snapshot through.
-    var presenceRoute: [String: String] = [:]
+    var presenceRoute: TrackedMap<String, String> = [:]
     /// Per topic and owner: since when the owner has been unreachable.
-    var stalePresence: [String: [String: TernInstant]] = [:]
+    var stalePresence: TrackedMap<String, [String: TernInstant]> = [:]
     /// Per topic: this region's presence changes not yet sent.
-    var presencePending: [String: [PresenceChange]] = [:]
+    var presencePending: TrackedMap<String, [PresenceChange]> = [:]
     /// Since when each unreachable region has been unreachable.
     var unreachableSince: [String: TernInstant] = [:]
     /// Regions passed over as homes: unreachable for `failoverAfter`, as of the last topology change.
@@ -138,9 +138,26 @@ struct MeshState: Sendable {
     /// so nothing is ever sequenced in another region's epoch in between.
     var failed: Set<String> = []
     /// The home each topic had at the last topology change.
-    var lastHome: [String: String] = [:]
+    var lastHome: TrackedMap<String, String> = [:]
     /// Topics whose replica report is due at the end of the current batch.
-    var replicaReports: Set<String> = []
+    var replicaReports: TrackedSet<String> = []
+
+    /// Turns on recording which keys of the per-topic maps and link queues change, for the
+    /// per-event invariant check.
+    mutating func trackChanges() {
+        links.tracking = true
+        upstream.tracking = true
+        children.tracking = true
+        awaitingSync.tracking = true
+        lingering.tracking = true
+        presenceSequence.tracking = true
+        presenceSeen.tracking = true
+        presenceRoute.tracking = true
+        stalePresence.tracking = true
+        presencePending.tracking = true
+        lastHome.tracking = true
+        replicaReports.tracking = true
+    }
 }
 
 extension RelayCore {

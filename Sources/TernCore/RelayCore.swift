@@ -237,6 +237,7 @@ public struct RelayCore: Sendable {
                                   routes: meshConfig.graph.shortestPaths(from: config.region, isUp: { _, _ in false }))
             state.adverts[config.region] = LinkStateAdvert(incarnation: incarnation, sequence: 0, neighbours: [])
             state.nextRef = MeshState.firstRef(incarnation: incarnation)
+            if config.checkInvariants { state.trackChanges() }
             self.mesh = state
         }
     }

@@ -29,9 +29,21 @@ struct TrackedMap<Key: Hashable & Sendable, Value: Sendable>: Sendable {
         }
     }
 
+    /// The value for `key`, or `defaultValue` (inserted when changed in place).
+    subscript(key: Key, default defaultValue: @autoclosure () -> Value) -> Value {
+        get { storage[key, default: defaultValue()] }
+        _modify {
+            if tracking { changed.insert(key) }
+            yield &storage[key, default: defaultValue()]
+        }
+    }
+
     var count: Int { storage.count }
     var isEmpty: Bool { storage.isEmpty }
     var keys: Dictionary<Key, Value>.Keys { storage.keys }
+    var values: Dictionary<Key, Value>.Values { storage.values }
+    func mapValues<T>(_ transform: (Value) throws -> T) rethrows -> [Key: T] { try storage.mapValues(transform) }
+    func compactMapValues<T>(_ transform: (Value) throws -> T?) rethrows -> [Key: T] { try storage.compactMapValues(transform) }
     var startIndex: Index { storage.startIndex }
     var endIndex: Index { storage.endIndex }
     func formIndex(after i: inout Index) { storage.formIndex(after: &i) }
@@ -63,5 +75,63 @@ struct TrackedMap<Key: Hashable & Sendable, Value: Sendable>: Sendable {
         let taken = changed
         changed = Set(minimumCapacity: taken.count)
         return taken
+    }
+}
+
+extension TrackedMap: Sequence {
+    func makeIterator() -> Dictionary<Key, Value>.Iterator { storage.makeIterator() }
+    var underestimatedCount: Int { storage.count }
+}
+
+extension TrackedMap: ExpressibleByDictionaryLiteral {
+    init(dictionaryLiteral elements: (Key, Value)...) {
+        self.init()
+        for (key, value) in elements { storage[key] = value }
+    }
+}
+
+/// A set that can remember which members were inserted or removed since it was last asked
+/// (`TrackedMap`, for sets).
+struct TrackedSet<Element: Hashable & Sendable>: Sendable, Sequence {
+    private(set) var storage: Set<Element> = []
+    var tracking = false
+    private(set) var changed: Set<Element> = []
+
+    init() {}
+
+    var count: Int { storage.count }
+    var isEmpty: Bool { storage.isEmpty }
+    func contains(_ member: Element) -> Bool { storage.contains(member) }
+    func makeIterator() -> Set<Element>.Iterator { storage.makeIterator() }
+
+    @discardableResult
+    mutating func insert(_ member: Element) -> (inserted: Bool, memberAfterInsert: Element) {
+        if tracking { changed.insert(member) }
+        return storage.insert(member)
+    }
+
+    @discardableResult
+    mutating func remove(_ member: Element) -> Element? {
+        if tracking { changed.insert(member) }
+        return storage.remove(member)
+    }
+
+    mutating func removeAll() {
+        if tracking { changed.formUnion(storage) }
+        storage.removeAll()
+    }
+
+    mutating func takeChanged() -> Set<Element> {
+        guard !changed.isEmpty else { return [] }
+        let taken = changed
+        changed = Set(minimumCapacity: taken.count)
+        return taken
+    }
+}
+
+extension TrackedSet: ExpressibleByArrayLiteral {
+    init(arrayLiteral elements: Element...) {
+        self.init()
+        for member in elements { storage.insert(member) }
     }
 }

@@ -100,6 +100,30 @@ struct ChangedStateInvariantTests {
         #expect(core.checkInvariants().isEmpty)
     }
 
+    @Test("mesh state left for a topic the relay does not hold, or a miscounted link queue, is caught by the very next event")
+    func meshCaughtBeforeTheSweep() {
+        var mesh = MeshConfig(graph: MeshGraph(regions: ["a", "b"], links: [("a", "b", .milliseconds(10))]))
+        mesh.incarnation = 1
+        var config = RelayCoreConfig(region: "a", namespaces: InvariantTests.namespaces, mesh: mesh)
+        config.checkInvariants = true
+        config.invariantBudgetPerEvent = 1
+        config.invariantSweepEveryEventBelow = 0
+        var core = RelayCore(config: config, encoder: RecordingEncoder(), seed: 1, now: .zero)
+        _ = core.handle(.linkUp("b"), now: .zero)
+        for i in 1...60 {
+            let c = ClientID(UInt64(i))
+            _ = core.handle(.opened(c, .websocket), now: .zero)
+            _ = core.handle(.command(c, ref: 1, .connect(token: nil)), now: .zero)
+        }
+        #expect(core.invariantFailures.isEmpty, "\(core.invariantFailures)")
+        #expect(eventsUntilSweep(core) > 1)
+        core.mesh!.lastHome["news:gone"] = "a"
+        core.mesh!.links["b"]!.queuedBytes += 5
+        _ = core.handle(.tick, now: .zero + .milliseconds(1))
+        #expect(core.invariantFailures.contains { $0.contains("mesh.lastHome still holds news:gone") }, "\(core.invariantFailures)")
+        #expect(core.invariantFailures.contains { $0.contains("the link to b counts") }, "\(core.invariantFailures)")
+    }
+
     @Test("a broken subscriber list, queue count or trace is caught by the very next event, before the sweep")
     func caughtBeforeTheSweep() {
         var core = largeCore()
