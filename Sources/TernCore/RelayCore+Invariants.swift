@@ -72,20 +72,13 @@ extension RelayCore {
 
         guard let mesh else { return problems }
         // Every per-topic structure lives only as long as its topic.
-        let perTopic: [(String, [String])] = [
-            ("children", Array(mesh.children.keys)), ("upstream", Array(mesh.upstream.keys)),
-            ("awaitingSync", Array(mesh.awaitingSync.keys)), ("lastHome", Array(mesh.lastHome.keys)),
-            ("presenceSequence", Array(mesh.presenceSequence.keys)), ("presenceSeen", Array(mesh.presenceSeen.keys)),
-            ("presenceRoute", Array(mesh.presenceRoute.keys)), ("stalePresence", Array(mesh.stalePresence.keys)),
-            ("presencePending", Array(mesh.presencePending.keys)), ("lingering", Array(mesh.lingering)),
-            ("replicaReports", Array(mesh.replicaReports)),
-        ]
+        let perTopic = mesh.perTopicKeys
         for (map, keys) in perTopic {
             for topic in keys where topics[topic] == nil { fail("mesh.\(map) still holds \(topic), which the relay no longer holds") }
         }
-        for (topic, waiting) in mesh.awaitingSync where waiting.isEmpty { fail("mesh.awaitingSync holds an empty entry for \(topic)") }
-        for (topic, children) in mesh.children where children.isEmpty { fail("mesh.children holds an empty entry for \(topic)") }
-        for (topic, stale) in mesh.stalePresence where stale.isEmpty { fail("mesh.stalePresence holds an empty entry for \(topic)") }
+        for topic in Set(mesh.awaitingSync.keys).union(mesh.children.keys).union(mesh.stalePresence.keys) {
+            for map in mesh.maps(holdingEmptyEntryFor: topic) { fail("mesh.\(map) holds an empty entry for \(topic)") }
+        }
         // Link queues: what is counted is what is queued, and only up links have one.
         if Set(mesh.links.keys) != mesh.up { fail("link queues exist for \(mesh.links.keys.sorted()) but the up links are \(mesh.up.sorted())") }
         for (peer, link) in mesh.links {
@@ -200,15 +193,7 @@ extension RelayCore {
             if let old = seen.topicSubscribers.removeValue(forKey: name) { seen.topicSubscriptions -= old }
             guard let ti = topics.index(forKey: name) else {
                 if let tracing = seen.tracing[name] { fail("\(tracing) clients trace \(name), which the relay no longer holds") }
-                if let mesh {
-                    let left = [("children", mesh.children[name] != nil), ("upstream", mesh.upstream[name] != nil),
-                                ("awaitingSync", mesh.awaitingSync[name] != nil), ("lastHome", mesh.lastHome[name] != nil),
-                                ("presenceSequence", mesh.presenceSequence[name] != nil), ("presenceSeen", mesh.presenceSeen[name] != nil),
-                                ("presenceRoute", mesh.presenceRoute[name] != nil), ("stalePresence", mesh.stalePresence[name] != nil),
-                                ("presencePending", mesh.presencePending[name] != nil), ("lingering", mesh.lingering.contains(name)),
-                                ("replicaReports", mesh.replicaReports.contains(name))]
-                    for (map, holds) in left where holds { fail("mesh.\(map) still holds \(name), which the relay no longer holds") }
-                }
+                for map in mesh?.maps(holding: name) ?? [] { fail("mesh.\(map) still holds \(name), which the relay no longer holds") }
                 continue
             }
             for problem in topicProblems(name, at: ti, tracing: seen.tracing[name, default: 0]) { fail(problem) }
@@ -234,47 +219,16 @@ extension RelayCore {
     /// changed since the last call (and, when the set of up links changed, every upstream).
     mutating func checkChangedMeshState(upBefore: Set<String>) -> [String] {
         guard mesh != nil else { return [] }
-        let perTopic: [(String, Set<String>)] = [
-            ("children", mesh!.children.takeChanged()), ("upstream", mesh!.upstream.takeChanged()),
-            ("awaitingSync", mesh!.awaitingSync.takeChanged()), ("lastHome", mesh!.lastHome.takeChanged()),
-            ("presenceSequence", mesh!.presenceSequence.takeChanged()), ("presenceSeen", mesh!.presenceSeen.takeChanged()),
-            ("presenceRoute", mesh!.presenceRoute.takeChanged()), ("stalePresence", mesh!.stalePresence.takeChanged()),
-            ("presencePending", mesh!.presencePending.takeChanged()), ("lingering", mesh!.lingering.takeChanged()),
-            ("replicaReports", mesh!.replicaReports.takeChanged()),
-        ]
+        let (changedTopics, changedUpstreams) = mesh!.takeChangedTopics()
         let changedLinks = mesh!.links.takeChanged()
         guard let mesh else { return [] }
         var problems: [String] = []
         func fail(_ text: String) { if problems.count < 20 { problems.append(text) } }
-        func holds(_ map: String, _ topic: String) -> Bool {
-            switch map {
-            case "children": mesh.children[topic] != nil
-            case "upstream": mesh.upstream[topic] != nil
-            case "awaitingSync": mesh.awaitingSync[topic] != nil
-            case "lastHome": mesh.lastHome[topic] != nil
-            case "presenceSequence": mesh.presenceSequence[topic] != nil
-            case "presenceSeen": mesh.presenceSeen[topic] != nil
-            case "presenceRoute": mesh.presenceRoute[topic] != nil
-            case "stalePresence": mesh.stalePresence[topic] != nil
-            case "presencePending": mesh.presencePending[topic] != nil
-            case "lingering": mesh.lingering.contains(topic)
-            default: mesh.replicaReports.contains(topic)
+        for topic in changedTopics {
+            if topics[topic] == nil {
+                for map in mesh.maps(holding: topic) { fail("mesh.\(map) still holds \(topic), which the relay no longer holds") }
             }
-        }
-        for (map, keys) in perTopic {
-            for topic in keys where holds(map, topic) && topics[topic] == nil {
-                fail("mesh.\(map) still holds \(topic), which the relay no longer holds")
-            }
-        }
-        for (map, keys) in perTopic where map == "children" || map == "awaitingSync" || map == "stalePresence" {
-            for topic in keys {
-                let empty = switch map {
-                case "children": mesh.children[topic]?.isEmpty == true
-                case "awaitingSync": mesh.awaitingSync[topic]?.isEmpty == true
-                default: mesh.stalePresence[topic]?.isEmpty == true
-                }
-                if empty { fail("mesh.\(map) holds an empty entry for \(topic)") }
-            }
+            for map in mesh.maps(holdingEmptyEntryFor: topic) { fail("mesh.\(map) holds an empty entry for \(topic)") }
         }
         if mesh.links.count != mesh.up.count || mesh.links.keys.contains(where: { !mesh.up.contains($0) }) {
             fail("link queues exist for \(mesh.links.keys.sorted()) but the up links are \(mesh.up.sorted())")
@@ -286,7 +240,7 @@ extension RelayCore {
             if link.unacknowledged < 0 { fail("the link to \(peer) has \(link.unacknowledged) unacknowledged batches") }
         }
         // An upstream must be an up link: check the upstreams that changed, or all of them when a link went down.
-        let upstreams = mesh.up == upBefore ? perTopic[1].1 : Set(mesh.upstream.keys)
+        let upstreams = mesh.up == upBefore ? changedUpstreams : Set(mesh.upstream.keys)
         for topic in upstreams {
             if let upstream = mesh.upstream[topic], !mesh.up.contains(upstream) { fail("\(topic)'s upstream \(upstream) is not an up link") }
         }
@@ -382,5 +336,52 @@ extension RelayCore {
         if let stale = mesh?.stalePresence[topic], !stale.isEmpty { parts.append("stale=" + stale.keys.sorted().joined(separator: ",")) }
         if let oldest = t.stream.history.all.first, let newest = t.stream.history.newest { parts.append("ring=\(oldest.position.offset)...\(newest.position)") }
         return parts.joined(separator: " ")
+    }
+}
+
+extension MeshState {
+    /// Every per-topic map, by name, with the topics it holds an entry for (for the full sweep).
+    var perTopicKeys: [(map: String, topics: [String])] {
+        [("children", Array(children.keys)), ("upstream", Array(upstream.keys)), ("awaitingSync", Array(awaitingSync.keys)),
+         ("lastHome", Array(lastHome.keys)), ("presenceSequence", Array(presenceSequence.keys)),
+         ("presenceSeen", Array(presenceSeen.keys)), ("presenceRoute", Array(presenceRoute.keys)),
+         ("stalePresence", Array(stalePresence.keys)), ("presencePending", Array(presencePending.keys)),
+         ("lingering", Array(lingering)), ("replicaReports", Array(replicaReports))]
+    }
+
+    /// The per-topic maps, by name, that hold an entry for `topic`.
+    func maps(holding topic: String) -> [String] {
+        [("children", children[topic] != nil), ("upstream", upstream[topic] != nil), ("awaitingSync", awaitingSync[topic] != nil),
+         ("lastHome", lastHome[topic] != nil), ("presenceSequence", presenceSequence[topic] != nil),
+         ("presenceSeen", presenceSeen[topic] != nil), ("presenceRoute", presenceRoute[topic] != nil),
+         ("stalePresence", stalePresence[topic] != nil), ("presencePending", presencePending[topic] != nil),
+         ("lingering", lingering.contains(topic)), ("replicaReports", replicaReports.contains(topic))]
+            .filter(\.1).map(\.0)
+    }
+
+    /// The per-topic maps, by name, whose entry for `topic` is an empty collection: an entry that
+    /// should have been removed with its last element.
+    func maps(holdingEmptyEntryFor topic: String) -> [String] {
+        [("children", children[topic]?.isEmpty == true), ("awaitingSync", awaitingSync[topic]?.isEmpty == true),
+         ("stalePresence", stalePresence[topic]?.isEmpty == true)]
+            .filter(\.1).map(\.0)
+    }
+
+    /// The topics whose entry in any per-topic map changed since the last call, and those whose
+    /// upstream changed; forgets them.
+    mutating func takeChangedTopics() -> (topics: Set<String>, upstreams: Set<String>) {
+        let changedUpstreams = upstream.takeChanged()
+        var changed = changedUpstreams
+        changed.formUnion(children.takeChanged())
+        changed.formUnion(awaitingSync.takeChanged())
+        changed.formUnion(lastHome.takeChanged())
+        changed.formUnion(presenceSequence.takeChanged())
+        changed.formUnion(presenceSeen.takeChanged())
+        changed.formUnion(presenceRoute.takeChanged())
+        changed.formUnion(stalePresence.takeChanged())
+        changed.formUnion(presencePending.takeChanged())
+        changed.formUnion(lingering.takeChanged())
+        changed.formUnion(replicaReports.takeChanged())
+        return (changed, changedUpstreams)
     }
 }

@@ -689,7 +689,7 @@ public struct RelayCore: Sendable {
         // Delivered to every subscriber here right after, so its mark is the current subscription serial.
         if !id.isEmpty { topics[topic]?.stream.idempotency.remember(id, position: publication.position, now: now, mark: joinSerial) }
         // A failover home keeps what it sequences until the canonical home has sequenced it again.
-        if failoverHome, (topics[topic]?.stream.failoverLog.count ?? 0) < 100_000 { topics[topic]?.stream.failoverLog.append(publication) }
+        if failoverHome, (topics[topic]?.stream.failoverLog.count ?? 0) < TopicStream.maxFailoverLog { topics[topic]?.stream.failoverLog.append(publication) }
         stats.publications += 1
         deliver(publication, sequencedHere: true)
         sweepIfIdle(topic, now: now)

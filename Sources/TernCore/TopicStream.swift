@@ -22,6 +22,8 @@ struct TopicStream: Sendable {
     var priorHistory: HistoryRing?
     /// Publications this region sequenced as a failover home, to re-sequence at the canonical home.
     var failoverLog: [Publication] = []
+    /// The most publications a failover log keeps; past it, further ones are not re-sequenced.
+    static let maxFailoverLog = 100_000
     /// How this stream began at a home: fresh, recovering a restarted home's epoch, or continued
     /// past the adoption jump (`StreamStart`).
     var start = StreamStart.established
@@ -363,7 +365,7 @@ extension TopicStream {
         guard home != canonicalHome else { return }
         let logged = Set(failoverLog.map(\.id))
         for p in history.all where p.position.epoch.hasPrefix(home + ".") && !logged.contains(p.id)
-            && failoverLog.count < 100_000 {
+            && failoverLog.count < Self.maxFailoverLog {
             failoverLog.append(p)
         }
     }
@@ -447,7 +449,7 @@ extension TopicStream {
         offset = publication.position.offset
         history.append(publication)
         if let home = replicaOf, home != canonicalHome, publication.position.epoch.hasPrefix(home + "."),
-           failoverLog.count < 100_000 {
+           failoverLog.count < Self.maxFailoverLog {
             failoverLog.append(publication)
         }
     }

@@ -10,21 +10,23 @@ struct TrackedMap<Key: Hashable & Sendable, Value: Sendable>: Sendable {
     typealias Index = Dictionary<Key, Value>.Index
 
     private(set) var storage: [Key: Value] = [:]
+    private var changes = ChangeLog<Key>()
     /// Whether changes are recorded.
-    var tracking = false
-    /// The keys changed since `takeChanged`.
-    private(set) var changed: Set<Key> = []
+    var tracking: Bool {
+        get { changes.on }
+        set { changes.on = newValue }
+    }
 
     init() {}
 
     subscript(key: Key) -> Value? {
         get { storage[key] }
         set {
-            if tracking { changed.insert(key) }
+            changes.note(key)
             storage[key] = newValue
         }
         _modify {
-            if tracking { changed.insert(key) }
+            changes.note(key)
             yield &storage[key]
         }
     }
@@ -33,7 +35,7 @@ struct TrackedMap<Key: Hashable & Sendable, Value: Sendable>: Sendable {
     subscript(key: Key, default defaultValue: @autoclosure () -> Value) -> Value {
         get { storage[key, default: defaultValue()] }
         _modify {
-            if tracking { changed.insert(key) }
+            changes.note(key)
             yield &storage[key, default: defaultValue()]
         }
     }
@@ -51,14 +53,14 @@ struct TrackedMap<Key: Hashable & Sendable, Value: Sendable>: Sendable {
 
     @discardableResult
     mutating func removeValue(forKey key: Key) -> Value? {
-        if tracking { changed.insert(key) }
+        changes.note(key)
         return storage.removeValue(forKey: key)
     }
 
     /// Gives `body` the value at `index` in place (see `Dictionary.inPlace`); the key counts as changed.
     @inline(__always)
     mutating func inPlace<T>(_ index: Index, _ body: (inout Value) -> T) -> T {
-        if tracking { changed.insert(storage.keys[index]) }
+        if changes.on { changes.note(storage.keys[index]) }
         return storage.inPlace(index, body)
     }
 
@@ -70,12 +72,7 @@ struct TrackedMap<Key: Hashable & Sendable, Value: Sendable>: Sendable {
     }
 
     /// The keys changed since the last call, and forgets them.
-    mutating func takeChanged() -> Set<Key> {
-        guard !changed.isEmpty else { return [] }
-        let taken = changed
-        changed = Set(minimumCapacity: taken.count)
-        return taken
-    }
+    mutating func takeChanged() -> Set<Key> { changes.take() }
 }
 
 extension TrackedMap: Sequence {
@@ -94,8 +91,11 @@ extension TrackedMap: ExpressibleByDictionaryLiteral {
 /// (`TrackedMap`, for sets).
 struct TrackedSet<Element: Hashable & Sendable>: Sendable, Sequence {
     private(set) var storage: Set<Element> = []
-    var tracking = false
-    private(set) var changed: Set<Element> = []
+    private var changes = ChangeLog<Element>()
+    var tracking: Bool {
+        get { changes.on }
+        set { changes.on = newValue }
+    }
 
     init() {}
 
@@ -106,32 +106,47 @@ struct TrackedSet<Element: Hashable & Sendable>: Sendable, Sequence {
 
     @discardableResult
     mutating func insert(_ member: Element) -> (inserted: Bool, memberAfterInsert: Element) {
-        if tracking { changed.insert(member) }
+        changes.note(member)
         return storage.insert(member)
     }
 
     @discardableResult
     mutating func remove(_ member: Element) -> Element? {
-        if tracking { changed.insert(member) }
+        changes.note(member)
         return storage.remove(member)
     }
 
     mutating func removeAll() {
-        if tracking { changed.formUnion(storage) }
+        if changes.on { for member in storage { changes.note(member) } }
         storage.removeAll()
     }
 
-    mutating func takeChanged() -> Set<Element> {
-        guard !changed.isEmpty else { return [] }
-        let taken = changed
-        changed = Set(minimumCapacity: taken.count)
-        return taken
-    }
+    /// The members inserted or removed since the last call, and forgets them.
+    mutating func takeChanged() -> Set<Element> { changes.take() }
 }
 
 extension TrackedSet: ExpressibleByArrayLiteral {
     init(arrayLiteral elements: Element...) {
         self.init()
         for member in elements { storage.insert(member) }
+    }
+}
+
+/// The keys a `TrackedMap` or `TrackedSet` changed since it was last asked, recorded while `on`.
+struct ChangeLog<Key: Hashable & Sendable>: Sendable {
+    var on = false
+    private var keys: Set<Key> = []
+
+    @inline(__always)
+    mutating func note(_ key: Key) {
+        if on { keys.insert(key) }
+    }
+
+    /// The keys noted since the last call, and forgets them.
+    mutating func take() -> Set<Key> {
+        guard !keys.isEmpty else { return [] }
+        let taken = keys
+        keys = Set(minimumCapacity: taken.count)
+        return taken
     }
 }
