@@ -86,14 +86,36 @@ public struct ShortestPaths: Sendable, Hashable {
 public enum Rendezvous {
     /// A stable 64-bit score for `topic` in `region` (the same in every process).
     public static func score(topic: String, region: String) -> UInt64 {
+        score(prefix: prefix(topic), region: region)
+    }
+
+    /// The part of every score of `topic` that does not depend on the region.
+    static func prefix(_ topic: String) -> UInt64 {
         var h: UInt64 = 0xcbf2_9ce4_8422_2325
         for b in topic.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-        h = (h ^ 0xFF) &* 0x100_0000_01b3
+        return (h ^ 0xFF) &* 0x100_0000_01b3
+    }
+
+    static func score(prefix: UInt64, region: String) -> UInt64 {
+        var h = prefix
         for b in region.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
         // SplitMix64's finaliser spreads FNV's weak low bits.
         h = (h ^ (h >> 30)) &* 0xBF58_476D_1CE4_E5B9
         h = (h ^ (h >> 27)) &* 0x94D0_49BB_1331_11EB
         return h ^ (h >> 31)
+    }
+
+    /// The first of `regions` in `ranking(topic:regions:)` order that is not `excluded`, without
+    /// building the ranking: the highest score, ties to the lower name.
+    public static func first(topic: String, regions: [String], excluding excluded: Set<String> = []) -> String? {
+        let prefix = prefix(topic)
+        var best: (region: String, score: UInt64)?
+        for region in regions where excluded.isEmpty || !excluded.contains(region) {
+            let s = score(prefix: prefix, region: region)
+            if let b = best, b.score > s || (b.score == s && b.region <= region) { continue }
+            best = (region, s)
+        }
+        return best?.region
     }
 
     /// `regions` ranked for `topic`, best first.

@@ -149,25 +149,32 @@ extension RelayCore {
         defer { invariantLog.seen = seen }
 
         for id in changedClients {
-            let old = seen.clients.removeValue(forKey: id)
-            if let old {
-                seen.connections -= old.counted ? 1 : 0
-                seen.queuedBytes -= old.queuedBytes
-                seen.subscriptions -= old.subscribed.count
-                for topic in old.traced {
-                    seen.tracing[topic, default: 0] -= 1
-                    if seen.tracing[topic] == 0 { seen.tracing[topic] = nil }
-                    changedTopics.insert(topic)
+            let si = seen.clients.index(forKey: id)
+            let old = si.map { seen.clients.values[$0] }
+            guard let ci = clients.index(forKey: id) else {
+                if let si, let old {
+                    seen.clients.remove(at: si)
+                    seen.connections -= old.counted ? 1 : 0
+                    seen.queuedBytes -= old.queuedBytes
+                    seen.subscriptions -= old.subscribed.count
+                    for topic in old.traced { seen.untrace(topic); changedTopics.insert(topic) }
                 }
+                continue
             }
-            guard let ci = clients.index(forKey: id) else { continue }
             let now = clients.reading(ci) { c in
                 InvariantShadow.Client(counted: c.counted, queuedBytes: c.outbox.queuedBytes, subscribed: c.subscriptions.orderedKeys,
                                        traced: c.traced)
             }
-            // The subscriptions are looked up only when they changed: the array is shared with the
-            // client's own until either changes, so comparing an unchanged one is O(1).
-            if old?.subscribed != now.subscribed || old?.traced != now.traced {
+            // The subscriptions and traces are looked at only when they changed: the array and set are
+            // shared with the client's own until either changes, so comparing unchanged ones is O(1).
+            let tracedChanged = old?.traced != now.traced
+            if let old {
+                seen.connections -= old.counted ? 1 : 0
+                seen.queuedBytes -= old.queuedBytes
+                seen.subscriptions -= old.subscribed.count
+                if tracedChanged { for topic in old.traced { seen.untrace(topic); changedTopics.insert(topic) } }
+            }
+            if tracedChanged || old?.subscribed != now.subscribed {
                 for topic in now.traced where !clients.reading(ci, { $0.subscriptions.contains(topic) }) {
                     fail("client \(id) traces \(topic) without being subscribed to it")
                 }
@@ -179,13 +186,15 @@ extension RelayCore {
                     if !topics.reading(ti, { $0.subscribers.contains(id) }) { fail("client \(id) is subscribed to \(topic) but is not among its subscribers") }
                 }
             }
-            seen.clients[id] = now
+            if let si { seen.clients.values[si] = now } else { seen.clients[id] = now }
             seen.connections += now.counted ? 1 : 0
             seen.queuedBytes += now.queuedBytes
             seen.subscriptions += now.subscribed.count
-            for topic in now.traced {
-                seen.tracing[topic, default: 0] += 1
-                changedTopics.insert(topic)
+            if tracedChanged {
+                for topic in now.traced {
+                    seen.tracing[topic, default: 0] += 1
+                    changedTopics.insert(topic)
+                }
             }
         }
 
@@ -221,28 +230,27 @@ extension RelayCore {
         guard mesh != nil else { return [] }
         let (changedTopics, changedUpstreams) = mesh!.takeChangedTopics()
         let changedLinks = mesh!.links.takeChanged()
-        guard let mesh else { return [] }
         var problems: [String] = []
         func fail(_ text: String) { if problems.count < 20 { problems.append(text) } }
         for topic in changedTopics {
-            if topics[topic] == nil {
-                for map in mesh.maps(holding: topic) { fail("mesh.\(map) still holds \(topic), which the relay no longer holds") }
+            if topics.index(forKey: topic) == nil {
+                for map in mesh!.maps(holding: topic) { fail("mesh.\(map) still holds \(topic), which the relay no longer holds") }
             }
-            for map in mesh.maps(holdingEmptyEntryFor: topic) { fail("mesh.\(map) holds an empty entry for \(topic)") }
+            for map in mesh!.maps(holdingEmptyEntryFor: topic) { fail("mesh.\(map) holds an empty entry for \(topic)") }
         }
-        if mesh.links.count != mesh.up.count || mesh.links.keys.contains(where: { !mesh.up.contains($0) }) {
-            fail("link queues exist for \(mesh.links.keys.sorted()) but the up links are \(mesh.up.sorted())")
+        if mesh!.links.count != mesh!.up.count || mesh!.links.keys.contains(where: { !mesh!.up.contains($0) }) {
+            fail("link queues exist for \(mesh!.links.keys.sorted()) but the up links are \(mesh!.up.sorted())")
         }
         for peer in changedLinks {
-            guard let link = mesh.links[peer] else { continue }
+            guard let link = mesh!.links[peer] else { continue }
             let bytes = link.queue.reduce(0) { $0 + $1.message.estimatedBytes }
             if bytes != link.queuedBytes { fail("the link to \(peer) counts \(link.queuedBytes) queued bytes but holds \(bytes)") }
             if link.unacknowledged < 0 { fail("the link to \(peer) has \(link.unacknowledged) unacknowledged batches") }
         }
         // An upstream must be an up link: check the upstreams that changed, or all of them when a link went down.
-        let upstreams = mesh.up == upBefore ? changedUpstreams : Set(mesh.upstream.keys)
+        let upstreams = mesh!.up == upBefore ? changedUpstreams : Set(mesh!.upstream.keys)
         for topic in upstreams {
-            if let upstream = mesh.upstream[topic], !mesh.up.contains(upstream) { fail("\(topic)'s upstream \(upstream) is not an up link") }
+            if let upstream = mesh!.upstream[topic], !mesh!.up.contains(upstream) { fail("\(topic)'s upstream \(upstream) is not an up link") }
         }
         return problems
     }
@@ -300,6 +308,12 @@ struct InvariantShadow: Sendable {
     var topicSubscriptions = 0
     /// The mesh's up links after the last event.
     var up: Set<String> = []
+
+    /// One client fewer traces `topic`.
+    mutating func untrace(_ topic: String) {
+        tracing[topic, default: 0] -= 1
+        if tracing[topic] == 0 { tracing[topic] = nil }
+    }
 }
 
 extension RelayCore {

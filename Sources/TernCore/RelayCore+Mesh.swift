@@ -185,20 +185,20 @@ extension RelayCore {
 
     /// The region that sequences `topic`: pinned by namespace, else first by rendezvous order.
     public func home(of topic: String) -> String {
-        guard let mesh else { return config.region }
-        if let ns = TopicName.namespace(of: topic), let pinned = mesh.config.pinnedHomes[String(ns)] { return pinned }
+        // Reads through `mesh!` rather than binding it: a binding copies (and retains) the whole mesh state.
+        guard mesh != nil else { return config.region }
+        if !mesh!.config.pinnedHomes.isEmpty, let ns = TopicName.namespace(of: topic), let pinned = mesh!.config.pinnedHomes[String(ns)] { return pinned }
         // Regions unreachable for longer than failover_after are passed over; the next by rendezvous order takes over.
-        let alive = mesh.failed.isEmpty ? mesh.config.graph.regions : mesh.config.graph.regions.filter { !mesh.failed.contains($0) }
-        return Rendezvous.ranking(topic: topic, regions: alive).first ?? config.region
+        return Rendezvous.first(topic: topic, regions: mesh!.config.graph.regions, excluding: mesh!.failed) ?? config.region
     }
 
     func isHome(_ topic: String) -> Bool { mesh == nil || home(of: topic) == config.region }
 
     /// The region that sequences `topic` when every region is alive: a failover home is any other.
     func canonicalHome(of topic: String) -> String {
-        guard let mesh else { return config.region }
-        if let ns = TopicName.namespace(of: topic), let pinned = mesh.config.pinnedHomes[String(ns)] { return pinned }
-        return Rendezvous.ranking(topic: topic, regions: mesh.config.graph.regions).first ?? config.region
+        guard mesh != nil else { return config.region }
+        if !mesh!.config.pinnedHomes.isEmpty, let ns = TopicName.namespace(of: topic), let pinned = mesh!.config.pinnedHomes[String(ns)] { return pinned }
+        return Rendezvous.first(topic: topic, regions: mesh!.config.graph.regions) ?? config.region
     }
 
     // MARK: Link events
@@ -356,10 +356,10 @@ extension RelayCore {
     }
 
     func edgeIsUp(_ a: String, _ b: String) -> Bool {
-        guard let mesh else { return false }
-        if a == config.region { return mesh.up.contains(b) }
-        if b == config.region { return mesh.up.contains(a) }
-        return mesh.adverts[a]?.neighbours.contains(b) == true && mesh.adverts[b]?.neighbours.contains(a) == true
+        guard mesh != nil else { return false }
+        if a == config.region { return mesh!.up.contains(b) }
+        if b == config.region { return mesh!.up.contains(a) }
+        return mesh!.adverts[a]?.neighbours.contains(b) == true && mesh!.adverts[b]?.neighbours.contains(a) == true
     }
 
     mutating func topologyChanged(now: TernInstant) {

@@ -242,8 +242,8 @@ extension RelayCore {
     /// Whether this region follows the mesh's presence for `topic`: it is the home, or it follows
     /// the topic from upstream. Elsewhere it knows only its own members.
     public func tracksMeshPresence(_ topic: String) -> Bool {
-        guard let mesh else { return topics[topic] != nil }
-        return topics[topic] != nil && (isHome(topic) || mesh.upstream[topic] != nil)
+        guard mesh != nil else { return topics.index(forKey: topic) != nil }
+        return topics.index(forKey: topic) != nil && (isHome(topic) || mesh!.upstream[topic] != nil)
     }
 
     /// This region stopped following `topic`: other regions' entries would only go stale here, so

@@ -39,8 +39,8 @@ struct ReplicaRun: Sendable, Hashable {
 extension RelayCore {
     /// Whether publishes to `topic` wait for a second region before they are acknowledged.
     func needsReplication(_ topic: String) -> Bool {
-        guard let mesh, mesh.config.graph.regions.count > 1, let t = topics[topic] else { return false }
-        return t.options.ack == .replicated
+        guard mesh != nil, mesh!.config.graph.regions.count > 1, let i = topics.index(forKey: topic) else { return false }
+        return topics.storage.values[i].options.ack == .replicated
     }
 
     /// The region that follows `topic` for this home: the first by rendezvous order, other than

@@ -128,6 +128,8 @@ public final class Simulation {
 
     final class SimClient {
         let key: ClientKey
+        /// The index of the client's region in `regionNames`.
+        let regionIndex: Int
         let role: Role
         var connection: ClientID?
         var generation = 0
@@ -139,19 +141,21 @@ public final class Simulation {
         var noticeCount = 0
         /// After an `epoch` push the relay skips publications the client already has, so offsets in that epoch may jump.
         var mergeEpochs: Set<String> = []
-        var deliveries: [(position: StreamPosition, id: String)] = []
+        /// What the client received, in order: the position and the publish number (`p<n>` is `n`).
+        var deliveries: [(position: StreamPosition, publish: Int)] = []
         var expectOrderViolation = false
         var slowUntil: TernInstant?
         var lastArrival = TernInstant.zero
         var lastSend = TernInstant.zero
         var nextRef: UInt64 = 1
-        var pendingPublishes: [UInt64: String] = [:]
+        /// Publishes waiting for their acknowledgment: ref → publish number.
+        var pendingPublishes: [UInt64: Int] = [:]
         /// The ref of the subscribe waiting for its reply.
         var subscribeRef: UInt64?
         var advisedDelay: Duration?
         /// Every third subscriber asks for per-hop timestamps.
         var traces: Bool { key.index % 3 == 0 }
-        init(key: ClientKey, role: Role) { self.key = key; self.role = role }
+        init(key: ClientKey, regionIndex: Int, role: Role) { self.key = key; self.regionIndex = regionIndex; self.role = role }
     }
 
     final class Region {
@@ -213,9 +217,12 @@ public final class Simulation {
     private var trace: UInt64 = 0xcbf2_9ce4_8422_2325
     private var eventCount = 0
     private var publishCount = 0
-    private var acks: [String: (topic: String, position: StreamPosition, at: TernInstant)] = [:]
-    private var sentAt: [String: (topic: String, at: TernInstant)] = [:]
-    private var latencies: [String: [Int64]] = [:]
+    /// Acknowledged publishes, by publish number.
+    private var acks: [Int: (topic: String, position: StreamPosition, at: TernInstant)] = [:]
+    /// Every publish sent: publish number `n` (id `p<n>`) is at index `n - 1`.
+    private var sent: [(topic: String, at: TernInstant)] = []
+    /// Publish → deliver latencies, by the index of the subscriber's region in `regionNames`.
+    private var latencies: [[Int64]] = []
     private var deliveryCount = 0
     private var linkBatches = 0
     /// Link entries by kind, for the report.
@@ -239,6 +246,7 @@ public final class Simulation {
         self.rng = SplitMix64(seed: seed)
         self.regionNames = scenario.topology.regions.map(\.name)
         self.end = TernInstant.zero + scenario.duration
+        self.latencies = Array(repeating: [], count: regionNames.count)
         for name in regionNames { regions[name] = Region(name: name) }
         for l in scenario.topology.links { connections[pairKey(l.between.0, l.between.1)] = Connection() }
     }
@@ -246,7 +254,47 @@ public final class Simulation {
     private func pairKey(_ a: String, _ b: String) -> String { a < b ? "\(a)|\(b)" : "\(b)|\(a)" }
 
     private func mix(_ text: String) {
-        for b in text.utf8 { trace = (trace ^ UInt64(b)) &* 0x100_0000_01b3 }
+        for b in text.utf8 { mix(byte: b) }
+    }
+
+    @inline(__always)
+    private func mix(byte b: UInt8) { trace = (trace ^ UInt64(b)) &* 0x100_0000_01b3 }
+
+    /// Mixes the decimal digits of `value`: the same bytes as `mix("\(value)")`, without building a string.
+    private func mix(decimal value: Int64) {
+        if value < 0 { mix(byte: UInt8(ascii: "-")) }
+        let v = value.magnitude
+        var p: UInt64 = 1
+        while v / p >= 10 { p *= 10 }
+        while p > 0 {
+            mix(byte: UInt8(48 + (v / p) % 10))
+            p /= 10
+        }
+    }
+
+    private func mix(decimal value: Int) { mix(decimal: Int64(value)) }
+    private func mix(decimal value: UInt64) {
+        if value > UInt64(Int64.max) { mix("\(value)") } else { mix(decimal: Int64(value)) }
+    }
+
+    /// The publish number of a simulated publication's id (`p<n>`), or nil for any other id.
+    static func publishNumber(_ id: String) -> Int? {
+        var utf8 = id.utf8.makeIterator()
+        guard utf8.next() == UInt8(ascii: "p") else { return nil }
+        var n = 0
+        var digits = 0
+        while let b = utf8.next() {
+            guard b >= 48, b <= 57, digits < 18 else { return nil }
+            n = n * 10 + Int(b - 48)
+            digits += 1
+        }
+        return digits > 0 ? n : nil
+    }
+
+    /// What was sent as publication `id`, if the simulation sent it.
+    private func sentPublish(_ id: String) -> (number: Int, topic: String, at: TernInstant)? {
+        guard let n = Self.publishNumber(id), n >= 1, n <= sent.count else { return nil }
+        return (n, sent[n - 1].topic, sent[n - 1].at)
     }
 
     private func schedule(_ at: TernInstant, _ kind: Kind) {
@@ -334,7 +382,7 @@ public final class Simulation {
                 debugPresenceDropped = true
                 batch.remove(at: i)
             }
-            mix("L\(now.nanoseconds)\(from)\(to)\(batch.count)")
+            mix(byte: UInt8(ascii: "L")); mix(decimal: now.nanoseconds); mix(from); mix(to); mix(decimal: batch.count)
             onLinkDelivery?(now, from, to)
             handle(to, .linkBatch(from, batch))
         case .linkReconnect(let a, let b):
@@ -345,7 +393,7 @@ public final class Simulation {
         case .clientSend(let key, let generation, let ref, let command):
             guard let client = client(key), client.generation == generation, client.connected, let id = client.connection,
                   regions[key.region]!.running else { return }
-            mix("C\(now.nanoseconds)\(key.region)\(key.index)")
+            mix(byte: UInt8(ascii: "C")); mix(decimal: now.nanoseconds); mix(key.region); mix(decimal: key.index)
             handle(key.region, .command(id, ref: ref, command))
         case .clientClosedByRelay(let key, let generation, let code):
             guard let client = client(key), client.generation == generation else { return }
@@ -654,7 +702,7 @@ public final class Simulation {
 
     @discardableResult
     private func addClient(_ region: String, _ role: Role) -> SimClient {
-        let c = SimClient(key: ClientKey(region: region, index: clients.count), role: role)
+        let c = SimClient(key: ClientKey(region: region, index: clients.count), regionIndex: regionNames.firstIndex(of: region)!, role: role)
         clients.append(c)
         schedule(.zero + .nanoseconds(Int64(random(0...0.9) * 1e9)), .clientReconnect(c.key))
         return c
@@ -752,10 +800,10 @@ public final class Simulation {
         case .reply(_, .unsubscribed):
             c.inPresence = false
         case .reply(let ref?, .published(let topic, let position?, _)):
-            if let id = c.pendingPublishes.removeValue(forKey: ref) {
-                let sent = sentAt[id]?.topic ?? ""
-                if topic != sent { violations.append("\(id), published to \(sent), was acknowledged for \(topic) at \(position)") }
-                acks[id] = (sent, position, now)
+            if let n = c.pendingPublishes.removeValue(forKey: ref) {
+                let sentTo = sent[n - 1].topic
+                if topic != sentTo { violations.append("p\(n), published to \(sentTo), was acknowledged for \(topic) at \(position)") }
+                acks[n] = (sentTo, position, now)
             }
         case .publication(let p):
             checkHops(c, p)
@@ -802,7 +850,8 @@ public final class Simulation {
 
     private func deliver(_ c: SimClient, _ p: Publication) {
         guard case .subscriber = c.role else { return }
-        if scenario.debug.dropOneDelivery, !debugDropped, acks[p.id] != nil || sentAt[p.id] != nil, p.position.offset > 2 {
+        let published = sentPublish(p.id)
+        if scenario.debug.dropOneDelivery, !debugDropped, published != nil, p.position.offset > 2 {
             debugDropped = true
             c.position = p.position
             return
@@ -812,13 +861,17 @@ public final class Simulation {
             violations.append("gap without notice: client \(c.key.region)#\(c.key.index) on \(p.topic) went from \(pos) to \(p.position)")
         }
         c.position = p.position
-        c.deliveries.append((p.position, p.id))
+        guard let published else {
+            violations.append("\(c.key.region)#\(c.key.index) got \(p.id) on \(p.topic), which no client published")
+            return
+        }
+        c.deliveries.append((p.position, published.number))
         deliveryCount += 1
         let second = Int(now.nanoseconds / 1_000_000_000)
         while deliveriesPerSecond.count <= second { deliveriesPerSecond.append(0) }
         deliveriesPerSecond[second] += 1
-        if let sent = sentAt[p.id] { latencies[c.key.region, default: []].append((now - sent.at).ternNanoseconds) }
-        mix("P\(now.nanoseconds)\(c.key.index)\(p.position.offset)")
+        latencies[c.regionIndex].append((now - published.at).ternNanoseconds)
+        mix(byte: UInt8(ascii: "P")); mix(decimal: now.nanoseconds); mix(decimal: c.key.index); mix(decimal: p.position.offset)
     }
 
     private func publishOrdinary() {
@@ -834,10 +887,9 @@ public final class Simulation {
         let region = from[Int(random(0...0.999_999) * Double(from.count))]
         guard let p = publishers[region], p.connected else { return }
         publishCount += 1
-        let id = "p\(publishCount)"
-        sentAt[id] = (topic, now)
-        let ref = send(p, .publish(topic: topic, id: id, data: "{\"n\":\(publishCount)}", volatile: false))
-        p.pendingPublishes[ref] = id
+        sent.append((topic, now))
+        let ref = send(p, .publish(topic: topic, id: "p\(publishCount)", data: "{\"n\":\(publishCount)}", volatile: false))
+        p.pendingPublishes[ref] = publishCount
     }
 
     private func churn(_ region: String) {
@@ -868,52 +920,71 @@ public final class Simulation {
         }
     }
 
+    /// Which publish each subscriber saw at each offset of one topic's epoch, to check that all saw the same.
+    final class OffsetTable {
+        var base: UInt64 = 0
+        var publishes: [Int] = []
+        /// The publish number already seen at `offset`, after recording `publish` there if none was.
+        func record(_ offset: UInt64, _ publish: Int) -> Int {
+            if publishes.isEmpty { base = offset }
+            if offset < base {
+                publishes.insert(contentsOf: repeatElement(0, count: Int(base - offset)), at: 0)
+                base = offset
+            }
+            let i = Int(offset - base)
+            if i >= publishes.count { publishes.append(contentsOf: repeatElement(0, count: i - publishes.count + 1)) }
+            if publishes[i] == 0 { publishes[i] = publish }
+            return publishes[i]
+        }
+    }
+
     private func check() {
         // Within an epoch, every subscriber sees the same publication at each offset, in increasing order.
-        var atOffset: [String: [StreamPosition: String]] = [:]
+        struct EpochKey: Hashable { var topic: String; var epoch: String }
+        var tables: [EpochKey: OffsetTable] = [:]
+        // Per publish number, how many times the client being checked received it.
+        var received = [Int](repeating: 0, count: sent.count + 1)
+        // Acknowledged publishes sent before the run settled, by topic, in publish order.
+        let settleBy = quietAt
+        var acknowledged: [String: [Int]] = [:]
+        for n in acks.keys.sorted() where sent[n - 1].at < settleBy { acknowledged[acks[n]!.topic, default: []].append(n) }
+        var lost: [(publish: Int, client: Int, text: String)] = []
         for c in clients {
             guard case .subscriber(let topic) = c.role else { continue }
             var last: StreamPosition?
-            var seen = Set<String>()
+            var table: OffsetTable?
             for d in c.deliveries {
-                if let known = atOffset[topic]?[d.position], known != d.id {
-                    violations.append("order differs within epoch: \(topic) \(d.position) is \(known) for one client and \(d.id) for \(c.key.region)#\(c.key.index)")
+                if table == nil || last?.epoch != d.position.epoch {
+                    let key = EpochKey(topic: topic, epoch: d.position.epoch)
+                    if let t = tables[key] { table = t } else { let t = OffsetTable(); tables[key] = t; table = t }
                 }
-                atOffset[topic, default: [:]][d.position] = d.id
+                let known = table!.record(d.position.offset, d.publish)
+                if known != d.publish {
+                    violations.append("order differs within epoch: \(topic) \(d.position) is p\(known) for one client and p\(d.publish) for \(c.key.region)#\(c.key.index)")
+                }
                 if let l = last, l.epoch == d.position.epoch, d.position.offset <= l.offset {
                     violations.append("out of order: \(c.key.region)#\(c.key.index) got \(d.position) after \(l) on \(topic)")
                 }
                 last = d.position
-                if !seen.insert(d.id).inserted, c.noticeCount == 0 {
-                    violations.append("duplicate: \(c.key.region)#\(c.key.index) got \(d.id) twice on \(topic)")
+                received[d.publish] += 1
+                if received[d.publish] == 2, c.noticeCount == 0 {
+                    violations.append("duplicate: \(c.key.region)#\(c.key.index) got p\(d.publish) twice on \(topic)")
                 }
             }
-        }
-        // No acknowledged publish is lost: every subscriber subscribed before it, never told of a gap, has it once.
-        let byTopic = Dictionary(grouping: clients.filter { if case .subscriber = $0.role { true } else { false } }) { c -> String in
-            if case .subscriber(let t) = c.role { return t }
-            return ""
-        }
-        let settleBy = quietAt
-        var counts: [Int: [String: Int]] = [:]
-        for c in clients where c.noticeCount == 0 && c.subscribedAt != nil {
-            var m: [String: Int] = [:]
-            for d in c.deliveries { m[d.id, default: 0] += 1 }
-            counts[c.key.index] = m
-        }
-        for (id, ack) in acks.sorted(by: { $0.key < $1.key }) {
-            guard let sent = sentAt[id], sent.at < settleBy else { continue }
-            for c in byTopic[ack.topic] ?? [] {
-                guard let since = c.subscribedAt, since < sent.at, c.noticeCount == 0 else { continue }
-                let n = counts[c.key.index]?[id] ?? 0
-                if n != 1 {
-                    violations.append("acknowledged publish \(id) (\(ack.position)) reached \(c.key.region)#\(c.key.index) \(n) times on \(ack.topic)")
-                    if violations.count > 50 { return }
+            // No acknowledged publish is lost: every subscriber subscribed before it, never told of a gap, has it once.
+            if c.noticeCount == 0, let since = c.subscribedAt {
+                for n in acknowledged[topic] ?? [] where since < sent[n - 1].at && received[n] != 1 {
+                    lost.append((n, c.key.index, "acknowledged publish p\(n) (\(acks[n]!.position)) reached \(c.key.region)#\(c.key.index) \(received[n]) times on \(topic)"))
                 }
             }
+            for d in c.deliveries { received[d.publish] = 0 }
+        }
+        for l in lost.sorted(by: { ($0.publish, $0.client) < ($1.publish, $1.client) }) {
+            violations.append(l.text)
+            if violations.count > 50 { return }
         }
         if let max = scenario.invariants.maxP99Latency {
-            let p99 = Percentiles(latencies.values.flatMap { $0 }).p99Ms
+            let p99 = Percentiles(latencies.flatMap { $0 }).p99Ms
             if p99 > Double(max.ternNanoseconds) / 1e6 { violations.append("p99 latency \(p99) ms is over the \(max) threshold") }
         }
     }
@@ -921,7 +992,9 @@ public final class Simulation {
     private func seconds(_ t: TernInstant) -> Double { Double(t.nanoseconds) / 1e9 }
 
     private func result() -> SimulationResult {
-        let all = latencies.values.flatMap { $0 }
+        let all = latencies.flatMap { $0 }
+        var latencyByRegion: [String: Percentiles] = [:]
+        for (i, samples) in latencies.enumerated() where !samples.isEmpty { latencyByRegion[regionNames[i]] = Percentiles(samples) }
         var histogram: [Double: Int] = [:]
         let bounds: [Double] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, SimulationResult.overflowBucket]
         for ns in all {
@@ -937,8 +1010,8 @@ public final class Simulation {
             linkMessagesPerPublish: Double(linkEntries) / Double(published),
             linkBytesPerPublish: Double(linkWire) / Double(published),
             linkEntriesByKind: entryKinds,
-            latencyByRegion: latencies.mapValues(Percentiles.init), latency: Percentiles(all),
-            ackLatency: Percentiles(acks.compactMap { id, ack in sentAt[id].map { (ack.at - $0.at).ternNanoseconds } }),
+            latencyByRegion: latencyByRegion, latency: Percentiles(all),
+            ackLatency: Percentiles(acks.map { n, ack in (ack.at - sent[n - 1].at).ternNanoseconds }),
             histogram: histogram, timeline: timeline.sorted { $0.seconds < $1.seconds }, deliveriesPerSecond: deliveriesPerSecond)
     }
 }
