@@ -32,6 +32,13 @@ struct LinkOutbox: Sendable {
         lastHeartbeatAt = now
         lastDigestAt = now
     }
+
+    /// Queues `message` at `now`.
+    mutating func append(_ message: LinkMessage, live: Bool, now: TernInstant) {
+        queue.append((message, live))
+        queuedBytes += message.estimatedBytes
+        if oldestQueuedAt == nil { oldestQueuedAt = now }
+    }
 }
 
 /// Where a publish came from, so its acknowledgement finds its way back.
@@ -639,7 +646,7 @@ extension RelayCore {
 
     mutating func receiveData(_ publication: Publication, from peer: String) {
         let topic = publication.topic
-        guard topics[topic] != nil, mesh!.upstream[topic] == peer else { return }
+        guard topics.contains(topic), mesh!.upstream[topic] == peer else { return }
         // The topic's state is changed in place (never copied out and written back, which would copy
         // its history ring on every publication).
         if withTopic(topic, { $0.stream.synced }) == false {
@@ -899,10 +906,8 @@ extension RelayCore {
     // MARK: Link output
 
     mutating func enqueueLink(_ peer: String, _ message: LinkMessage, live: Bool = false) {
-        guard mesh != nil, mesh!.up.contains(peer), mesh!.links[peer] != nil else { return }
-        mesh!.links[peer]?.queue.append((message, live))
-        mesh!.links[peer]?.queuedBytes += message.estimatedBytes
-        if mesh!.links[peer]?.oldestQueuedAt == nil { mesh!.links[peer]?.oldestQueuedAt = clock }
+        // Only up links have a queue (an invariant checked after every event).
+        guard mesh != nil, mesh!.links[peer]?.append(message, live: live, now: clock) != nil else { return }
         mesh!.dirty.insert(peer)
     }
 
@@ -914,10 +919,11 @@ extension RelayCore {
         mesh!.dirty.removeAll()
         let config = mesh!.config
         for peer in dirty {
-            guard var link = mesh!.links[peer] else { continue }
+            // Taken out of the map while it is worked on, so that changing its queue does not copy it.
+            guard var link = mesh!.links.removeValue(forKey: peer) else { continue }
             // Credit messages travel at once and outside the window.
-            let control = link.queue.map(\.message).filter(\.isControl)
-            if !control.isEmpty {
+            if link.queue.contains(where: { $0.message.isControl }) {
+                let control = Array(link.queue.lazy.map(\.message).filter(\.isControl))
                 link.queue.removeAll(where: { $0.message.isControl })
                 link.queuedBytes -= control.reduce(0) { $0 + $1.estimatedBytes }
                 actions.append(.sendLink(peer, control))
@@ -938,12 +944,16 @@ extension RelayCore {
                 let due = link.unacknowledged == 0 || link.queuedBytes >= config.maxBatchBytes
                     || (link.oldestQueuedAt.map { $0 + config.maxBatchDelay <= now } ?? false)
                 guard due else { break }
-                var batch: [LinkMessage] = []
+                var taken = 0
                 var bytes = 0
-                while let first = link.queue.first?.message, batch.isEmpty || bytes + first.estimatedBytes <= config.maxBatchBytes {
-                    bytes += first.estimatedBytes
-                    batch.append(link.queue.removeFirst().message)
+                while taken < link.queue.count {
+                    let size = link.queue[taken].message.estimatedBytes
+                    guard taken == 0 || bytes + size <= config.maxBatchBytes else { break }
+                    bytes += size
+                    taken += 1
                 }
+                let batch = link.queue[..<taken].map(\.message)
+                link.queue.removeFirst(taken)
                 link.queuedBytes -= bytes
                 link.unacknowledged += 1
                 link.oldestQueuedAt = link.queue.isEmpty ? nil : now

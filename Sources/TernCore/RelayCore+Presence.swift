@@ -93,7 +93,7 @@ extension RelayCore {
 
     /// Applies a remote change unless it is older than what this region holds; returns whether it applied.
     mutating func applyPresence(_ topic: String, owner: String, incarnation: UInt64, sequence: UInt64, _ change: PresenceChange) -> Bool {
-        guard topics[topic] != nil else { return false }
+        guard let joinLeave = topics.reading(topic, { $0.options.joinLeave }) else { return false }
         let seen = mesh!.presenceSeen[topic]?[owner]
         // A restarted owner's earlier incarnation has nothing left to say.
         if let seen, incarnation < seen.incarnation { return false }
@@ -109,7 +109,7 @@ extension RelayCore {
         mesh!.presenceSeen[topic, default: [:]][owner] = (incarnation, sequence)
         mesh!.stalePresence[topic]?[owner] = nil
         if mesh!.stalePresence[topic]?.isEmpty == true { mesh!.stalePresence[topic] = nil }
-        guard let joinLeave = topics[topic]?.options.joinLeave else { return false }
+        guard topics.contains(topic) else { return false }
         switch change {
         case .join(let entry):
             if topics[topic]?.presence.insert(entry) == true, joinLeave {

@@ -712,7 +712,7 @@ public struct RelayCore: Sendable {
     /// its collections change would make Swift copy those collections (copy-on-write) each time.
     mutating func deliver(_ publication: Publication, sequencedHere: Bool = false) {
         let topic = publication.topic
-        guard topics[topic] != nil else { return }
+        guard topics.contains(topic) else { return }
         if mesh != nil, let children = mesh!.children[topic] {
             for child in children.orderedKeys where children[child] == .live { sendData(child, publication, live: true) }
         }
@@ -735,7 +735,11 @@ public struct RelayCore: Sendable {
                                    sequencedAtWall: publication.sequencedAtWall)
         var traced: Publication?
         var sharedTraced: OutboundFrame?
-        if (topics[topic]?.traceSubscribers ?? 0) > 0 {
+        // Read in place: reading `topics[topic]?.field` copies the whole topic state first.
+        guard let (traceSubscribers, subscribers, waiting) = topics.reading(topic, { t in
+            (t.traceSubscribers, t.subscribers.orderedKeys, t.pendingSubscribes.isEmpty ? [] : Set(t.pendingSubscribes.map(\.client)))
+        }) else { return }
+        if traceSubscribers > 0 {
             var p = publication
             var hops = p.trace ?? []
             if hops.count < TraceHop.maxHops { hops.append(TraceHop(region: config.region, step: .delivered, at: wallNow)) }
@@ -744,20 +748,18 @@ public struct RelayCore: Sendable {
             sharedTraced = OutboundFrame(bytes: encoder.encode(.publication(p)), acceptedAt: publication.acceptedAt,
                                          sequencedAtWall: publication.sequencedAtWall)
         }
-        let subscribers = topics[topic]?.subscribers.orderedKeys ?? []
-        // Clients still waiting for their subscribe reply get the stream through that reply, not before it.
-        let waiting = topics[topic]?.pendingSubscribes.isEmpty ?? true ? [] : Set(topics[topic]?.pendingSubscribes.map(\.client) ?? [])
+        // Clients still waiting for their subscribe reply (`waiting`) get the stream through that reply, not before it.
         for client in subscribers where waiting.isEmpty || !waiting.contains(client) {
             guard let i = clients.index(forKey: client) else { continue }
-            let (transport, wantsTrace) = clients.inPlace(i) { ($0.transport, traced != nil && $0.traced.contains(topic)) }
+            let (transport, wantsTrace) = clients.reading(i) { ($0.transport, traced != nil && $0.traced.contains(topic)) }
             if transport == .websocket {
                 enqueue(client, at: i, wantsTrace ? sharedTraced! : shared, volatileKey: nil)
             } else {
                 send(client, .publication(wantsTrace ? traced! : plain))
             }
         }
-        if let waiters = topics[topic]?.pollWaiters, !waiters.isEmpty {
-            for client in waiters.orderedKeys { completePoll(client, publications: [plain]) }
+        if let waiters = topics.reading(topic, { $0.pollWaiters.isEmpty ? nil : $0.pollWaiters.orderedKeys }) ?? nil {
+            for client in waiters { completePoll(client, publications: [plain]) }
         }
     }
 
@@ -790,11 +792,12 @@ public struct RelayCore: Sendable {
     }
 
     mutating func broadcast(_ topic: String, _ message: ServerMessage, volatileKey: String?) {
-        guard let state = topics[topic] else { return }
+        guard let subscribers = topics.reading(topic, { $0.subscribers.orderedKeys }) else { return }
         let shared = OutboundFrame(bytes: encoder.encode(message), acceptedAt: nil)
-        for client in state.subscribers.orderedKeys {
-            if clients[client]?.transport == .websocket {
-                enqueue(client, shared, volatileKey: volatileKey)
+        for client in subscribers {
+            guard let i = clients.index(forKey: client) else { continue }
+            if clients.reading(i, { $0.transport }) == .websocket {
+                enqueue(client, at: i, shared, volatileKey: volatileKey)
             } else {
                 send(client, message, volatileKey: volatileKey)
             }
@@ -1009,15 +1012,15 @@ public struct RelayCore: Sendable {
     // MARK: - Output
 
     mutating func send(_ client: ClientID, _ message: ServerMessage, volatileKey: String? = nil) {
-        guard let state = clients[client] else { return }
+        guard let i = clients.index(forKey: client) else { return }
         let bytes: ByteBuffer
-        switch state.transport {
+        switch clients.reading(i, { $0.transport }) {
         case .websocket:
             bytes = encoder.encode(message)
         case .sse:
-            var cursor = state.cursor
+            var cursor = clients.reading(i) { $0.cursor }
             bytes = encoder.encodeSSE(message, cursor: &cursor)
-            clients[client]?.cursor = cursor
+            clients.inPlace(i) { $0.cursor = cursor }
         case .poll:
             return
         }
@@ -1026,7 +1029,7 @@ public struct RelayCore: Sendable {
             frame.acceptedAt = p.acceptedAt
             frame.sequencedAtWall = p.sequencedAtWall
         }
-        enqueue(client, frame, volatileKey: volatileKey)
+        enqueue(client, at: i, frame, volatileKey: volatileKey)
     }
 
     mutating func enqueue(_ client: ClientID, _ frame: OutboundFrame, volatileKey: String?) {

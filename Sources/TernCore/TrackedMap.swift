@@ -64,12 +64,22 @@ struct TrackedMap<Key: Hashable & Sendable, Value: Sendable>: Sendable {
         return storage.inPlace(index, body)
     }
 
-    /// Reads the value at `index` in place without counting it as changed. For the invariant checks,
-    /// which must not mark what they read.
+    /// Reads the value at `index` in place, without copying it out and without counting it as changed
+    /// (the invariant checks must not mark what they read).
     @inline(__always)
-    mutating func reading<T>(_ index: Index, _ body: (inout Value) -> T) -> T {
-        storage.inPlace(index, body)
+    mutating func reading<T>(_ index: Index, _ body: (Value) -> T) -> T {
+        storage.inPlace(index) { body($0) }
     }
+
+    /// Reads the value for `key` in place (`reading(_:_:)`), or nil when there is none.
+    @inline(__always)
+    mutating func reading<T>(_ key: Key, _ body: (Value) -> T) -> T? {
+        guard let i = storage.index(forKey: key) else { return nil }
+        return storage.inPlace(i) { body($0) }
+    }
+
+    /// Whether `key` has a value.
+    func contains(_ key: Key) -> Bool { storage.index(forKey: key) != nil }
 
     /// The keys changed since the last call, and forgets them.
     mutating func takeChanged() -> Set<Key> { changes.take() }
