@@ -112,24 +112,29 @@ extension RelayCore {
         guard topics.contains(topic) else { return false }
         switch change {
         case .join(let entry):
-            if topics[topic]?.presence.insert(entry) == true, joinLeave {
+            if withTopic(topic, { $0.presence.insert(entry) }) == true, joinLeave {
                 broadcast(topic, .join(topic: topic, entry), volatileKey: "presence/\(topic)/\(owner)/\(entry.client)")
             }
         case .leave(let client):
-            if let entry = topics[topic]?.presence.remove(PresenceKey(region: owner, client: client)), joinLeave {
+            if let entry = withTopic(topic, { $0.presence.remove(PresenceKey(region: owner, client: client)) }) ?? nil, joinLeave {
                 broadcast(topic, .leave(topic: topic, entry), volatileKey: "presence/\(topic)/\(owner)/\(client)")
             }
         case .snapshot(let entries):
-            let incoming = Set(entries.map(\.client))
-            for old in topics[topic]?.presence.entries(of: owner) ?? [] where !incoming.contains(old.client) {
-                topics[topic]?.presence.remove(PresenceKey(region: owner, client: old.client))
-                if joinLeave { broadcast(topic, .leave(topic: topic, old), volatileKey: "presence/\(topic)/\(owner)/\(old.client)") }
-            }
-            for entry in entries where entry.region == owner {
-                if topics[topic]?.presence.insert(entry) == true, joinLeave {
-                    broadcast(topic, .join(topic: topic, entry), volatileKey: "presence/\(topic)/\(owner)/\(entry.client)")
+            // The table is changed in place in one access; who left and who joined is told afterwards, in the same order.
+            let (left, joined) = withTopic(topic) { t -> ([PresenceEntry], [PresenceEntry]) in
+                let incoming = Set(entries.map(\.client))
+                var left: [PresenceEntry] = []
+                for old in t.presence.entries(of: owner) where !incoming.contains(old.client) {
+                    t.presence.remove(PresenceKey(region: owner, client: old.client))
+                    left.append(old)
                 }
-            }
+                var joined: [PresenceEntry] = []
+                for entry in entries where entry.region == owner && t.presence.insert(entry) { joined.append(entry) }
+                return (left, joined)
+            } ?? ([], [])
+            guard joinLeave else { return true }
+            for old in left { broadcast(topic, .leave(topic: topic, old), volatileKey: "presence/\(topic)/\(owner)/\(old.client)") }
+            for entry in joined { broadcast(topic, .join(topic: topic, entry), volatileKey: "presence/\(topic)/\(owner)/\(entry.client)") }
         }
         return true
     }

@@ -32,10 +32,11 @@ public struct TernInstant: Hashable, Comparable, Sendable, CustomStringConvertib
 extension Duration {
     /// This duration in whole nanoseconds, saturating at the bounds of Int64.
     public var ternNanoseconds: Int64 {
-        let (seconds, attoseconds) = components
-        let (ns, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
-        if overflow { return seconds < 0 ? .min : .max }
-        return ns &+ attoseconds / 1_000_000_000
+        // From the 128-bit attoseconds directly: `components` divides by 10^18 first, which is slower.
+        let ns = attoseconds / 1_000_000_000
+        if ns > Int128(Int64.max) { return .max }
+        if ns < Int128(Int64.min) { return .min }
+        return Int64(ns)
     }
 
     /// This duration in milliseconds, rounded down.

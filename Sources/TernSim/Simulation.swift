@@ -206,6 +206,8 @@ public final class Simulation {
     private var queue = Heap<Event>()
     private var sequence: UInt64 = 0
     private var regions: [String: Region] = [:]
+    /// The regions in `regionNames` order.
+    private var regionList: [Region] = []
     private let regionNames: [String]
     private var connections: [String: Connection] = [:]
     private var cuts: Set<String> = []
@@ -248,6 +250,7 @@ public final class Simulation {
         self.end = TernInstant.zero + scenario.duration
         self.latencies = Array(repeating: [], count: regionNames.count)
         for name in regionNames { regions[name] = Region(name: name) }
+        regionList = regionNames.map { regions[$0]! }
         for l in scenario.topology.links { connections[pairKey(l.between.0, l.between.1)] = Connection() }
     }
 
@@ -760,7 +763,7 @@ public final class Simulation {
 
     private func drainClient(_ c: SimClient, _ id: ClientID, force: Bool = false) {
         if let until = c.slowUntil, until > now, !force { return }
-        let r = regions[c.key.region]!
+        let r = regionList[c.regionIndex]
         guard r.running else { return }
         let frames = r.core!.takeOutbound(id, maxBytes: .max)
         guard !frames.isEmpty else { return }
