@@ -63,6 +63,14 @@ public struct IndexedMap<Key: Hashable & Sendable, Value: Sendable>: Sendable {
 }
 
 extension Dictionary {
+    /// Gives `body` the value for `key` in place (nil when there is none): `dictionary[key]?.field = x`
+    /// moves the whole value out and back, copying every reference it holds.
+    @inline(__always) @discardableResult
+    mutating func update<T>(_ key: Key, _ body: (inout Value) -> T) -> T? {
+        guard let i = index(forKey: key) else { return nil }
+        return body(&values[i])
+    }
+
     /// Gives `body` the value at `index` in place, through the modify accessor. Reading a field as
     /// `values[index].field` goes through the getter, which copies (and retains) the whole value;
     /// for the core's client and topic states that is a dozen reference counts per read.

@@ -227,20 +227,20 @@ extension RelayCore {
         mesh!.links[peer] = nil
         mesh!.dirty.remove(peer)
         for topic in mesh!.children.keys.sorted() where mesh!.children[topic]?.contains(peer) == true {
-            mesh!.children[topic]?.removeValue(forKey: peer)
+            mesh!.children.update(topic) { $0.removeValue(forKey: peer) }
             if mesh!.children[topic]?.isEmpty == true { mesh!.children[topic] = nil }
         }
         for topic in mesh!.awaitingSync.keys.sorted() {
-            mesh!.awaitingSync[topic]?.removeAll { $0.child == peer }
+            mesh!.awaitingSync.update(topic) { $0.removeAll { $0.child == peer } }
             if mesh!.awaitingSync[topic]?.isEmpty == true { mesh!.awaitingSync[topic] = nil }
         }
         for topic in mesh!.upstream.keys.sorted() where mesh!.upstream[topic] == peer {
             mesh!.upstream[topic] = nil
             // The cache may fall behind until a new upstream catches it up; children must wait for that.
-            topics[topic]?.stream.catchUp()
+            topics.update(topic) { $0.stream.catchUp() }
         }
         for ref in mesh!.pending.keys.sorted() where mesh!.pending[ref]?.sentVia == peer {
-            mesh!.pending[ref]?.sentVia = nil
+            mesh!.pending.update(ref) { $0.sentVia = nil }
         }
         advertiseOwnLinks()
         topologyChanged(now: now)
@@ -249,7 +249,7 @@ extension RelayCore {
     /// Handles one batch from `peer`, then grants it credit for another.
     mutating func linkBatch(_ peer: String, _ messages: [LinkMessage], now: TernInstant) {
         guard mesh != nil, mesh!.up.contains(peer) else { return }
-        mesh!.links[peer]?.lastReceivedAt = now
+        mesh!.links.update(peer) { $0.lastReceivedAt = now }
         var needsCredit = false
         for message in messages {
             if !message.isControl { needsCredit = true }
@@ -268,9 +268,9 @@ extension RelayCore {
         case .epochSwitch(let topic, let from, let to):
             receiveEpochSwitch(topic, from: from, to: to, from: peer, now: now)
         case .uninterest(let topic):
-            mesh!.children[topic]?.removeValue(forKey: peer)
+            mesh!.children.update(topic) { $0.removeValue(forKey: peer) }
             if mesh!.children[topic]?.isEmpty == true { mesh!.children[topic] = nil }
-            mesh!.awaitingSync[topic]?.removeAll { $0.child == peer }
+            mesh!.awaitingSync.update(topic) { $0.removeAll { $0.child == peer } }
             if mesh!.awaitingSync[topic]?.isEmpty == true { mesh!.awaitingSync[topic] = nil }
             reconcileInterest(topic, now: now)
             sweepIfIdle(topic, now: now)
@@ -309,9 +309,9 @@ extension RelayCore {
             // Smoothed like TCP's estimate: an eighth of each new sample.
             let sample = Duration.nanoseconds(max(0, now.nanoseconds - sentAt))
             if let rtt = mesh!.links[peer]?.roundTrip {
-                mesh!.links[peer]?.roundTrip = .nanoseconds(rtt.ternNanoseconds + (sample.ternNanoseconds - rtt.ternNanoseconds) / 8)
+                mesh!.links.update(peer) { $0.roundTrip = .nanoseconds(rtt.ternNanoseconds + (sample.ternNanoseconds - rtt.ternNanoseconds) / 8) }
             } else {
-                mesh!.links[peer]?.roundTrip = sample
+                mesh!.links.update(peer) { $0.roundTrip = sample }
             }
         case .follow(let topic, let replica, let home, let from):
             receiveFollow(topic: topic, replica: replica, home: home, from: from, now: now)
@@ -321,7 +321,7 @@ extension RelayCore {
             receiveReplicated(topic: topic, epoch: epoch, from: from, to: to, home: home)
         case .credit(let batches):
             let outstanding = mesh!.links[peer]?.unacknowledged ?? 0
-            mesh!.links[peer]?.unacknowledged = max(0, outstanding - batches)
+            mesh!.links.update(peer) { $0.unacknowledged = max(0, outstanding - batches) }
             mesh!.dirty.insert(peer)
         }
     }
@@ -395,7 +395,7 @@ extension RelayCore {
                 updateReplica(topic)
             } else if let following = topics[topic]?.stream.replicaOf, following != home {
                 // The home changed; the new one chooses its own replica.
-                topics[topic]?.stream.replicaOf = nil
+                topics.update(topic) { $0.stream.replicaOf = nil }
             }
             reconcileInterest(topic, now: now)
             refreshTrace(topic)
@@ -412,9 +412,9 @@ extension RelayCore {
     mutating func homeChanged(_ topic: String, from old: String, to new: String, now: TernInstant) {
         guard topics[topic] != nil else { return }
         if new == config.region {
-            topics[topic]?.stream.replicaOf = nil
+            topics.update(topic) { $0.stream.replicaOf = nil }
         } else if old == config.region {
-            topics[topic]?.stream.recovery = nil
+            topics.update(topic) { $0.stream.recovery = nil }
             failAcknowledgments(topic, where: { _ in true },
                 "the home of '\(topic)' moved to \(new) before a second region confirmed the publication; retry with the same id")
             releaseReplica(topic)
@@ -439,7 +439,7 @@ extension RelayCore {
         } else if old == config.region {
             // The canonical home is back: follow it; once it has caught this region up, hand it what
             // this region accepted meanwhile (`resequenceFailoverLog`).
-            topics[topic]?.stream.catchUp()
+            topics.update(topic) { $0.stream.catchUp() }
         }
     }
 
@@ -461,7 +461,7 @@ extension RelayCore {
     /// way, or the home moved): back into the log, to go again once this region is synced with the home.
     mutating func resequenceFailed(_ pending: PendingPublish, now: TernInstant) {
         guard topics[pending.topic] != nil else { return }
-        topics[pending.topic]?.stream.logAgain(pending, now: now)
+        topics.update(pending.topic) { $0.stream.logAgain(pending, now: now) }
         reconcileInterest(pending.topic, now: now)
         if isCurrent(pending.topic) { resequenceFailoverLog(pending.topic, now: now) }
     }
@@ -471,7 +471,7 @@ extension RelayCore {
         guard var t = topics[topic], t.stream.synced, mesh!.upstream[topic] == peer else { return }
         guard t.stream.position == from else {
             if !t.stream.resyncing {
-                topics[topic]?.stream.catchUp()
+                topics.update(topic) { $0.stream.catchUp() }
                 enqueueLink(peer, .interest(topic: topic, since: t.stream.position, fork: t.stream.fork))
             }
             return
@@ -528,7 +528,7 @@ extension RelayCore {
             if let old = current, mesh!.up.contains(old) { enqueueLink(old, .uninterest(topic: topic)) }
             mesh!.upstream[topic] = parent
             if let parent, let t = topics[topic] {
-                topics[topic]?.stream.catchUp()
+                topics.update(topic) { $0.stream.catchUp() }
                 enqueueLink(parent, .interest(topic: topic, since: t.stream.synced ? t.stream.position : t.stream.awaitingFrom, fork: t.stream.fork))
             }
         } else if let current = mesh!.upstream[topic] {
@@ -566,9 +566,9 @@ extension RelayCore {
     mutating func childInterest(_ child: String, topic: String, since: StreamPosition?, fork: StreamPosition?, now: TernInstant) {
         guard case .success(let options) = namespaceOptions(for: topic) else { return }
         ensureTopic(topic, options, now: now)
-        topics[topic]?.lastActivity = now
+        topics.update(topic) { $0.lastActivity = now }
         if mesh!.children[topic] == nil { mesh!.children[topic] = IndexedMap() }
-        mesh!.children[topic]?[child] = .resyncing
+        mesh!.children.update(topic) { $0[child] = .resyncing }
         // Serve from this region's stream only when it is current: the home always is; a cache is
         // once its upstream has caught it up. A child may be ahead of a cache that is catching up.
         if isHome(topic) || isCurrent(topic) {
@@ -578,7 +578,7 @@ extension RelayCore {
             mesh!.awaitingSync[topic, default: []].append((child, since, fork))
             if topics[topic]?.stream.synced == false, topics[topic]?.stream.awaitingFrom == nil, mesh!.upstream[topic] == nil, let since {
                 // Not asked upstream yet: ask from where the child stands, so the data it needs passes through here.
-                topics[topic]?.stream.sync = .unsynced(from: since)
+                topics.update(topic) { $0.stream.sync = .unsynced(from: since) }
             }
             reconcileInterest(topic, now: now)
         }
@@ -604,7 +604,7 @@ extension RelayCore {
             mesh!.awaitingSync[topic, default: []].append((child, since, fork))
             return
         }
-        topics[topic]?.stream.fresh = false
+        topics.update(topic) { $0.stream.fresh = false }
         guard let current = topics[topic]?.stream.position else { return }
         if isHome(topic), let adopted = topics[topic]?.stream.adoptedFrom,
            case let jumped = adopted.offset.saturatingAdd(Self.adoptionJump),
@@ -633,7 +633,7 @@ extension RelayCore {
         case .gap(let at, let reason):
             enqueueLink(child, .gap(topic: topic, position: at, reason: reason))
         }
-        mesh!.children[topic]?[child] = .live
+        mesh!.children.update(topic) { $0[child] = .live }
         sendPresenceSnapshots(topic, to: child)
     }
 
@@ -719,7 +719,7 @@ extension RelayCore {
         guard let waiting = mesh!.awaitingSync[topic], let t = topics[topic], t.stream.synced else { return }
         let ready = waiting.filter { $0.since.map { $0.epoch == t.stream.epoch && $0.offset <= t.stream.offset } ?? false }
         guard !ready.isEmpty else { return }
-        mesh!.awaitingSync[topic]?.removeAll { w in ready.contains { $0.child == w.child } }
+        mesh!.awaitingSync.update(topic) { $0.removeAll { w in ready.contains { $0.child == w.child } } }
         if mesh!.awaitingSync[topic]?.isEmpty == true { mesh!.awaitingSync[topic] = nil }
         for (child, since, fork) in ready where mesh!.up.contains(child) {
             serveChild(child, topic: topic, since: since, fork: fork, now: now)
@@ -734,12 +734,12 @@ extension RelayCore {
         // Serving children never removes the topic; should it be gone, nobody here waits for it.
         guard let waiting = topics[topic]?.pendingSubscribes, let current = topics[topic]?.stream.position,
               let catchingUp = topics[topic]?.stream.resyncing else { return }
-        topics[topic]?.pendingSubscribes = []
+        topics.update(topic) { $0.pendingSubscribes = [] }
         for pending in waiting where clients[pending.client]?.subscriptions.contains(topic) == true {
             if catchingUp, let since = pending.since, since.epoch == current.epoch, since.offset > current.offset {
                 // The client already stands further on than this region, which is still catching up:
                 // answer once the region has reached it, rather than send the client backwards.
-                topics[topic]?.pendingSubscribes.append(pending)
+                topics.update(topic) { $0.pendingSubscribes.append(pending) }
                 continue
             }
             let reply = subscribeReply(topic, since: pending.since, now: now)
@@ -780,7 +780,7 @@ extension RelayCore {
         let home = self.home(of: p.topic)
         if home == config.region, topics[p.topic]?.stream.recovery != nil {
             // Recovering its epoch: the publish waits (until `finishRecovery` or its timeout).
-            mesh!.pending[ref]?.sentVia = nil
+            mesh!.pending.update(ref) { $0.sentVia = nil }
             return
         }
         if home == config.region {
@@ -792,11 +792,11 @@ extension RelayCore {
             return
         }
         guard let hop = mesh!.routes.firstHop(to: home) else {
-            mesh!.pending[ref]?.sentVia = nil
+            mesh!.pending.update(ref) { $0.sentVia = nil }
             return
         }
-        mesh!.pending[ref]?.sentVia = hop
-        mesh!.pending[ref]?.sentTo = home
+        mesh!.pending.update(ref) { $0.sentVia = hop }
+        mesh!.pending.update(ref) { $0.sentTo = home }
         enqueueLink(hop, .publish(topic: p.topic, id: p.id, data: p.data, user: p.user, origin: origin, ref: originRef,
                                   receivedAtWall: p.receivedAtWall, firstAt: p.firstAt))
         if case .relay = p.origin {
@@ -886,17 +886,17 @@ extension RelayCore {
         if t.stream.synced {
             // Waiting for this region to catch up past the client's own position took too long:
             // answer with what the region has (the client is told if it cannot be recovered).
-            topics[topic]?.pendingSubscribes = []
+            topics.update(topic) { $0.pendingSubscribes = [] }
             for pending in t.pendingSubscribes where clients[pending.client]?.subscriptions.contains(topic) == true {
                 sendSubscribed(pending.client, ref: pending.ref, subscribeReply(topic, since: pending.since, now: now), now: now)
             }
             return
         }
-        topics[topic]?.pendingSubscribes = []
+        topics.update(topic) { $0.pendingSubscribes = [] }
         for pending in t.pendingSubscribes where clients[pending.client]?.subscriptions.contains(topic) == true {
             setTraced(pending.client, topic, false, now: now)
-            clients[pending.client]?.subscriptions.removeValue(forKey: topic)
-            clients[pending.client]?.cursor[topic] = nil
+            clients.update(pending.client) { $0.subscriptions.removeValue(forKey: topic) }
+            clients.update(pending.client) { $0.cursor[topic] = nil }
             removeSubscriber(pending.client, from: topic, now: now)
             send(pending.client, .error(ref: pending.ref, TernError(.internalError,
                 "the home of '\(topic)' (\(home(of: topic))) cannot be reached from \(config.region); retry")))
@@ -983,7 +983,7 @@ extension RelayCore {
             return true
         }
         for topic in topicsToResync {
-            mesh!.children[topic]?[peer] = .resyncing
+            mesh!.children.update(topic) { $0[peer] = .resyncing }
             link.queue.append((.resync(topic: topic), false))
         }
         link.queuedBytes = link.queue.reduce(0) { $0 + $1.message.estimatedBytes }
@@ -994,7 +994,7 @@ extension RelayCore {
     // MARK: Link liveness
 
     mutating func scheduleLiveness(_ peer: String, at: TernInstant) {
-        mesh!.links[peer]?.livenessAt = at
+        mesh!.links.update(peer) { $0.livenessAt = at }
         schedule(at, .linkLiveness(peer))
     }
 
@@ -1012,10 +1012,10 @@ extension RelayCore {
         }
         if now - link.lastHeartbeatAt >= config.heartbeatInterval {
             enqueueLink(peer, .heartbeat(sentAt: now.nanoseconds))
-            mesh!.links[peer]?.lastHeartbeatAt = now
+            mesh!.links.update(peer) { $0.lastHeartbeatAt = now }
         }
         if now - link.lastDigestAt >= config.presenceDigestInterval {
-            mesh!.links[peer]?.lastDigestAt = now
+            mesh!.links.update(peer) { $0.lastDigestAt = now }
             sendPresenceDigests(to: peer)
         }
         let next = min(now + config.heartbeatInterval, link.lastReceivedAt + config.linkReadTimeout)
@@ -1024,7 +1024,7 @@ extension RelayCore {
 
     mutating func linkFlushDue(_ peer: String, now: TernInstant) {
         guard mesh != nil, mesh!.links[peer] != nil else { return }
-        mesh!.links[peer]?.flushScheduled = false
+        mesh!.links.update(peer) { $0.flushScheduled = false }
         mesh!.dirty.insert(peer)
     }
 }

@@ -107,7 +107,7 @@ extension RelayCore {
             dropPresence(topic, owner: owner)
         }
         mesh!.presenceSeen[topic, default: [:]][owner] = (incarnation, sequence)
-        mesh!.stalePresence[topic]?[owner] = nil
+        mesh!.stalePresence.update(topic) { $0[owner] = nil }
         if mesh!.stalePresence[topic]?.isEmpty == true { mesh!.stalePresence[topic] = nil }
         guard topics.contains(topic) else { return false }
         switch change {
@@ -159,7 +159,7 @@ extension RelayCore {
             }
             for owner in table.regions where owner != config.region {
                 if canReach(owner) {
-                    mesh!.stalePresence[topic]?[owner] = nil
+                    mesh!.stalePresence.update(topic) { $0[owner] = nil }
                     if mesh!.stalePresence[topic]?.isEmpty == true { mesh!.stalePresence[topic] = nil }
                 } else if mesh!.stalePresence[topic]?[owner] == nil {
                     mesh!.stalePresence[topic, default: [:]][owner] = now
@@ -174,7 +174,7 @@ extension RelayCore {
         guard let t = topics[topic] else { return }
         let joinLeave = t.options.joinLeave
         for entry in t.presence.entries(of: owner) {
-            topics[topic]?.presence.remove(PresenceKey(region: owner, client: entry.client))
+            topics.update(topic) { $0.presence.remove(PresenceKey(region: owner, client: entry.client)) }
             if joinLeave { broadcast(topic, .leave(topic: topic, entry), volatileKey: "presence/\(topic)/\(owner)/\(entry.client)") }
         }
     }
@@ -185,8 +185,8 @@ extension RelayCore {
         for topic in mesh!.presenceSeen.keys.sorted() {
             guard let seen = mesh!.presenceSeen[topic]?[owner], seen.incarnation < incarnation else { continue }
             dropPresence(topic, owner: owner)
-            mesh!.presenceSeen[topic]?[owner] = (incarnation, 0)
-            mesh!.stalePresence[topic]?[owner] = nil
+            mesh!.presenceSeen.update(topic) { $0[owner] = (incarnation, 0) }
+            mesh!.stalePresence.update(topic) { $0[owner] = nil }
             if mesh!.stalePresence[topic]?.isEmpty == true { mesh!.stalePresence[topic] = nil }
             // Regions below this one in the topic's tree hear it from here too.
             sendPresenceDown(topic, .presence(topic: topic, owner: owner, incarnation: incarnation, sequence: 0,
@@ -269,12 +269,12 @@ extension RelayCore {
     mutating func presenceTimedOut(_ topic: String, owner: String, now: TernInstant) {
         guard let since = mesh?.stalePresence[topic]?[owner], since + mesh!.config.presenceTimeout <= now,
               !canReach(owner), topics[topic] != nil else { return }
-        mesh!.stalePresence[topic]?[owner] = nil
+        mesh!.stalePresence.update(topic) { $0[owner] = nil }
         if mesh!.stalePresence[topic]?.isEmpty == true { mesh!.stalePresence[topic] = nil }
-        mesh!.presenceSeen[topic]?[owner] = nil
+        mesh!.presenceSeen.update(topic) { $0[owner] = nil }
         guard let joinLeave = topics[topic]?.options.joinLeave else { return }
         for entry in topics[topic]?.presence.entries(of: owner) ?? [] {
-            topics[topic]?.presence.remove(PresenceKey(region: owner, client: entry.client))
+            topics.update(topic) { $0.presence.remove(PresenceKey(region: owner, client: entry.client)) }
             if joinLeave { broadcast(topic, .leave(topic: topic, entry), volatileKey: "presence/\(topic)/\(owner)/\(entry.client)") }
         }
         sweepIfIdle(topic, now: now)

@@ -67,7 +67,7 @@ extension RelayCore {
         let target = replicaTarget(topic)
         guard target != current else { return }
         if let current, canReach(current) { route(.unfollow(topic: topic, replica: current), to: current) }
-        topics[topic]?.stream.replication.replica = target
+        topics.update(topic) { $0.stream.replication.replica = target }
         if let target, let t = topics[topic] {
             let from = StreamPosition(epoch: t.stream.epoch, offset: t.stream.replication.epoch == t.stream.epoch ? t.stream.replication.through : t.stream.offset)
             route(.follow(topic: topic, replica: target, home: config.region, from: from), to: target)
@@ -77,7 +77,7 @@ extension RelayCore {
     /// Stops asking anyone to follow `topic` (the topic is going away here, or this region is no longer its home).
     mutating func releaseReplica(_ topic: String) {
         guard mesh != nil, let replica = topics[topic]?.stream.replication.replica else { return }
-        topics[topic]?.stream.replication.replica = nil
+        topics.update(topic) { $0.stream.replication.replica = nil }
         if canReach(replica) { route(.unfollow(topic: topic, replica: replica), to: replica) }
     }
 
@@ -91,9 +91,9 @@ extension RelayCore {
             return
         }
         let expires = clock + mesh!.config.homeTimeout
-        topics[topic]?.stream.replication.pending.append(PendingAck(position: position, origin: origin, duplicate: duplicate, expires: expires))
+        topics.update(topic) { $0.stream.replication.pending.append(PendingAck(position: position, origin: origin, duplicate: duplicate, expires: expires)) }
         if topics[topic]?.stream.replication.timeoutAt == nil {
-            topics[topic]?.stream.replication.timeoutAt = expires
+            topics.update(topic) { $0.stream.replication.timeoutAt = expires }
             schedule(expires, .ackTimeout(topic))
         }
         if topics[topic]?.stream.replication.replica == nil { updateReplica(topic) }
@@ -103,8 +103,8 @@ extension RelayCore {
     /// its replicated count at the offset before it.
     mutating func replicationWillSequence(_ topic: String) {
         guard let t = topics[topic], t.stream.replication.epoch != t.stream.epoch else { return }
-        topics[topic]?.stream.replication.epoch = t.stream.epoch
-        topics[topic]?.stream.replication.through = t.stream.offset
+        topics.update(topic) { $0.stream.replication.epoch = t.stream.epoch }
+        topics.update(topic) { $0.stream.replication.through = t.stream.offset }
     }
 
     /// A replica's report, on its way to the home or arrived there.
@@ -116,7 +116,7 @@ extension RelayCore {
         guard let t = topics[topic], isHome(topic), t.stream.replication.epoch == epoch else { return }
         var r = t.stream.replication
         if from <= r.through.saturatingAdd(1), to > r.through { r.through = t.stream.epoch == epoch ? min(to, t.stream.offset) : to }
-        topics[topic]?.stream.replication = r
+        topics.update(topic) { $0.stream.replication = r }
         releaseAcknowledgments(topic)
     }
 
@@ -126,7 +126,7 @@ extension RelayCore {
         let r = t.stream.replication
         let held = r.pending.prefix { $0.position.epoch == r.epoch && $0.position.offset <= r.through }
         guard !held.isEmpty else { return }
-        topics[topic]?.stream.replication.pending.removeFirst(held.count)
+        topics.update(topic) { $0.stream.replication.pending.removeFirst(held.count) }
         for ack in held {
             answer(ack.origin, .success(.published(topic: topic, position: ack.position, duplicate: ack.duplicate)))
         }
@@ -137,17 +137,17 @@ extension RelayCore {
         guard let t = topics[topic], !t.stream.replication.pending.isEmpty else { return }
         let failing = t.stream.replication.pending.filter(expired)
         guard !failing.isEmpty else { return }
-        topics[topic]?.stream.replication.pending.removeAll(where: expired)
+        topics.update(topic) { $0.stream.replication.pending.removeAll(where: expired) }
         for ack in failing { answer(ack.origin, .failure(TernError(.internalError, reason))) }
     }
 
     mutating func ackTimedOut(_ topic: String, now: TernInstant) {
         guard let t = topics[topic], t.stream.replication.timeoutAt != nil else { return }
-        topics[topic]?.stream.replication.timeoutAt = nil
+        topics.update(topic) { $0.stream.replication.timeoutAt = nil }
         failAcknowledgments(topic, where: { $0.expires <= now },
             "'\(topic)' was sequenced but no second region confirmed it within home_timeout; retry with the same id")
         if let next = topics[topic]?.stream.replication.pending.first?.expires {
-            topics[topic]?.stream.replication.timeoutAt = next
+            topics.update(topic) { $0.stream.replication.timeoutAt = next }
             schedule(next, .ackTimeout(topic))
         }
         sweepIfIdle(topic, now: now)
@@ -165,13 +165,13 @@ extension RelayCore {
         if topics[topic]?.stream.replicaOf != home {
             withTopic(topic) { $0.stream.logHeldFailoverPublications(of: home) }
         }
-        topics[topic]?.stream.replicaOf = home
+        topics.update(topic) { $0.stream.replicaOf = home }
         // A replica that holds nothing yet asks for the stream from where the replicated count stands,
         // so it receives, and can confirm, what waits for it.
         if topics[topic]?.stream.synced == false, topics[topic]?.stream.awaitingFrom == nil, mesh!.upstream[topic] == nil {
-            topics[topic]?.stream.sync = .unsynced(from: from)
+            topics.update(topic) { $0.stream.sync = .unsynced(from: from) }
         }
-        topics[topic]?.lastActivity = now
+        topics.update(topic) { $0.lastActivity = now }
         // What it already holds counts at once (it may have followed the topic as a cache).
         if topics[topic]?.stream.replicaRun != nil { mesh!.replicaReports.insert(topic) }
         reconcileInterest(topic, now: now)
@@ -183,7 +183,7 @@ extension RelayCore {
             return
         }
         guard topics[topic]?.stream.replicaOf != nil else { return }
-        topics[topic]?.stream.replicaOf = nil
+        topics.update(topic) { $0.stream.replicaOf = nil }
         reconcileInterest(topic, now: now)
         sweepIfIdle(topic, now: now)
     }
@@ -196,11 +196,11 @@ extension RelayCore {
         let p = publication.position
         if var run = t.stream.replicaRun, run.epoch == p.epoch, p.offset.follows(run.to) {
             run.to = p.offset
-            topics[topic]?.stream.replicaRun = run
+            topics.update(topic) { $0.stream.replicaRun = run }
         } else if let run = t.stream.replicaRun, run.epoch == p.epoch, p.offset >= run.from, p.offset <= run.to {
             return
         } else {
-            topics[topic]?.stream.replicaRun = ReplicaRun(epoch: p.epoch, from: p.offset, to: p.offset)
+            topics.update(topic) { $0.stream.replicaRun = ReplicaRun(epoch: p.epoch, from: p.offset, to: p.offset) }
         }
         if t.stream.replicaOf != nil { mesh!.replicaReports.insert(topic) }
     }
@@ -225,7 +225,7 @@ extension RelayCore {
     mutating func beginRecovery(_ topic: String, held: StreamPosition, now: TernInstant) {
         guard let mesh else { return }
         let deadline = now + mesh.config.linkReadTimeout
-        topics[topic]?.stream.beginRecovery(held: held, deadline: deadline)
+        topics.update(topic) { $0.stream.beginRecovery(held: held, deadline: deadline) }
         askForRecovery(topic)
         if topics[topic]?.stream.recovery?.asked.isEmpty ?? true {
             finishRecovery(topic, now: now)
@@ -245,7 +245,7 @@ extension RelayCore {
 
     /// A child named a position further on in the epoch being recovered.
     mutating func noteHeld(_ topic: String, _ position: StreamPosition) {
-        topics[topic]?.stream.noteHeld(position)
+        topics.update(topic) { $0.stream.noteHeld(position) }
     }
 
     /// At an asked region (or on the way there): answers with every publication of the epoch it holds after `after`.
@@ -274,7 +274,7 @@ extension RelayCore {
         }
         if let p = publication {
             guard p.topic == topic else { return }
-            topics[topic]?.stream.recovered(p, serial: joinSerial, now: now)
+            topics.update(topic) { $0.stream.recovered(p, serial: joinSerial, now: now) }
             return
         }
         let successor = mesh.flatMap { Rendezvous.ranking(topic: topic, regions: $0.config.graph.regions).first { $0 != config.region } }

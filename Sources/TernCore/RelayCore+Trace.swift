@@ -8,11 +8,11 @@ extension RelayCore {
         guard let state = clients[client] else { return }
         if on {
             guard state.subscriptions.contains(topic), !state.traced.contains(topic), topics[topic] != nil else { return }
-            clients[client]?.traced.insert(topic)
-            topics[topic]?.traceSubscribers += 1
+            clients.update(client) { $0.traced.insert(topic) }
+            topics.update(topic) { $0.traceSubscribers += 1 }
             if topics[topic]?.traceSubscribers == 1 { tellHomeAboutTrace(topic, on: true) }
         } else if state.traced.contains(topic) {
-            clients[client]?.traced.remove(topic)
+            clients.update(client) { $0.traced.remove(topic) }
             traceSubscriberGone(topic, now: now)
         }
     }
@@ -20,7 +20,7 @@ extension RelayCore {
     /// One traced subscription of `topic` ended.
     mutating func traceSubscriberGone(_ topic: String, now: TernInstant) {
         guard let count = topics[topic]?.traceSubscribers, count > 0 else { return }
-        topics[topic]?.traceSubscribers = count - 1
+        topics.update(topic) { $0.traceSubscribers = count - 1 }
         if count == 1 { tellHomeAboutTrace(topic, on: false) }
     }
 
@@ -44,10 +44,10 @@ extension RelayCore {
         if on {
             guard case .success(let options) = namespaceOptions(for: topic) else { return }
             ensureTopic(topic, options, now: now)
-            topics[topic]?.tracedBy.insert(region)
+            topics.update(topic) { $0.tracedBy.insert(region) }
             sweepIfIdle(topic, now: now)
         } else {
-            topics[topic]?.tracedBy.remove(region)
+            topics.update(topic) { $0.tracedBy.remove(region) }
         }
     }
 
@@ -58,7 +58,7 @@ extension RelayCore {
         guard let t = topics[topic] else { return }
         if !t.tracedBy.isEmpty {
             let kept: Set<String> = isHome(topic) ? t.tracedBy.filter { canReach($0) } : []
-            topics[topic]?.tracedBy = kept
+            topics.update(topic) { $0.tracedBy = kept }
         }
         if t.traceSubscribers > 0 { tellHomeAboutTrace(topic, on: true) }
     }

@@ -335,7 +335,7 @@ public struct RelayCore: Sendable {
         }
         if state.transport == .poll {
             for topic in state.cursor.keys.sorted() {
-                topics[topic]?.pollWaiters.removeValue(forKey: client)
+                topics.update(topic) { $0.pollWaiters.removeValue(forKey: client) }
                 sweepIfIdle(topic, now: now)
             }
         }
@@ -347,7 +347,7 @@ public struct RelayCore: Sendable {
             if state.identity != nil || state.authenticating {
                 send(client, .error(ref: ref, TernError(.alreadyConnected, "this connection is already connected")))
             } else if let token, !token.isEmpty {
-                clients[client]?.authenticating = true
+                clients.update(client) { $0.authenticating = true }
                 actions.append(.verifyToken(client, ref: ref, token: token))
             } else {
                 authenticated(client, ref: ref, .anonymous, now: now)
@@ -372,7 +372,7 @@ public struct RelayCore: Sendable {
             case .success(let reply?): sendSubscribed(client, ref: ref, reply, now: now)
             case .success(nil):
                 // Waiting for the upstream region to say where the stream stands.
-                topics[topic]?.pendingSubscribes.append((client, ref, since))
+                topics.update(topic) { $0.pendingSubscribes.append((client, ref, since)) }
                 schedule(now + (mesh?.config.homeTimeout ?? .seconds(10)), .subscribeTimeout(topic))
                 reconcileInterest(topic, now: now)
             case .failure(let error): send(client, .error(ref: ref, error))
@@ -383,9 +383,9 @@ public struct RelayCore: Sendable {
                 return
             }
             setTraced(client, topic, false, now: now)
-            clients[client]?.subscriptions.removeValue(forKey: topic)
-            clients[client]?.cursor[topic] = nil
-            topics[topic]?.pendingSubscribes.removeAll { $0.client == client }
+            clients.update(client) { $0.subscriptions.removeValue(forKey: topic) }
+            clients.update(client) { $0.cursor[topic] = nil }
+            topics.update(topic) { $0.pendingSubscribes.removeAll { $0.client == client } }
             removeSubscriber(client, from: topic, now: now)
             send(client, .reply(ref: ref, .unsubscribed(topic: topic)))
         case .publish(let topic, let id, let data, let volatile):
@@ -403,8 +403,8 @@ public struct RelayCore: Sendable {
             authenticationFailed(client, ref: ref, .expired)
             return
         }
-        clients[client]?.authenticating = false
-        clients[client]?.identity = identity
+        clients.update(client) { $0.authenticating = false }
+        clients.update(client) { $0.identity = identity }
         if let expiry = identity.expiresAt { schedule(expiry, .tokenExpiry(client)) }
         if clients[client]?.transport == .websocket {
             send(client, .reply(ref: ref, .connected(client: client, user: identity.user, region: config.region)))
@@ -413,7 +413,7 @@ public struct RelayCore: Sendable {
 
     mutating func authenticationFailed(_ client: ClientID, ref: UInt64?, _ failure: AuthFailure) {
         guard clients[client] != nil else { return }
-        clients[client]?.authenticating = false
+        clients.update(client) { $0.authenticating = false }
         let (error, code): (TernError, CloseCode) = switch failure {
         case .expired: (TernError(.tokenExpired, "the token has expired; connect with a fresh one"), .tokenExpired)
         case .invalid(let why): (TernError(.unauthorized, "the token was refused: \(why)"), .unauthorized)
@@ -424,7 +424,7 @@ public struct RelayCore: Sendable {
 
     mutating func beginClose(_ client: ClientID, _ code: CloseCode) {
         guard clients[client]?.closing == false else { return }
-        clients[client]?.closing = true
+        clients.update(client) { $0.closing = true }
         actions.append(.close(client, code))
     }
 
@@ -466,13 +466,13 @@ public struct RelayCore: Sendable {
             lastActivity: now
         )
         let canonical = canonicalHome(of: topic)
-        topics[topic]?.stream.canonicalHome = canonical
+        topics.update(topic) { $0.stream.canonicalHome = canonical }
         // The home it has now, so the next topology change that moves it here (or away) is seen as a move.
         if mesh != nil { mesh!.lastHome[topic] = home(of: topic) }
         if !isHome(topic) {
             // A regional cache: its epoch and offset come from upstream.
-            topics[topic]?.stream.sync = .unsynced(from: nil)
-            topics[topic]?.stream.epoch = ""
+            topics.update(topic) { $0.stream.sync = .unsynced(from: nil) }
+            topics.update(topic) { $0.stream.epoch = "" }
         } else {
             // Nothing sequenced or served yet: a restarted home may still adopt an epoch a child holds.
             if mesh != nil { topics[topic]?.stream.start = .fresh }
@@ -536,10 +536,10 @@ public struct RelayCore: Sendable {
             return .failure(TernError(.limitExceeded, "'\(topic)' has reached its \(options.maxSubscribers) subscribers in this region"))
         }
         ensureTopic(topic, options, now: now)
-        clients[client]?.subscriptions[topic] = ()
+        clients.update(client) { $0.subscriptions[topic] = () }
         joinSerial += 1
-        topics[topic]?.subscribers[client] = Joined(serial: joinSerial, since: since)
-        topics[topic]?.lastActivity = now
+        topics.update(topic) { $0.subscribers[client] = Joined(serial: joinSerial, since: since) }
+        topics.update(topic) { $0.lastActivity = now }
         stats.subscriptions += 1
         guard topics[topic]?.stream.synced == true else { return .success(nil) }
         reconcileInterest(topic, now: now)
@@ -548,7 +548,7 @@ public struct RelayCore: Sendable {
 
     /// The stream's position and, when asked, everything after `since` from this region's ring.
     mutating func subscribeReply(_ topic: String, since: StreamPosition?, now: TernInstant) -> SubscribeReply {
-        topics[topic]?.stream.fresh = false
+        topics.update(topic) { $0.stream.fresh = false }
         let current = topics[topic]?.stream.position ?? StreamPosition(epoch: "", offset: 0)
         var reply = SubscribeReply(topic: topic, position: current, recovered: nil, failure: nil, publications: [])
         if let since, let adopted = topics[topic]?.stream.adoptedFrom, since.epoch == adopted.epoch, current.epoch == adopted.epoch,
@@ -583,7 +583,7 @@ public struct RelayCore: Sendable {
         guard let options = topics[topic]?.options, options.presence,
               let identity = clients[client]?.identity, !identity.isAnonymous else { return }
         let entry = PresenceEntry(client: client, user: identity.user, region: config.region)
-        topics[topic]?.presence.insert(entry)
+        topics.update(topic) { $0.presence.insert(entry) }
         if options.joinLeave {
             broadcast(topic, .join(topic: topic, entry), volatileKey: "presence/\(topic)/\(config.region)/\(client)")
         }
@@ -592,7 +592,7 @@ public struct RelayCore: Sendable {
 
     mutating func removeSubscriber(_ client: ClientID, from topic: String, now: TernInstant) {
         guard topics[topic]?.subscribers.removeValue(forKey: client) != nil else { return }
-        topics[topic]?.lastActivity = now
+        topics.update(topic) { $0.lastActivity = now }
         stats.subscriptions -= 1
         let region = config.region
         if let entry = topics[topic]?.presence.remove(client, region: region) {
@@ -671,25 +671,21 @@ public struct RelayCore: Sendable {
             return .failure(TernError(.internalError, "'\(topic)' has no offsets left in its epoch"))
         }
         replicationWillSequence(topic)
-        topics[topic]?.stream.offset += 1
-        topics[topic]?.stream.fresh = false
-        topics[topic]?.lastActivity = now
         let wall = wallNow
         var trace: [TraceHop]?
-        if (topics[topic]?.traceSubscribers ?? 0) > 0 || topics[topic]?.tracedBy.isEmpty == false {
+        if topics.reading(topic, { $0.traceSubscribers > 0 || !$0.tracedBy.isEmpty }) == true {
             trace = [received ?? TraceHop(region: config.region, step: .received, at: wall),
                      TraceHop(region: config.region, step: .sequenced, at: wall)]
         }
-        guard let position = topics[topic]?.stream.position else {
+        // Delivered to every subscriber here right after, so its mark is the current subscription serial.
+        let mark = joinSerial
+        guard let publication = withTopic(topic, { t -> Publication in
+            t.lastActivity = now
+            return t.stream.sequence(topic: topic, id: id, data: data, user: user, acceptedAt: now, wall: wall, trace: trace,
+                                     firstAt: firstAt, mark: mark, failoverHome: failoverHome)
+        }) else {
             return .failure(TernError(.internalError, "'\(topic)' went away while it was being published to"))
         }
-        let publication = Publication(topic: topic, position: position, id: id, data: data, user: user, acceptedAt: now,
-                                      sequencedAtWall: wall, trace: trace, firstPosition: firstAt)
-        topics[topic]?.stream.history.append(publication)
-        // Delivered to every subscriber here right after, so its mark is the current subscription serial.
-        if !id.isEmpty { topics[topic]?.stream.idempotency.remember(id, position: publication.position, now: now, mark: joinSerial) }
-        // A failover home keeps what it sequences until the canonical home has sequenced it again.
-        if failoverHome, (topics[topic]?.stream.failoverLog.count ?? 0) < TopicStream.maxFailoverLog { topics[topic]?.stream.failoverLog.append(publication) }
         stats.publications += 1
         deliver(publication, sequencedHere: true)
         sweepIfIdle(topic, now: now)
@@ -854,7 +850,7 @@ public struct RelayCore: Sendable {
             actions.append(.pollReply(client, PollReply(publications: [], topics: [], error: TernError(.internalError, "the relay is shutting down; poll again shortly"))))
             return
         }
-        clients[client]?.identity = identity
+        clients.update(client) { $0.identity = identity }
         var reply = PollReply(publications: [], topics: [], error: nil)
         var mustAnswer = false
         // Check every topic before creating any, so a refused poll leaves nothing behind.
@@ -877,10 +873,10 @@ public struct RelayCore: Sendable {
         for (topic, since) in wanted {
             guard let options = optionsByTopic[topic] else { continue }
             ensureTopic(topic, options, now: now)
-            topics[topic]?.lastActivity = now
+            topics.update(topic) { $0.lastActivity = now }
             if topics[topic]?.stream.synced != true {
                 // This region's cache has not heard from upstream yet: answer once it has.
-                clients[client]?.pollNeedsSync.insert(topic)
+                clients.update(client) { $0.pollNeedsSync.insert(topic) }
                 if since != nil { clients[client]?.pollLostCursor.insert(topic) }
                 continue
             }
@@ -922,8 +918,8 @@ public struct RelayCore: Sendable {
             return
         }
         for t in reply.topics {
-            clients[client]?.cursor[t.topic] = t.position
-            topics[t.topic]?.pollWaiters[client] = ()
+            clients.update(client) { $0.cursor[t.topic] = t.position }
+            topics.update(t.topic) { $0.pollWaiters[client] = () }
         }
         schedule(now + timeout, .pollTimeout(client))
     }
@@ -933,7 +929,7 @@ public struct RelayCore: Sendable {
         if state.counted { stats.connections -= 1 }
         var reply = PollReply(publications: publications, topics: [], error: error)
         for topic in Set(state.cursor.keys).union(state.pollNeedsSync).sorted() {
-            topics[topic]?.pollWaiters.removeValue(forKey: client)
+            topics.update(topic) { $0.pollWaiters.removeValue(forKey: client) }
             var position = state.cursor[topic] ?? topics[topic]?.stream.position ?? StreamPosition(epoch: "", offset: 0)
             if let last = publications.last(where: { $0.topic == topic }) { position = last.position }
             let lost = state.pollLostCursor.contains(topic)

@@ -443,6 +443,22 @@ extension TopicStream {
         return .next
     }
 
+    /// Sequences a publish at the home: the next offset of the epoch, remembered in the ring and under
+    /// its idempotency id (with the subscription serial `mark` it is delivered at), and, at a failover
+    /// home, in the failover log until the canonical home has sequenced it again. The caller checked
+    /// that the epoch has an offset left.
+    mutating func sequence(topic: String, id: String, data: String, user: String?, acceptedAt: TernInstant, wall: Int64,
+                           trace: [TraceHop]?, firstAt: StreamPosition?, mark: UInt64, failoverHome: Bool) -> Publication {
+        offset += 1
+        fresh = false
+        let publication = Publication(topic: topic, position: position, id: id, data: data, user: user, acceptedAt: acceptedAt,
+                                      sequencedAtWall: wall, trace: trace, firstPosition: firstAt)
+        history.append(publication)
+        if !id.isEmpty { idempotency.remember(id, position: publication.position, now: acceptedAt, mark: mark) }
+        if failoverHome, failoverLog.count < Self.maxFailoverLog { failoverLog.append(publication) }
+        return publication
+    }
+
     /// Appends the next publication relayed from upstream. The replica of a failover home logs it
     /// too, so that home's log outlives its crash.
     mutating func append(relayed publication: Publication) {

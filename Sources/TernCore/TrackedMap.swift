@@ -64,6 +64,16 @@ struct TrackedMap<Key: Hashable & Sendable, Value: Sendable>: Sendable {
         return storage.inPlace(index, body)
     }
 
+    /// Gives `body` the value for `key` in place (nil when there is none); the key counts as changed.
+    /// Far cheaper than changing a field through `map[key]?.field`, whose optional accessor moves the
+    /// whole value out and back (copying every reference it holds).
+    @inline(__always) @discardableResult
+    mutating func update<T>(_ key: Key, _ body: (inout Value) -> T) -> T? {
+        guard let i = storage.index(forKey: key) else { return nil }
+        changes.note(key)
+        return storage.inPlace(i, body)
+    }
+
     /// Reads the value at `index` in place, without copying it out and without counting it as changed
     /// (the invariant checks must not mark what they read).
     @inline(__always)
