@@ -23,11 +23,15 @@ extension RelayCore {
         var problems: [String] = []
         func fail(_ text: String) { if problems.count < 20 { problems.append(text) } }
 
-        // Clients and their subscriptions, seen from both sides.
+        // Clients and their subscriptions, seen from both sides. Every (client, topic) subscription and
+        // trace is summed into an order-independent checksum from the clients' side and from the
+        // topics' side; equal sums mean the two sides list the same pairs. Only when they differ are
+        // the pairs looked up one by one (`subscriptionProblems`), to name what is wrong.
         var subscriptions = 0
         var counted = 0
         var queued = 0
-        var tracedByTopic: [String: Int] = [:]
+        var pairsByClients: UInt64 = 0
+        var tracesByClients: UInt64 = 0
         // By index, reading fields in place: binding each client would copy (and retain) all of it.
         var i = clients.startIndex
         while i != clients.endIndex {
@@ -36,19 +40,13 @@ extension RelayCore {
                 (c.traced, c.subscriptions.orderedKeys, c.counted, c.outbox.queuedBytes)
             }
             for topic in traced {
-                tracedByTopic[topic, default: 0] += 1
+                tracesByClients &+= Self.checksum(topic)
                 if !subscribed.contains(topic) { fail("client \(id) traces \(topic) without being subscribed to it") }
             }
             if isCounted { counted += 1 }
             queued += bytes
             subscriptions += subscribed.count
-            for topic in subscribed {
-                guard let ti = topics.index(forKey: topic) else {
-                    fail("client \(id) is subscribed to \(topic), which the relay does not hold")
-                    continue
-                }
-                if !topics.reading(ti, { $0.subscribers.contains(id) }) { fail("client \(id) is subscribed to \(topic) but is not among its subscribers") }
-            }
+            for topic in subscribed { pairsByClients &+= Self.checksum(id, Self.checksum(topic)) }
             clients.formIndex(after: &i)
         }
         if counted != stats.connections { fail("stats.connections is \(stats.connections) but \(counted) connections are counted") }
@@ -57,24 +55,34 @@ extension RelayCore {
         if topics.count != stats.topics { fail("stats.topics is \(stats.topics) but \(topics.count) topics are held") }
 
         var topicSubscriptions = 0
+        var pairsByTopics: UInt64 = 0
+        var tracesByTopics: UInt64 = 0
         var ti = topics.startIndex
         while ti != topics.endIndex {
             let name = topics.keys[ti]
-            for problem in topicProblems(name, at: ti, tracing: tracedByTopic[name, default: 0]) { fail(problem) }
-            // Every client's subscription is among its topic's subscribers (checked above); with equal
-            // totals, the topics list no subscriber that is not subscribed (checked below, after the loop).
-            topicSubscriptions += topics.reading(ti) { $0.subscribers.count }
+            let sum = Self.checksum(name)
+            let (subscribers, traceSubscribers) = topics.reading(ti) { ($0.subscribers.orderedKeys, $0.traceSubscribers) }
+            for id in subscribers { pairsByTopics &+= Self.checksum(id, sum) }
+            tracesByTopics &+= sum &* UInt64(truncatingIfNeeded: traceSubscribers)
+            // Its traced-subscriber count against the clients tracing it is in the checksums.
+            for problem in topicProblems(name, at: ti, tracing: traceSubscribers) { fail(problem) }
+            topicSubscriptions += subscribers.count
             topics.formIndex(after: &ti)
         }
         if topicSubscriptions != subscriptions {
             fail("topics list \(topicSubscriptions) subscribers but clients hold \(subscriptions) subscriptions: some topic lists a client that is not subscribed to it")
+        }
+        if pairsByClients != pairsByTopics || tracesByClients != tracesByTopics {
+            let found = subscriptionProblems()
+            for problem in found { fail(problem) }
+            if found.isEmpty { fail("the clients' subscriptions and traces and the topics' subscriber lists and traced counts differ") }
         }
 
         guard let mesh else { return problems }
         // Every per-topic structure lives only as long as its topic.
         let perTopic = mesh.perTopicKeys
         for (map, keys) in perTopic {
-            for topic in keys where topics[topic] == nil { fail("mesh.\(map) still holds \(topic), which the relay no longer holds") }
+            for topic in keys where !topics.contains(topic) { fail("mesh.\(map) still holds \(topic), which the relay no longer holds") }
         }
         for topic in Set(mesh.awaitingSync.keys).union(mesh.children.keys).union(mesh.stalePresence.keys) {
             for map in mesh.maps(holdingEmptyEntryFor: topic) { fail("mesh.\(map) holds an empty entry for \(topic)") }
@@ -90,6 +98,62 @@ extension RelayCore {
             fail("\(topic)'s upstream \(upstream) is not an up link")
         }
         return problems
+    }
+
+    /// Every (client, topic) pair the clients and the topics disagree on, looked up one by one: the
+    /// sweep's checksums found that they differ.
+    mutating func subscriptionProblems() -> [String] {
+        var problems: [String] = []
+        var tracedByTopic: [String: Int] = [:]
+        var i = clients.startIndex
+        while i != clients.endIndex {
+            let id = clients.keys[i]
+            let (traced, subscribed) = clients.reading(i) { ($0.traced, $0.subscriptions.orderedKeys) }
+            for topic in traced { tracedByTopic[topic, default: 0] += 1 }
+            for topic in subscribed {
+                guard let ti = topics.index(forKey: topic) else {
+                    problems.append("client \(id) is subscribed to \(topic), which the relay does not hold")
+                    continue
+                }
+                if !topics.reading(ti, { $0.subscribers.contains(id) }) { problems.append("client \(id) is subscribed to \(topic) but is not among its subscribers") }
+            }
+            clients.formIndex(after: &i)
+        }
+        var ti = topics.startIndex
+        while ti != topics.endIndex {
+            let name = topics.keys[ti]
+            let (subscribers, traceSubscribers) = topics.reading(ti) { ($0.subscribers.orderedKeys, $0.traceSubscribers) }
+            for id in subscribers where clients.reading(id, { $0.subscriptions.contains(name) }) != true {
+                problems.append("\(name) lists subscriber \(id), which is not subscribed to it")
+            }
+            let tracing = tracedByTopic.removeValue(forKey: name) ?? 0
+            if traceSubscribers != tracing {
+                problems.append("\(name) counts \(traceSubscribers) traced subscribers but clients trace it \(tracing) times")
+            }
+            topics.formIndex(after: &ti)
+        }
+        for (topic, n) in tracedByTopic.sorted(by: { $0.key < $1.key }) { problems.append("\(n) clients trace \(topic), which the relay does not hold") }
+        return problems
+    }
+
+    /// A topic's term in the sweep's checksums.
+    static func checksum(_ topic: String) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in topic.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        return mixed(h)
+    }
+
+    /// A (client, topic) pair's term in the sweep's checksums.
+    static func checksum(_ client: ClientID, _ topic: UInt64) -> UInt64 {
+        mixed(topic ^ (client.raw &* 0x9E37_79B9_7F4A_7C15))
+    }
+
+    /// SplitMix64's finaliser: spreads every input bit over the output, so that sums of terms do not cancel.
+    static func mixed(_ x: UInt64) -> UInt64 {
+        var h = x
+        h = (h ^ (h >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        h = (h ^ (h >> 27)) &* 0x94D0_49BB_1331_11EB
+        return h ^ (h >> 31)
     }
 
     /// What is inconsistent in one topic on its own: its traced-subscriber count against the
@@ -144,9 +208,10 @@ extension RelayCore {
         func fail(_ text: String) { if problems.count < 20 { problems.append(text) } }
         let changedClients = clients.takeChanged()
         var changedTopics = topics.takeChanged()
-        var seen = invariantLog.seen
-        invariantLog.seen = InvariantShadow()
-        defer { invariantLog.seen = seen }
+        // Moved out and back, never copied: a copy would retain everything it holds.
+        var seen = InvariantShadow()
+        swap(&seen, &invariantLog.seen)
+        defer { swap(&seen, &invariantLog.seen) }
 
         for id in changedClients {
             let si = seen.clients.index(forKey: id)
@@ -242,10 +307,12 @@ extension RelayCore {
             fail("link queues exist for \(mesh!.links.keys.sorted()) but the up links are \(mesh!.up.sorted())")
         }
         for peer in changedLinks {
-            guard let link = mesh!.links[peer] else { continue }
-            let bytes = link.queue.reduce(0) { $0 + $1.message.estimatedBytes }
-            if bytes != link.queuedBytes { fail("the link to \(peer) counts \(link.queuedBytes) queued bytes but holds \(bytes)") }
-            if link.unacknowledged < 0 { fail("the link to \(peer) has \(link.unacknowledged) unacknowledged batches") }
+            // Read in place: a copy of the link would retain every queued message.
+            guard let (bytes, counted, unacknowledged) = mesh!.links.reading(peer, { link in
+                (link.queue.reduce(0) { $0 + $1.message.estimatedBytes }, link.queuedBytes, link.unacknowledged)
+            }) else { continue }
+            if bytes != counted { fail("the link to \(peer) counts \(counted) queued bytes but holds \(bytes)") }
+            if unacknowledged < 0 { fail("the link to \(peer) has \(unacknowledged) unacknowledged batches") }
         }
         // An upstream must be an up link: check the upstreams that changed, or all of them when a link went down.
         let upstreams = mesh!.up == upBefore ? changedUpstreams : Set(mesh!.upstream.keys)
@@ -386,16 +453,20 @@ extension MeshState {
     mutating func takeChangedTopics() -> (topics: Set<String>, upstreams: Set<String>) {
         let changedUpstreams = upstream.takeChanged()
         var changed = changedUpstreams
-        changed.formUnion(children.takeChanged())
-        changed.formUnion(awaitingSync.takeChanged())
-        changed.formUnion(lastHome.takeChanged())
-        changed.formUnion(presenceSequence.takeChanged())
-        changed.formUnion(presenceSeen.takeChanged())
-        changed.formUnion(presenceRoute.takeChanged())
-        changed.formUnion(stalePresence.takeChanged())
-        changed.formUnion(presencePending.takeChanged())
-        changed.formUnion(lingering.takeChanged())
-        changed.formUnion(replicaReports.takeChanged())
+        func add(_ more: Set<String>) {
+            guard !more.isEmpty else { return }
+            if changed.isEmpty { changed = more } else { changed.formUnion(more) }
+        }
+        add(children.takeChanged())
+        add(awaitingSync.takeChanged())
+        add(lastHome.takeChanged())
+        add(presenceSequence.takeChanged())
+        add(presenceSeen.takeChanged())
+        add(presenceRoute.takeChanged())
+        add(stalePresence.takeChanged())
+        add(presencePending.takeChanged())
+        add(lingering.takeChanged())
+        add(replicaReports.takeChanged())
         return (changed, changedUpstreams)
     }
 }

@@ -165,8 +165,8 @@ struct ChangeLog<Key: Hashable & Sendable>: Sendable {
     /// The keys noted since the last call, and forgets them.
     mutating func take() -> Set<Key> {
         guard !keys.isEmpty else { return [] }
-        let taken = keys
-        keys = Set(minimumCapacity: taken.count)
+        var taken: Set<Key> = []
+        swap(&taken, &keys)
         return taken
     }
 }
