@@ -208,6 +208,8 @@ extension RelayCore {
         func fail(_ text: String) { if problems.count < 20 { problems.append(text) } }
         let changedClients = clients.takeChanged()
         var changedTopics = topics.takeChanged()
+        // Topics whose tracing clients changed are checked too.
+        var tracesMoved = false
         // Moved out and back, never copied: a copy would retain everything it holds.
         var seen = InvariantShadow()
         swap(&seen, &invariantLog.seen)
@@ -222,7 +224,7 @@ extension RelayCore {
                     seen.connections -= old.counted ? 1 : 0
                     seen.queuedBytes -= old.queuedBytes
                     seen.subscriptions -= old.subscribed.count
-                    for topic in old.traced { seen.untrace(topic); changedTopics.insert(topic) }
+                    for topic in old.traced { seen.untrace(topic); changedTopics.append(topic); tracesMoved = true }
                 }
                 continue
             }
@@ -237,7 +239,7 @@ extension RelayCore {
                 seen.connections -= old.counted ? 1 : 0
                 seen.queuedBytes -= old.queuedBytes
                 seen.subscriptions -= old.subscribed.count
-                if tracedChanged { for topic in old.traced { seen.untrace(topic); changedTopics.insert(topic) } }
+                if tracedChanged { for topic in old.traced { seen.untrace(topic); changedTopics.append(topic); tracesMoved = true } }
             }
             if tracedChanged || old?.subscribed != now.subscribed {
                 for topic in now.traced where !clients.reading(ci, { $0.subscriptions.contains(topic) }) {
@@ -258,11 +260,12 @@ extension RelayCore {
             if tracedChanged {
                 for topic in now.traced {
                     seen.tracing[topic, default: 0] += 1
-                    changedTopics.insert(topic)
+                    changedTopics.append(topic); tracesMoved = true
                 }
             }
         }
 
+        if tracesMoved { changedTopics = changedTopics.sortedUnique() }
         for name in changedTopics {
             if let old = seen.topicSubscribers.removeValue(forKey: name) { seen.topicSubscriptions -= old }
             guard let ti = topics.index(forKey: name) else {
@@ -315,7 +318,7 @@ extension RelayCore {
             if unacknowledged < 0 { fail("the link to \(peer) has \(unacknowledged) unacknowledged batches") }
         }
         // An upstream must be an up link: check the upstreams that changed, or all of them when a link went down.
-        let upstreams = mesh!.up == upBefore ? changedUpstreams : Set(mesh!.upstream.keys)
+        let upstreams = mesh!.up == upBefore ? changedUpstreams : Array(mesh!.upstream.keys)
         for topic in upstreams {
             if let upstream = mesh!.upstream[topic], !mesh!.up.contains(upstream) { fail("\(topic)'s upstream \(upstream) is not an up link") }
         }
@@ -450,12 +453,13 @@ extension MeshState {
 
     /// The topics whose entry in any per-topic map changed since the last call, and those whose
     /// upstream changed; forgets them.
-    mutating func takeChangedTopics() -> (topics: Set<String>, upstreams: Set<String>) {
+    mutating func takeChangedTopics() -> (topics: [String], upstreams: [String]) {
         let changedUpstreams = upstream.takeChanged()
         var changed = changedUpstreams
-        func add(_ more: Set<String>) {
+        var merged = false
+        func add(_ more: [String]) {
             guard !more.isEmpty else { return }
-            if changed.isEmpty { changed = more } else { changed.formUnion(more) }
+            if changed.isEmpty { changed = more } else { changed += more; merged = true }
         }
         add(children.takeChanged())
         add(awaitingSync.takeChanged())
@@ -467,6 +471,6 @@ extension MeshState {
         add(presencePending.takeChanged())
         add(lingering.takeChanged())
         add(replicaReports.takeChanged())
-        return (changed, changedUpstreams)
+        return (merged ? changed.sortedUnique() : changed, changedUpstreams)
     }
 }

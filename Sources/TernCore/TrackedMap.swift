@@ -6,7 +6,7 @@
 ///
 /// A key is recorded on any mutable access, whether or not the value actually changed: a check of
 /// an unchanged value is wasted work, never a missed change.
-struct TrackedMap<Key: Hashable & Sendable, Value: Sendable>: Sendable {
+struct TrackedMap<Key: Hashable & Comparable & Sendable, Value: Sendable>: Sendable {
     typealias Index = Dictionary<Key, Value>.Index
 
     private(set) var storage: [Key: Value] = [:]
@@ -91,8 +91,8 @@ struct TrackedMap<Key: Hashable & Sendable, Value: Sendable>: Sendable {
     /// Whether `key` has a value.
     func contains(_ key: Key) -> Bool { storage.index(forKey: key) != nil }
 
-    /// The keys changed since the last call, and forgets them.
-    mutating func takeChanged() -> Set<Key> { changes.take() }
+    /// The keys changed since the last call, each once and in order, and forgets them.
+    mutating func takeChanged() -> [Key] { changes.take() }
 }
 
 extension TrackedMap: Sequence {
@@ -109,7 +109,7 @@ extension TrackedMap: ExpressibleByDictionaryLiteral {
 
 /// A set that can remember which members were inserted or removed since it was last asked
 /// (`TrackedMap`, for sets).
-struct TrackedSet<Element: Hashable & Sendable>: Sendable, Sequence {
+struct TrackedSet<Element: Hashable & Comparable & Sendable>: Sendable, Sequence {
     private(set) var storage: Set<Element> = []
     private var changes = ChangeLog<Element>()
     var tracking: Bool {
@@ -141,8 +141,8 @@ struct TrackedSet<Element: Hashable & Sendable>: Sendable, Sequence {
         storage.removeAll()
     }
 
-    /// The members inserted or removed since the last call, and forgets them.
-    mutating func takeChanged() -> Set<Element> { changes.take() }
+    /// The members inserted or removed since the last call, each once and in order, and forgets them.
+    mutating func takeChanged() -> [Element] { changes.take() }
 }
 
 extension TrackedSet: ExpressibleByArrayLiteral {
@@ -153,20 +153,36 @@ extension TrackedSet: ExpressibleByArrayLiteral {
 }
 
 /// The keys a `TrackedMap` or `TrackedSet` changed since it was last asked, recorded while `on`.
-struct ChangeLog<Key: Hashable & Sendable>: Sendable {
+///
+/// A change appends its key (a key changed twice is listed twice); `take` sorts and removes the
+/// repeats once per check, which costs less than hashing every change into a set.
+struct ChangeLog<Key: Hashable & Comparable & Sendable>: Sendable {
     var on = false
-    private var keys: Set<Key> = []
+    private var keys: [Key] = []
 
     @inline(__always)
     mutating func note(_ key: Key) {
-        if on { keys.insert(key) }
+        if on { keys.append(key) }
     }
 
-    /// The keys noted since the last call, and forgets them.
-    mutating func take() -> Set<Key> {
+    /// The keys noted since the last call, each once and in order, and forgets them.
+    mutating func take() -> [Key] {
         guard !keys.isEmpty else { return [] }
-        var taken: Set<Key> = []
+        var taken: [Key] = []
         swap(&taken, &keys)
-        return taken
+        keys.reserveCapacity(taken.count)
+        return taken.sortedUnique()
+    }
+}
+
+extension Array where Element: Comparable {
+    /// The elements sorted, each once.
+    func sortedUnique() -> [Element] {
+        guard count > 1 else { return self }
+        let sorted = self.sorted()
+        var unique: [Element] = []
+        unique.reserveCapacity(sorted.count)
+        for element in sorted where unique.last != element { unique.append(element) }
+        return unique
     }
 }
