@@ -90,7 +90,7 @@ extension RelayCore {
         // Link queues: what is counted is what is queued, and only up links have one.
         if Set(mesh.links.keys) != mesh.up { fail("link queues exist for \(mesh.links.keys.sorted()) but the up links are \(mesh.up.sorted())") }
         for (peer, link) in mesh.links {
-            let bytes = link.queue.reduce(0) { $0 + $1.message.estimatedBytes }
+            let bytes = link.queue.reduce(0) { $0 + $1.bytes }
             if bytes != link.queuedBytes { fail("the link to \(peer) counts \(link.queuedBytes) queued bytes but holds \(bytes)") }
             if link.unacknowledged < 0 { fail("the link to \(peer) has \(link.unacknowledged) unacknowledged batches") }
         }
@@ -226,12 +226,12 @@ extension RelayCore {
         swap(&seen, &invariantLog.seen)
         defer { swap(&seen, &invariantLog.seen) }
 
+        // A client replaced or removed during the event: what was last seen of it is on the value it replaced.
+        let replaced = clients.takeReplaced()
         for id in changedClients {
-            let si = seen.clients.index(forKey: id)
-            let old = si.map { seen.clients.values[$0] }
+            let before = replaced.isEmpty ? nil : replaced[id]
             guard let ci = clients.index(forKey: id) else {
-                if let si, let old {
-                    seen.clients.remove(at: si)
+                if let old = before?.checked {
                     seen.connections -= old.counted ? 1 : 0
                     seen.queuedBytes -= old.queuedBytes
                     seen.subscriptions -= old.subscribed.count
@@ -239,10 +239,14 @@ extension RelayCore {
                 }
                 continue
             }
-            let now = clients.reading(ci) { c in
-                InvariantShadow.Client(counted: c.counted, queuedBytes: c.outbox.queuedBytes, subscribed: c.subscriptions.orderedKeys,
-                                       traced: c.traced)
+            let (recorded, now) = clients.updateUnnoted(ci) { c -> (InvariantShadow.Client?, InvariantShadow.Client) in
+                let now = InvariantShadow.Client(counted: c.counted, queuedBytes: c.outbox.queuedBytes,
+                                                 subscribed: c.subscriptions.orderedKeys, traced: c.traced)
+                let recorded = c.checked
+                c.checked = now
+                return (recorded, now)
             }
+            let old = if let before { before.checked } else { recorded }
             // The subscriptions and traces are looked at only when they changed: the array and set are
             // shared with the client's own until either changes, so comparing unchanged ones is O(1).
             let tracedChanged = old?.traced != now.traced
@@ -264,7 +268,6 @@ extension RelayCore {
                     if !topics.reading(ti, { $0.subscribers.contains(id) }) { fail("client \(id) is subscribed to \(topic) but is not among its subscribers") }
                 }
             }
-            if let si { seen.clients.values[si] = now } else { seen.clients[id] = now }
             seen.connections += now.counted ? 1 : 0
             seen.queuedBytes += now.queuedBytes
             seen.subscriptions += now.subscribed.count
@@ -325,7 +328,7 @@ extension RelayCore {
         for peer in changedLinks {
             // Read in place: a copy of the link would retain every queued message.
             guard let (bytes, counted, unacknowledged) = mesh!.links.reading(peer, { link in
-                (link.queue.reduce(0) { $0 + $1.message.estimatedBytes }, link.queuedBytes, link.unacknowledged)
+                (link.queue.reduce(0) { $0 + $1.bytes }, link.queuedBytes, link.unacknowledged)
             }) else { continue }
             if bytes != counted { fail("the link to \(peer) counts \(counted) queued bytes but holds \(bytes)") }
             if unacknowledged < 0 { fail("the link to \(peer) has \(unacknowledged) unacknowledged batches") }
@@ -381,7 +384,6 @@ struct InvariantShadow: Sendable {
         var subscribed: [String]
         var traced: Set<String>
     }
-    var clients: [ClientID: Client] = [:]
     var topicSubscribers: [String: Int] = [:]
     /// Per topic, how many clients trace it.
     var tracing: [String: Int] = [:]

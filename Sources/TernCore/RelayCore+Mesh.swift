@@ -8,7 +8,8 @@ struct LinkStateAdvert: Sendable, Hashable {
 /// The messages waiting for one link, and its flow-control window.
 struct LinkOutbox: Sendable {
     /// Messages in order; `live` marks publications of the live stream, the ones shed under pressure.
-    var queue: [(message: LinkMessage, live: Bool)] = []
+    /// `bytes` is the message's `estimatedBytes`, worked out once when it is queued.
+    var queue: [(message: LinkMessage, live: Bool, bytes: Int)] = []
     var queuedBytes = 0
     var unacknowledged = 0
     var oldestQueuedAt: TernInstant?
@@ -35,8 +36,9 @@ struct LinkOutbox: Sendable {
 
     /// Queues `message` at `now`.
     mutating func append(_ message: LinkMessage, live: Bool, now: TernInstant) {
-        queue.append((message, live))
-        queuedBytes += message.estimatedBytes
+        let bytes = message.estimatedBytes
+        queue.append((message, live, bytes))
+        queuedBytes += bytes
         if oldestQueuedAt == nil { oldestQueuedAt = now }
     }
 }
@@ -923,9 +925,10 @@ extension RelayCore {
             guard var link = mesh!.links.removeValue(forKey: peer) else { continue }
             // Credit messages travel at once and outside the window.
             if link.queue.contains(where: { $0.message.isControl }) {
-                let control = Array(link.queue.lazy.map(\.message).filter(\.isControl))
+                let entries = link.queue.filter(\.message.isControl)
+                let control = entries.map(\.message)
                 link.queue.removeAll(where: { $0.message.isControl })
-                link.queuedBytes -= control.reduce(0) { $0 + $1.estimatedBytes }
+                link.queuedBytes -= entries.reduce(0) { $0 + $1.bytes }
                 actions.append(.sendLink(peer, control))
                 link.lastSentAt = now
                 mesh!.counters[peer, default: LinkCounters()].batches += 1
@@ -947,7 +950,7 @@ extension RelayCore {
                 var taken = 0
                 var bytes = 0
                 while taken < link.queue.count {
-                    let size = link.queue[taken].message.estimatedBytes
+                    let size = link.queue[taken].bytes
                     guard taken == 0 || bytes + size <= config.maxBatchBytes else { break }
                     bytes += size
                     taken += 1
@@ -984,9 +987,10 @@ extension RelayCore {
         }
         for topic in topicsToResync {
             mesh!.children.update(topic) { $0[peer] = .resyncing }
-            link.queue.append((.resync(topic: topic), false))
+            let resync = LinkMessage.resync(topic: topic)
+            link.queue.append((resync, false, resync.estimatedBytes))
         }
-        link.queuedBytes = link.queue.reduce(0) { $0 + $1.message.estimatedBytes }
+        link.queuedBytes = link.queue.reduce(0) { $0 + $1.bytes }
         mesh!.counters[peer, default: LinkCounters()].overflows += 1
         return link
     }

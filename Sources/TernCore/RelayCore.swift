@@ -125,6 +125,9 @@ public struct RelayCore: Sendable {
         var pollLostCursor: Set<String> = []
         /// Topics this client subscribed to with `trace: true`.
         var traced: Set<String> = []
+        /// What the per-event invariant check last saw of this client (nil before its first check).
+        /// Kept here rather than in a map of its own, so that checking a changed client costs no lookup.
+        var checked: InvariantShadow.Client?
     }
 
     struct TopicState: Sendable {
@@ -230,6 +233,7 @@ public struct RelayCore: Sendable {
         self.rng = SplitMix64(seed: seed)
         self.acceptBucket = TokenBucket(rate: config.limits.acceptRatePerSecond, burst: config.limits.acceptBurst, now: now)
         clients.tracking = config.checkInvariants
+        clients.keepsReplaced = config.checkInvariants
         topics.tracking = config.checkInvariants
         if let meshConfig = config.mesh {
             let incarnation = meshConfig.incarnation != 0 ? meshConfig.incarnation : rng.next() >> 1

@@ -16,6 +16,11 @@ struct TrackedMap<Key: Hashable & Comparable & Sendable, Value: Sendable>: Senda
         get { changes.on }
         set { changes.on = newValue }
     }
+    /// Whether, while tracking, a value replaced or removed is kept until `takeReplaced` (for checks
+    /// that keep what they last saw of a value on the value itself).
+    var keepsReplaced = false
+    /// Per key, the value it held before it was first replaced or removed since the last `takeReplaced`.
+    private var replaced: [Key: Value] = [:]
 
     init() {}
 
@@ -23,7 +28,8 @@ struct TrackedMap<Key: Hashable & Comparable & Sendable, Value: Sendable>: Senda
         get { storage[key] }
         set {
             changes.note(key)
-            storage[key] = newValue
+            let old = if let newValue { storage.updateValue(newValue, forKey: key) } else { storage.removeValue(forKey: key) }
+            keep(old, of: key)
         }
         _modify {
             changes.note(key)
@@ -54,7 +60,30 @@ struct TrackedMap<Key: Hashable & Comparable & Sendable, Value: Sendable>: Senda
     @discardableResult
     mutating func removeValue(forKey key: Key) -> Value? {
         changes.note(key)
-        return storage.removeValue(forKey: key)
+        let old = storage.removeValue(forKey: key)
+        keep(old, of: key)
+        return old
+    }
+
+    @inline(__always)
+    private mutating func keep(_ old: Value?, of key: Key) {
+        guard keepsReplaced, changes.on, let old, replaced.index(forKey: key) == nil else { return }
+        replaced[key] = old
+    }
+
+    /// The values replaced or removed since the last call (each key's first), and forgets them.
+    mutating func takeReplaced() -> [Key: Value] {
+        guard !replaced.isEmpty else { return [:] }
+        var taken: [Key: Value] = [:]
+        swap(&taken, &replaced)
+        return taken
+    }
+
+    /// Changes the value at `index` in place without counting it as changed: for the invariant
+    /// checks' own record on the value, never for the state they check.
+    @inline(__always)
+    mutating func updateUnnoted<T>(_ index: Index, _ body: (inout Value) -> T) -> T {
+        storage.inPlace(index, body)
     }
 
     /// Gives `body` the value at `index` in place (see `Dictionary.inPlace`); the key counts as changed.
