@@ -14,9 +14,8 @@ public struct PresenceKey: Hashable, Sendable {
 public struct PresenceTable: Sendable {
     private var entries = IndexedMap<PresenceKey, PresenceEntry>()
     private var connectionsPerUser: [String: Int] = [:]
-    private var perRegion: [String: Int] = [:]
-    /// Per region, the wrapping sum of its entries' hashes (see `checksum(of:)`).
-    private var checksums: [String: UInt64] = [:]
+    /// Per region, how many entries it owns and the wrapping sum of their hashes (see `checksum(of:)`).
+    private var perRegion: [String: (count: Int, checksum: UInt64)] = [:]
 
     /// An empty table.
     public init() {}
@@ -27,14 +26,14 @@ public struct PresenceTable: Sendable {
     public var userCount: Int { connectionsPerUser.count }
 
     /// An order-independent checksum of the connections `region` holds here, for digests.
-    public func checksum(of region: String) -> UInt64 { checksums[region] ?? 0 }
+    public func checksum(of region: String) -> UInt64 { perRegion[region]?.checksum ?? 0 }
 
     private static func hash(_ entry: PresenceEntry) -> UInt64 {
         (entry.client.raw &+ 1) &* 0x9E37_79B9_7F4A_7C15 ^ UInt64(truncatingIfNeeded: entry.user.utf8.count)
     }
 
     /// The number of entries owned by `region`.
-    public func count(in region: String) -> Int { perRegion[region] ?? 0 }
+    public func count(in region: String) -> Int { perRegion[region]?.count ?? 0 }
 
     /// Adds or replaces the entry for its region and client; returns whether it is new.
     @discardableResult
@@ -46,8 +45,7 @@ public struct PresenceTable: Sendable {
         if let old { release(old) }
         entries[key] = entry
         connectionsPerUser[entry.user, default: 0] += 1
-        perRegion[entry.region, default: 0] += 1
-        checksums[entry.region, default: 0] &+= Self.hash(entry)
+        Self.add(&perRegion[entry.region, default: (0, 0)], Self.hash(entry))
         return old == nil
     }
 
@@ -95,12 +93,17 @@ public struct PresenceTable: Sendable {
         } else {
             connectionsPerUser[entry.user] = nil
         }
-        if let n = perRegion[entry.region], n > 1 {
-            checksums[entry.region, default: 0] &-= Self.hash(entry)
-            perRegion[entry.region] = n - 1
+        guard let i = perRegion.index(forKey: entry.region) else { return }
+        if perRegion.values[i].count > 1 {
+            perRegion.values[i].count -= 1
+            perRegion.values[i].checksum &-= Self.hash(entry)
         } else {
-            perRegion[entry.region] = nil
-            checksums[entry.region] = nil
+            perRegion.remove(at: i)
         }
+    }
+
+    private static func add(_ owned: inout (count: Int, checksum: UInt64), _ hash: UInt64) {
+        owned.count += 1
+        owned.checksum &+= hash
     }
 }
