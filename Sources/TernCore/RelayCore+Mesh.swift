@@ -511,10 +511,12 @@ extension RelayCore {
 
     // MARK: Interest
 
-    func hasInterest(_ topic: String) -> Bool {
-        guard let t = topics[topic] else { return false }
-        return !t.subscribers.isEmpty || !t.pollWaiters.isEmpty || !(mesh?.children[topic]?.isEmpty ?? true)
-            || !t.pendingSubscribes.isEmpty || t.stream.replicaOf != nil || !t.stream.failoverLog.isEmpty
+    mutating func hasInterest(_ topic: String) -> Bool {
+        let children = mesh == nil ? false : !(mesh!.children[topic]?.isEmpty ?? true)
+        return topics.reading(topic) { t in
+            !t.subscribers.isEmpty || !t.pollWaiters.isEmpty || children
+                || !t.pendingSubscribes.isEmpty || t.stream.replicaOf != nil || !t.stream.failoverLog.isEmpty
+        } ?? false
     }
 
     /// Subscribes upstream when the first local subscriber or child appears, moves
@@ -529,9 +531,14 @@ extension RelayCore {
             guard current != parent else { return }
             if let old = current, mesh!.up.contains(old) { enqueueLink(old, .uninterest(topic: topic)) }
             mesh!.upstream[topic] = parent
-            if let parent, let t = topics[topic] {
-                topics.update(topic) { $0.stream.catchUp() }
-                enqueueLink(parent, .interest(topic: topic, since: t.stream.synced ? t.stream.position : t.stream.awaitingFrom, fork: t.stream.fork))
+            if let parent, let (since, fork) = topics.update(topic, { t -> (StreamPosition?, StreamPosition?) in
+                // Where it stands is read before catching up, as it always was.
+                let since = t.stream.synced ? t.stream.position : t.stream.awaitingFrom
+                let fork = t.stream.fork
+                t.stream.catchUp()
+                return (since, fork)
+            }) {
+                enqueueLink(parent, .interest(topic: topic, since: since, fork: fork))
             }
         } else if let current = mesh!.upstream[topic] {
             if isHome(topic) || current != parent(of: topic) {

@@ -5,13 +5,13 @@
 extension RelayCore {
     /// Marks `client`'s subscription to `topic` as traced, or no longer traced.
     mutating func setTraced(_ client: ClientID, _ topic: String, _ on: Bool, now: TernInstant) {
-        guard let state = clients[client] else { return }
+        guard let (subscribed, traced) = clients.reading(client, { ($0.subscriptions.contains(topic), $0.traced.contains(topic)) }) else { return }
         if on {
-            guard state.subscriptions.contains(topic), !state.traced.contains(topic), topics[topic] != nil else { return }
+            guard subscribed, !traced, topics.contains(topic) else { return }
             clients.update(client) { $0.traced.insert(topic) }
             topics.update(topic) { $0.traceSubscribers += 1 }
             if topics[topic]?.traceSubscribers == 1 { tellHomeAboutTrace(topic, on: true) }
-        } else if state.traced.contains(topic) {
+        } else if traced {
             clients.update(client) { $0.traced.remove(topic) }
             traceSubscriberGone(topic, now: now)
         }

@@ -346,9 +346,12 @@ public struct RelayCore: Sendable {
     }
 
     mutating func commandReceived(_ client: ClientID, ref: UInt64?, _ command: ClientCommand, now: TernInstant) {
-        guard let state = clients[client], !state.closing else { return }
+        // Only the fields needed, read in place: a copy of the client kept over the command would make
+        // every change to its queue or subscriptions below copy them.
+        guard let (closing, identity, authenticating) = clients.reading(client, { ($0.closing, $0.identity, $0.authenticating) }),
+              !closing else { return }
         if case .connect(let token) = command {
-            if state.identity != nil || state.authenticating {
+            if identity != nil || authenticating {
                 send(client, .error(ref: ref, TernError(.alreadyConnected, "this connection is already connected")))
             } else if let token, !token.isEmpty {
                 clients.update(client) { $0.authenticating = true }
@@ -362,7 +365,7 @@ public struct RelayCore: Sendable {
             send(client, .reply(ref: ref, .pong))
             return
         }
-        guard let identity = state.identity else {
+        guard let identity else {
             send(client, .error(ref: ref, TernError(.notConnected, "send a connect command first")))
             return
         }
@@ -488,9 +491,11 @@ public struct RelayCore: Sendable {
     /// linger and its history has expired. Until then its epoch stays, so
     /// clients that come back soon still recover.
     mutating func sweepIfIdle(_ topic: String, now: TernInstant) {
-        guard var state = topics[topic] else { return }
-        guard state.subscribers.isEmpty, state.presence.count == 0, state.pollWaiters.isEmpty, state.pendingSubscribes.isEmpty,
-              state.stream.replication.pending.isEmpty, state.stream.replicaOf == nil, state.stream.failoverLog.isEmpty else { return }
+        // Whether it is idle is read in place; most calls end there, and a copy would retain everything the topic holds.
+        guard topics.reading(topic, { t in
+            t.subscribers.isEmpty && t.presence.count == 0 && t.pollWaiters.isEmpty && t.pendingSubscribes.isEmpty
+                && t.stream.replication.pending.isEmpty && t.stream.replicaOf == nil && t.stream.failoverLog.isEmpty
+        }) == true, var state = topics[topic] else { return }
         if let mesh {
             // At the home, the replica following the topic does not keep it alive: it is told to stop when the topic goes.
             let children = mesh.children[topic]?.orderedKeys ?? []
@@ -529,14 +534,16 @@ public struct RelayCore: Sendable {
                 ? "namespace of '\(topic)' does not allow anonymous clients; connect with a token"
                 : "the token does not grant subscribe on '\(topic)'"))
         }
-        guard let state = clients[client] else { return .failure(TernError(.internalError, "unknown client")) }
-        if state.subscriptions.contains(topic) {
+        guard let (subscribed, subscriptions) = clients.reading(client, { ($0.subscriptions.contains(topic), $0.subscriptions.count) }) else {
+            return .failure(TernError(.internalError, "unknown client"))
+        }
+        if subscribed {
             return .failure(TernError(.alreadySubscribed, "already subscribed to '\(topic)'"))
         }
-        if state.subscriptions.count >= config.limits.maxSubscriptionsPerClient {
+        if subscriptions >= config.limits.maxSubscriptionsPerClient {
             return .failure(TernError(.limitExceeded, "at most \(config.limits.maxSubscriptionsPerClient) subscriptions per connection"))
         }
-        if options.maxSubscribers > 0, let t = topics[topic], t.subscribers.count >= options.maxSubscribers {
+        if options.maxSubscribers > 0, let count = topics.reading(topic, { $0.subscribers.count }), count >= options.maxSubscribers {
             return .failure(TernError(.limitExceeded, "'\(topic)' has reached its \(options.maxSubscribers) subscribers in this region"))
         }
         ensureTopic(topic, options, now: now)
@@ -599,7 +606,7 @@ public struct RelayCore: Sendable {
         topics.update(topic) { $0.lastActivity = now }
         stats.subscriptions -= 1
         let region = config.region
-        if let entry = topics[topic]?.presence.remove(client, region: region) {
+        if let entry = topics.update(topic, { $0.presence.remove(client, region: region) }) ?? nil {
             if topics[topic]?.options.joinLeave == true {
                 broadcast(topic, .leave(topic: topic, entry), volatileKey: "presence/\(topic)/\(config.region)/\(client)")
             }
@@ -661,7 +668,7 @@ public struct RelayCore: Sendable {
             id = generatedPublishID()
         }
         let failoverHome = mesh != nil && canonicalHome(of: topic) != config.region
-        if !id.isEmpty, let earlier = topics[topic]?.stream.idempotency.lookup(id, now: now) {
+        if !id.isEmpty, let earlier = topics.update(topic, { $0.stream.idempotency.lookup(id, now: now) }) ?? nil {
             stats.duplicatePublishes += 1
             return .success(.published(topic: topic, position: earlier, duplicate: true))
         }
