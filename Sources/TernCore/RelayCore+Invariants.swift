@@ -346,16 +346,16 @@ extension RelayCore {
         guard topics.removeValue(forKey: topic) != nil else { return }
         stats.topics -= 1
         guard mesh != nil else { return }
-        mesh!.children[topic] = nil
+        mesh!.children.removeValue(forKey: topic)
         mesh!.replicaReports.remove(topic)
-        mesh!.upstream[topic] = nil
-        mesh!.awaitingSync[topic] = nil
-        mesh!.lastHome[topic] = nil
-        mesh!.presenceSequence[topic] = nil
-        mesh!.presenceSeen[topic] = nil
-        mesh!.presenceRoute[topic] = nil
-        mesh!.stalePresence[topic] = nil
-        mesh!.presencePending[topic] = nil
+        mesh!.upstream.removeValue(forKey: topic)
+        mesh!.awaitingSync.removeValue(forKey: topic)
+        mesh!.lastHome.removeValue(forKey: topic)
+        mesh!.presenceSequence.removeValue(forKey: topic)
+        mesh!.presenceSeen.removeValue(forKey: topic)
+        mesh!.presenceRoute.removeValue(forKey: topic)
+        mesh!.stalePresence.removeValue(forKey: topic)
+        mesh!.presencePending.removeValue(forKey: topic)
         mesh!.lingering.remove(topic)
     }
 }

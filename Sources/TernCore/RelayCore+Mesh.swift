@@ -215,7 +215,7 @@ extension RelayCore {
     mutating func linkUp(_ peer: String, now: TernInstant) {
         guard mesh != nil, mesh!.config.graph.neighbours(of: config.region).contains(peer) else { return }
         mesh!.up.insert(peer)
-        mesh!.links[peer] = LinkOutbox(now: now)
+        mesh!.links.updateValue(LinkOutbox(now: now), forKey: peer)
         scheduleLiveness(peer, at: now + mesh!.config.heartbeatInterval)
         for (origin, a) in mesh!.adverts.sorted(by: { $0.key < $1.key }) {
             enqueueLink(peer, .linkState(origin: origin, incarnation: a.incarnation, sequence: a.sequence, neighbours: a.neighbours.sorted()))
@@ -226,18 +226,18 @@ extension RelayCore {
 
     mutating func linkDown(_ peer: String, now: TernInstant) {
         guard mesh != nil, mesh!.up.remove(peer) != nil else { return }
-        mesh!.links[peer] = nil
+        mesh!.links.removeValue(forKey: peer)
         mesh!.dirty.remove(peer)
         for topic in mesh!.children.keys.sorted() where mesh!.children[topic]?.contains(peer) == true {
             mesh!.children.update(topic) { $0.removeValue(forKey: peer) }
-            if mesh!.children[topic]?.isEmpty == true { mesh!.children[topic] = nil }
+            if mesh!.children[topic]?.isEmpty == true { mesh!.children.removeValue(forKey: topic) }
         }
         for topic in mesh!.awaitingSync.keys.sorted() {
             mesh!.awaitingSync.update(topic) { $0.removeAll { $0.child == peer } }
-            if mesh!.awaitingSync[topic]?.isEmpty == true { mesh!.awaitingSync[topic] = nil }
+            if mesh!.awaitingSync[topic]?.isEmpty == true { mesh!.awaitingSync.removeValue(forKey: topic) }
         }
         for topic in mesh!.upstream.keys.sorted() where mesh!.upstream[topic] == peer {
-            mesh!.upstream[topic] = nil
+            mesh!.upstream.removeValue(forKey: topic)
             // The cache may fall behind until a new upstream catches it up; children must wait for that.
             topics.update(topic) { $0.stream.catchUp() }
         }
@@ -271,9 +271,9 @@ extension RelayCore {
             receiveEpochSwitch(topic, from: from, to: to, from: peer, now: now)
         case .uninterest(let topic):
             mesh!.children.update(topic) { $0.removeValue(forKey: peer) }
-            if mesh!.children[topic]?.isEmpty == true { mesh!.children[topic] = nil }
+            if mesh!.children[topic]?.isEmpty == true { mesh!.children.removeValue(forKey: topic) }
             mesh!.awaitingSync.update(topic) { $0.removeAll { $0.child == peer } }
-            if mesh!.awaitingSync[topic]?.isEmpty == true { mesh!.awaitingSync[topic] = nil }
+            if mesh!.awaitingSync[topic]?.isEmpty == true { mesh!.awaitingSync.removeValue(forKey: topic) }
             reconcileInterest(topic, now: now)
             sweepIfIdle(topic, now: now)
         case .data(let publication):
@@ -333,7 +333,7 @@ extension RelayCore {
     mutating func askAgain(_ topic: String, from peer: String) {
         guard var t = topics[topic] else { return }
         t.stream.catchUp()
-        topics[topic] = t
+        topics.updateValue(t, forKey: topic)
         enqueueLink(peer, .interest(topic: topic, since: t.stream.synced ? t.stream.position : nil, fork: t.stream.fork))
     }
 
@@ -391,7 +391,7 @@ extension RelayCore {
         for topic in topics.keys.sorted() {
             let home = self.home(of: topic)
             if let last = mesh!.lastHome[topic], last != home { homeChanged(topic, from: last, to: home, now: now) }
-            mesh!.lastHome[topic] = home
+            mesh!.lastHome.updateValue(home, forKey: topic)
             if home == config.region {
                 if topics[topic]?.stream.recovery != nil { askForRecovery(topic) }
                 updateReplica(topic)
@@ -426,7 +426,7 @@ extension RelayCore {
             // This region takes over: continue in a new epoch of its own, remembering where the old one was left.
             let (left, wasSynced) = t.stream.takeOver(epoch: "\(config.region).\(String(rng.next() & 0xFFFF_FFFF, radix: 16))",
                                                serial: joinSerial, now: now)
-            topics[topic] = t
+            topics.updateValue(t, forKey: topic)
             let to = t.stream.position
             if wasSynced {
                 broadcast(topic, .epochChanged(topic: topic, position: to), volatileKey: nil)
@@ -450,7 +450,7 @@ extension RelayCore {
     mutating func resequenceFailoverLog(_ topic: String, now: TernInstant) {
         // Only the canonical home's stream is final: while another failover home sequences, the log waits.
         guard topics[topic]?.stream.failoverLog.isEmpty == false, !isHome(topic),
-              home(of: topic) == canonicalHome(of: topic), let log = topics[topic]?.stream.takeFailoverLog() else { return }
+              home(of: topic) == canonicalHome(of: topic), let log = topics.update(topic, { $0.stream.takeFailoverLog() }) ?? nil else { return }
         for p in log {
             routePublish(.resequence, topic: topic, id: p.id, data: p.data, user: p.user,
                          firstAt: p.position.epoch.isEmpty ? p.firstPosition : p.position, now: now)
@@ -480,7 +480,7 @@ extension RelayCore {
         }
         t.stream.switchEpoch(from: from, to: to, canonical: canonicalHome(of: topic) + ".", serial: joinSerial,
                       mergeUntil: now + config.limits.idempotencyWindow)
-        topics[topic] = t
+        topics.updateValue(t, forKey: topic)
         broadcast(topic, .epochChanged(topic: topic, position: to), volatileKey: nil)
         for child in mesh!.children[topic]?.orderedKeys ?? [] where mesh!.children[topic]?[child] == .live {
             enqueueLink(child, .epochSwitch(topic: topic, from: from, to: to))
@@ -530,7 +530,7 @@ extension RelayCore {
             let current = mesh!.upstream[topic]
             guard current != parent else { return }
             if let old = current, mesh!.up.contains(old) { enqueueLink(old, .uninterest(topic: topic)) }
-            mesh!.upstream[topic] = parent
+            mesh!.upstream.setValue(parent, forKey: topic)
             if let parent, let (since, fork) = topics.update(topic, { t -> (StreamPosition?, StreamPosition?) in
                 // Where it stands is read before catching up, as it always was.
                 let since = t.stream.synced ? t.stream.position : t.stream.awaitingFrom
@@ -544,7 +544,7 @@ extension RelayCore {
             if isHome(topic) || current != parent(of: topic) {
                 // No longer the way to the home: lingering there would keep a stale stream looking current.
                 if mesh!.up.contains(current) { enqueueLink(current, .uninterest(topic: topic)) }
-                mesh!.upstream[topic] = nil
+                mesh!.upstream.removeValue(forKey: topic)
                 mesh!.lingering.remove(topic)
                 if !isHome(topic) { forgetRemotePresence(topic) }
             } else if !mesh!.lingering.contains(topic) {
@@ -576,7 +576,7 @@ extension RelayCore {
         guard case .success(let options) = namespaceOptions(for: topic) else { return }
         ensureTopic(topic, options, now: now)
         topics.update(topic) { $0.lastActivity = now }
-        if mesh!.children[topic] == nil { mesh!.children[topic] = IndexedMap() }
+        if mesh!.children[topic] == nil { mesh!.children.updateValue(IndexedMap(), forKey: topic) }
         mesh!.children.update(topic) { $0[child] = .resyncing }
         // Serve from this region's stream only when it is current: the home always is; a cache is
         // once its upstream has caught it up. A child may be ahead of a cache that is catching up.
@@ -702,7 +702,7 @@ extension RelayCore {
         let positioning = !t.stream.synced
         t.stream.adopt(position)
         t.stream.sync = .current
-        topics[topic] = t
+        topics.updateValue(t, forKey: topic)
         if positioning, let upstream = mesh!.upstream[topic] { learnEpochBefore(topic, from: position, upstream: upstream) }
         becameSynced(topic, now: now)
     }
@@ -712,7 +712,7 @@ extension RelayCore {
         guard var t = topics[topic], !t.stream.isBehind(position) else { return }
         let wasSynced = t.stream.synced
         t.stream.reset(to: position)
-        topics[topic] = t
+        topics.updateValue(t, forKey: topic)
         if wasSynced {
             broadcast(topic, .gap(topic: topic, position: position, reason: reason), volatileKey: nil)
             for child in mesh!.children[topic]?.orderedKeys ?? [] where mesh!.children[topic]?[child] == .live {
@@ -729,7 +729,7 @@ extension RelayCore {
         let ready = waiting.filter { $0.since.map { $0.epoch == t.stream.epoch && $0.offset <= t.stream.offset } ?? false }
         guard !ready.isEmpty else { return }
         mesh!.awaitingSync.update(topic) { $0.removeAll { w in ready.contains { $0.child == w.child } } }
-        if mesh!.awaitingSync[topic]?.isEmpty == true { mesh!.awaitingSync[topic] = nil }
+        if mesh!.awaitingSync[topic]?.isEmpty == true { mesh!.awaitingSync.removeValue(forKey: topic) }
         for (child, since, fork) in ready where mesh!.up.contains(child) {
             serveChild(child, topic: topic, since: since, fork: fork, now: now)
         }
@@ -916,7 +916,8 @@ extension RelayCore {
 
     mutating func enqueueLink(_ peer: String, _ message: LinkMessage, live: Bool = false) {
         // Only up links have a queue (an invariant checked after every event).
-        guard mesh != nil, mesh!.links[peer]?.append(message, live: live, now: clock) != nil else { return }
+        let now = clock
+        guard mesh != nil, mesh!.links.update(peer, { $0.append(message, live: live, now: now) }) != nil else { return }
         mesh!.dirty.insert(peer)
     }
 
@@ -976,7 +977,7 @@ extension RelayCore {
                 link.flushScheduled = true
                 schedule((link.oldestQueuedAt ?? now) + config.maxBatchDelay, .linkFlush(peer))
             }
-            mesh!.links[peer] = link
+            mesh!.links.updateValue(link, forKey: peer)
         }
     }
 

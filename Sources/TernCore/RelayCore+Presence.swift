@@ -32,13 +32,13 @@ extension RelayCore {
         let change = changes.count == 1 ? changes[0] : .snapshot(table.entries(of: config.region))
         mesh!.presenceClock += 1
         let sequence = mesh!.presenceClock
-        mesh!.presenceSequence[topic] = sequence
+        mesh!.presenceSequence.updateValue(sequence, forKey: topic)
         let message = LinkMessage.presence(topic: topic, owner: config.region, incarnation: mesh!.incarnation,
                                            sequence: sequence, change: change, towardsHome: false)
         if isHome(topic) {
             sendPresenceDown(topic, message)
         } else if let hop = mesh!.routes.firstHop(to: home(of: topic)) {
-            mesh!.presenceRoute[topic] = hop
+            mesh!.presenceRoute.updateValue(hop, forKey: topic)
             enqueueLink(hop, asTowardsHome(message))
         }
     }
@@ -108,7 +108,7 @@ extension RelayCore {
         }
         mesh!.presenceSeen[topic, default: [:]][owner] = (incarnation, sequence)
         mesh!.stalePresence.update(topic) { $0[owner] = nil }
-        if mesh!.stalePresence[topic]?.isEmpty == true { mesh!.stalePresence[topic] = nil }
+        if mesh!.stalePresence[topic]?.isEmpty == true { mesh!.stalePresence.removeValue(forKey: topic) }
         guard topics.contains(topic) else { return false }
         switch change {
         case .join(let entry):
@@ -149,18 +149,18 @@ extension RelayCore {
             if !isHome(topic), table.count(in: config.region) > 0 || mesh!.presenceRoute[topic] != nil || mesh!.presenceSequence[topic] != nil {
                 let hop = mesh!.routes.firstHop(to: home(of: topic))
                 if let hop, hop != mesh!.presenceRoute[topic] {
-                    mesh!.presenceRoute[topic] = hop
+                    mesh!.presenceRoute.updateValue(hop, forKey: topic)
                     enqueueLink(hop, .presence(topic: topic, owner: config.region, incarnation: mesh!.incarnation,
                                                sequence: mesh!.presenceSequence[topic] ?? mesh!.presenceClock,
                                                change: .snapshot(table.entries(of: config.region)), towardsHome: true))
                 } else if hop == nil {
-                    mesh!.presenceRoute[topic] = nil
+                    mesh!.presenceRoute.removeValue(forKey: topic)
                 }
             }
             for owner in table.regions where owner != config.region {
                 if canReach(owner) {
                     mesh!.stalePresence.update(topic) { $0[owner] = nil }
-                    if mesh!.stalePresence[topic]?.isEmpty == true { mesh!.stalePresence[topic] = nil }
+                    if mesh!.stalePresence[topic]?.isEmpty == true { mesh!.stalePresence.removeValue(forKey: topic) }
                 } else if mesh!.stalePresence[topic]?[owner] == nil {
                     mesh!.stalePresence[topic, default: [:]][owner] = now
                     schedule(now + mesh!.config.presenceTimeout, .presenceTimeout(topic, owner))
@@ -187,7 +187,7 @@ extension RelayCore {
             dropPresence(topic, owner: owner)
             mesh!.presenceSeen.update(topic) { $0[owner] = (incarnation, 0) }
             mesh!.stalePresence.update(topic) { $0[owner] = nil }
-            if mesh!.stalePresence[topic]?.isEmpty == true { mesh!.stalePresence[topic] = nil }
+            if mesh!.stalePresence[topic]?.isEmpty == true { mesh!.stalePresence.removeValue(forKey: topic) }
             // Regions below this one in the topic's tree hear it from here too.
             sendPresenceDown(topic, .presence(topic: topic, owner: owner, incarnation: incarnation, sequence: 0,
                                               change: .snapshot([]), towardsHome: false))
@@ -233,7 +233,7 @@ extension RelayCore {
         if table.regions.contains(where: { $0 != config.region && !listed.contains($0) }) { diverged = true }
         if !listed.contains(config.region), table.count(in: config.region) > 0 { ownDiffers = true }
         if ownDiffers, mesh!.presencePending[topic] == nil, !isHome(topic), let hop = mesh!.routes.firstHop(to: home(of: topic)) {
-            mesh!.presenceRoute[topic] = hop
+            mesh!.presenceRoute.updateValue(hop, forKey: topic)
             enqueueLink(hop, .presence(topic: topic, owner: config.region, incarnation: mesh!.incarnation,
                                        sequence: mesh!.presenceSequence[topic] ?? mesh!.presenceClock,
                                        change: .snapshot(table.entries(of: config.region)), towardsHome: true))
@@ -258,11 +258,11 @@ extension RelayCore {
         guard mesh != nil, let t = topics[topic] else { return }
         for owner in t.presence.regions where owner != config.region { dropPresence(topic, owner: owner) }
         if let own = mesh!.presenceSeen[topic]?[config.region] {
-            mesh!.presenceSeen[topic] = [config.region: own]
+            mesh!.presenceSeen.updateValue([config.region: own], forKey: topic)
         } else {
-            mesh!.presenceSeen[topic] = nil
+            mesh!.presenceSeen.removeValue(forKey: topic)
         }
-        mesh!.stalePresence[topic] = nil
+        mesh!.stalePresence.removeValue(forKey: topic)
     }
 
     /// Drops the entries of a region that stayed unreachable for `presenceTimeout`.
@@ -270,7 +270,7 @@ extension RelayCore {
         guard let since = mesh?.stalePresence[topic]?[owner], since + mesh!.config.presenceTimeout <= now,
               !canReach(owner), topics[topic] != nil else { return }
         mesh!.stalePresence.update(topic) { $0[owner] = nil }
-        if mesh!.stalePresence[topic]?.isEmpty == true { mesh!.stalePresence[topic] = nil }
+        if mesh!.stalePresence[topic]?.isEmpty == true { mesh!.stalePresence.removeValue(forKey: topic) }
         mesh!.presenceSeen.update(topic) { $0[owner] = nil }
         guard let joinLeave = topics[topic]?.options.joinLeave else { return }
         for entry in topics[topic]?.presence.entries(of: owner) ?? [] {

@@ -238,7 +238,7 @@ extension RelayCore {
     mutating func askForRecovery(_ topic: String) {
         guard let mesh, let epoch = topics[topic]?.stream.recovery?.held.epoch else { return }
         let reachable = mesh.config.graph.regions.filter { $0 != config.region && canReach($0) }
-        for region in topics[topic]?.stream.ask(reachable) ?? [] {
+        for region in topics.update(topic, { $0.stream.ask(reachable) }) ?? [] {
             route(.recover(topic: topic, home: config.region, replica: region, after: StreamPosition(epoch: epoch, offset: 0)), to: region)
         }
     }
@@ -278,7 +278,7 @@ extension RelayCore {
             return
         }
         let successor = mesh.flatMap { Rendezvous.ranking(topic: topic, regions: $0.config.graph.regions).first { $0 != config.region } }
-        if topics[topic]?.stream.recoveryAnswered(by: region, successor: successor) == true { finishRecovery(topic, now: now) }
+        if topics.update(topic, { $0.stream.recoveryAnswered(by: region, successor: successor) }) == true { finishRecovery(topic, now: now) }
     }
 
     /// At a home that has continued a recovered epoch: a publication of that epoch past the point it
@@ -316,7 +316,7 @@ extension RelayCore {
     /// Continues the epoch past the newest position known (recovered or named by a child), then serves
     /// everyone who waited and sequences the publishes held meanwhile.
     mutating func finishRecovery(_ topic: String, now: TernInstant) {
-        guard topics[topic]?.stream.continueRecoveredEpoch() == true else { return }
+        guard topics.update(topic, { $0.stream.continueRecoveredEpoch() }) == true else { return }
         becameSynced(topic, now: now)
         for ref in mesh!.pending.keys.sorted() where mesh!.pending[ref]?.topic == topic && mesh!.pending[ref]?.sentVia == nil {
             forwardPending(ref)

@@ -264,7 +264,7 @@ public struct RelayCore: Sendable {
         case .badFrame(let client, let ref, let error): send(client, .error(ref: ref, error))
         case .closed(let client): closed(client, now: now)
         case .resumeCursor(let client, let cursor):
-            if clients[client]?.transport == .sse { clients[client]?.cursor.merge(cursor) { current, _ in current } }
+            if clients[client]?.transport == .sse { clients.update(client) { $0.cursor.merge(cursor) { current, _ in current } } }
         case .apiPublish(let request, let topic, let id, let data):
             if case .failure(let error) = namespaceOptions(for: topic) {
                 actions.append(.apiReply(request: request, .failure(error)))
@@ -314,7 +314,7 @@ public struct RelayCore: Sendable {
         )
         let limited = transport != .poll && !acceptBucket.take(now: now)
         if draining || limited {
-            clients[client] = state
+            clients.updateValue(state, forKey: client)
             stats.rejectedConnections += 1
             let code: CloseCode = draining ? .shutdown : .connectionRateLimited
             send(client, .disconnect(code: code, reconnectAfter: jitter(up: config.limits.drainWindow)))
@@ -322,7 +322,7 @@ public struct RelayCore: Sendable {
             return
         }
         state.counted = true
-        clients[client] = state
+        clients.updateValue(state, forKey: client)
         stats.connections += 1
         if transport == .websocket {
             schedule(now + config.limits.connectTimeout, .connectTimeout(client))
@@ -463,7 +463,7 @@ public struct RelayCore: Sendable {
     mutating func ensureTopic(_ topic: String, _ options: NamespaceOptions, now: TernInstant) {
         guard topics[topic] == nil else { return }
         let generation = String(rng.next() & 0xFFFF_FFFF, radix: 16)
-        topics[topic] = TopicState(
+        topics.updateValue(TopicState(
             options: options,
             stream: TopicStream(
                 epoch: "\(config.region).\(generation)",
@@ -471,18 +471,18 @@ public struct RelayCore: Sendable {
                 idempotency: IdempotencyCache(capacity: config.limits.idempotencyCapacity, window: config.limits.idempotencyWindow)
             ),
             lastActivity: now
-        )
+        ), forKey: topic)
         let canonical = canonicalHome(of: topic)
         topics.update(topic) { $0.stream.canonicalHome = canonical }
         // The home it has now, so the next topology change that moves it here (or away) is seen as a move.
-        if mesh != nil { mesh!.lastHome[topic] = home(of: topic) }
+        if mesh != nil { mesh!.lastHome.updateValue(home(of: topic), forKey: topic) }
         if !isHome(topic) {
             // A regional cache: its epoch and offset come from upstream.
             topics.update(topic) { $0.stream.sync = .unsynced(from: nil) }
             topics.update(topic) { $0.stream.epoch = "" }
         } else {
             // Nothing sequenced or served yet: a restarted home may still adopt an epoch a child holds.
-            if mesh != nil { topics[topic]?.stream.start = .fresh }
+            if mesh != nil { topics.update(topic) { $0.stream.start = .fresh } }
         }
         stats.topics += 1
     }
@@ -514,7 +514,7 @@ public struct RelayCore: Sendable {
                 state.sweepAt = at
                 schedule(at, .topicSweep(topic))
             }
-            topics[topic] = state
+            topics.updateValue(state, forKey: topic)
         }
     }
 
@@ -568,7 +568,7 @@ public struct RelayCore: Sendable {
             reply.recovered = false
             reply.failure = .evicted
         } else if let since {
-            switch topics[topic]?.stream.history.publications(after: since, current: current, now: now) ?? .failed(.evicted) {
+            switch topics.update(topic, { $0.stream.history.publications(after: since, current: current, now: now) }) ?? .failed(.evicted) {
             case .recovered(let publications):
                 // The reply must fit the client's send queue, or the client would be closed on every retry.
                 let bytes = publications.reduce(0) { $0 + $1.data.utf8.count + $1.topic.utf8.count + 96 }
@@ -602,7 +602,7 @@ public struct RelayCore: Sendable {
     }
 
     mutating func removeSubscriber(_ client: ClientID, from topic: String, now: TernInstant) {
-        guard topics[topic]?.subscribers.removeValue(forKey: client) != nil else { return }
+        guard topics.update(topic, { $0.subscribers.removeValue(forKey: client) }) ?? nil != nil else { return }
         topics.update(topic) { $0.lastActivity = now }
         stats.subscriptions -= 1
         let region = config.region
@@ -631,7 +631,7 @@ public struct RelayCore: Sendable {
                 ? "namespace of '\(topic)' accepts publishes from backends only"
                 : "the token does not grant publish on '\(topic)'")))
         }
-        guard clients[client]?.publishBucket.take(now: now) == true else {
+        guard clients.update(client, { $0.publishBucket.take(now: now) }) == true else {
             return send(client, .error(ref: ref, TernError(.rateLimited, "more than \(Int(config.limits.publishRatePerSecond)) publishes a second; slow down")))
         }
         if volatile {
@@ -856,7 +856,7 @@ public struct RelayCore: Sendable {
     ) {
         opened(client, .poll, now: now)
         guard clients[client]?.closing == false else {
-            clients[client] = nil
+            clients.removeValue(forKey: client)
             actions.removeAll { if case .close(client, _) = $0 { true } else { false } }
             actions.append(.pollReply(client, PollReply(publications: [], topics: [], error: TernError(.internalError, "the relay is shutting down; poll again shortly"))))
             return
@@ -888,14 +888,14 @@ public struct RelayCore: Sendable {
             if topics[topic]?.stream.synced != true {
                 // This region's cache has not heard from upstream yet: answer once it has.
                 clients.update(client) { $0.pollNeedsSync.insert(topic) }
-                if since != nil { clients[client]?.pollLostCursor.insert(topic) }
+                if since != nil { clients.update(client) { $0.pollLostCursor.insert(topic) } }
                 continue
             }
             guard let current = topics[topic]?.stream.position else { continue }
             var recovered = true
             var failure: RecoveryFailure?
             if let since {
-                switch topics[topic]?.stream.history.publications(after: since, current: current, now: now) ?? .failed(.evicted) {
+                switch topics.update(topic, { $0.stream.history.publications(after: since, current: current, now: now) }) ?? .failed(.evicted) {
                 case .recovered(let publications):
                     reply.publications += publications.map { p in
                         var plain = p
@@ -916,8 +916,8 @@ public struct RelayCore: Sendable {
         let timeout = min(timeout, config.limits.maxPollTimeout)
         let needsSync = clients[client]?.pollNeedsSync ?? []
         if !needsSync.isEmpty {
-            for t in reply.topics { clients[client]?.cursor[t.topic] = t.position }
-            for (topic, _) in wanted { topics[topic]?.pollWaiters[client] = () }
+            for t in reply.topics { clients.update(client) { $0.cursor[t.topic] = t.position } }
+            for (topic, _) in wanted { topics.update(topic) { $0.pollWaiters[client] = () } }
             for topic in needsSync.sorted() { reconcileInterest(topic, now: now) }
             schedule(now + (mesh?.config.homeTimeout ?? timeout), .pollTimeout(client))
             return
@@ -990,7 +990,7 @@ public struct RelayCore: Sendable {
             case .pollTimeout(let client):
                 if clients[client]?.transport == .poll { completePoll(client) }
             case .topicSweep(let topic):
-                if topics[topic]?.sweepAt == next.at { topics[topic]?.sweepAt = nil }
+                if topics[topic]?.sweepAt == next.at { topics.update(topic) { $0.sweepAt = nil } }
                 sweepIfIdle(topic, now: now)
             case .interestLinger(let topic):
                 interestLingerEnded(topic, now: now)

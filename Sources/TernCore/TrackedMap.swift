@@ -24,17 +24,26 @@ struct TrackedMap<Key: Hashable & Comparable & Sendable, Value: Sendable>: Senda
 
     init() {}
 
+    /// The value for `key`. Read-only: a value is changed with `update(_:_:)`, in place, and replaced
+    /// with `updateValue(_:forKey:)` or `removeValue(forKey:)`. Changing a field through a settable
+    /// `map[key]?.field` would move the whole value out of the dictionary and back, copying every
+    /// reference it holds; without a setter that cannot compile.
     subscript(key: Key) -> Value? {
-        get { storage[key] }
-        set {
-            changes.note(key)
-            let old = if let newValue { storage.updateValue(newValue, forKey: key) } else { storage.removeValue(forKey: key) }
-            keep(old, of: key)
-        }
-        _modify {
-            changes.note(key)
-            yield &storage[key]
-        }
+        storage[key]
+    }
+
+    /// Sets the value for `key`, or removes it when `value` is nil.
+    mutating func setValue(_ value: Value?, forKey key: Key) {
+        if let value { updateValue(value, forKey: key) } else { removeValue(forKey: key) }
+    }
+
+    /// Sets the value for `key`; returns the one it replaced.
+    @discardableResult
+    mutating func updateValue(_ value: Value, forKey key: Key) -> Value? {
+        changes.note(key)
+        let old = storage.updateValue(value, forKey: key)
+        keep(old, of: key)
+        return old
     }
 
     /// The value for `key`, or `defaultValue` (inserted when changed in place).

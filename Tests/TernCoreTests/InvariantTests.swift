@@ -31,7 +31,7 @@ struct InvariantTests {
     @Test("a subscriber the topic does not list is caught after the next event, and the core keeps serving")
     func brokenSubscriptionIsCaught() {
         var core = subscribedCore()
-        core.topics["news:x"]!.subscribers.removeValue(forKey: ClientID(1))
+        core.topics.update("news:x") { $0.subscribers.removeValue(forKey: ClientID(1)) }
         _ = core.handle(.tick, now: .zero + .milliseconds(1))
         #expect(core.invariantFailures.contains { $0.contains("client c1 is subscribed to news:x but is not among its subscribers") },
                 "\(core.invariantFailures)")
@@ -42,9 +42,27 @@ struct InvariantTests {
     @Test("a topic that lists a client not subscribed to it is caught")
     func strayTopicSubscriberIsCaught() {
         var core = subscribedCore()
-        core.topics["news:x"]!.subscribers[ClientID(99)] = .init(serial: 1, since: nil)
+        core.topics.update("news:x") { $0.subscribers[ClientID(99)] = .init(serial: 1, since: nil) }
         #expect(core.checkInvariants().contains { $0.contains("topics list 2 subscribers but clients hold 1 subscriptions") },
                 "\(core.checkInvariants())")
+    }
+
+    @Test("the sweep's checksums catch a subscriber swapped for another with every count unchanged, and a traced count off by one, and name them")
+    func swappedSubscriberIsCaughtBySweep() {
+        var core = subscribedCore()
+        core.topics.update("news:x") { t in
+            t.subscribers.removeValue(forKey: ClientID(1))
+            t.subscribers[ClientID(99)] = .init(serial: 1, since: nil)
+        }
+        let problems = core.checkInvariants()
+        #expect(!problems.contains { $0.contains("topics list") }, "the totals still agree: \(problems)")
+        #expect(problems.contains { $0.contains("client c1 is subscribed to news:x but is not among its subscribers") }, "\(problems)")
+        #expect(problems.contains { $0.contains("news:x lists subscriber c63, which is not subscribed to it") }, "\(problems)")
+
+        var traced = subscribedCore()
+        traced.topics.update("news:x") { $0.traceSubscribers += 1 }
+        #expect(traced.checkInvariants().contains { $0.contains("news:x counts 1 traced subscribers but clients trace it 0 times") },
+                "\(traced.checkInvariants())")
     }
 
     @Test("counters that disagree with the state, and per-topic mesh state that outlives its topic, are caught")
@@ -59,7 +77,7 @@ struct InvariantTests {
         var config = RelayCoreConfig(region: "a", namespaces: Self.namespaces, mesh: mesh)
         config.checkInvariants = true
         var meshCore = RelayCore(config: config, encoder: RecordingEncoder(), seed: 1, now: .zero)
-        meshCore.mesh!.lastHome["news:gone"] = "a"
+        meshCore.mesh!.lastHome.updateValue("a", forKey: "news:gone")
         _ = meshCore.handle(.tick, now: .zero + .milliseconds(1))
         #expect(meshCore.invariantFailures.contains { $0.contains("mesh.lastHome still holds news:gone") }, "\(meshCore.invariantFailures)")
     }
@@ -117,8 +135,8 @@ struct ChangedStateInvariantTests {
         }
         #expect(core.invariantFailures.isEmpty, "\(core.invariantFailures)")
         #expect(eventsUntilSweep(core) > 1)
-        core.mesh!.lastHome["news:gone"] = "a"
-        core.mesh!.links["b"]!.queuedBytes += 5
+        core.mesh!.lastHome.updateValue("a", forKey: "news:gone")
+        core.mesh!.links.update("b") { $0.queuedBytes += 5 }
         _ = core.handle(.tick, now: .zero + .milliseconds(1))
         #expect(core.invariantFailures.contains { $0.contains("mesh.lastHome still holds news:gone") }, "\(core.invariantFailures)")
         #expect(core.invariantFailures.contains { $0.contains("the link to b counts") }, "\(core.invariantFailures)")
@@ -128,7 +146,7 @@ struct ChangedStateInvariantTests {
     func caughtBeforeTheSweep() {
         var core = largeCore()
         #expect(eventsUntilSweep(core) > 1)
-        core.topics["news:x"]!.subscribers.removeValue(forKey: ClientID(2))
+        core.topics.update("news:x") { $0.subscribers.removeValue(forKey: ClientID(2)) }
         _ = core.handle(.apiPublish(request: 1, topic: "news:y", id: "q1", data: "1"), now: .zero)
         #expect(core.invariantFailures.contains { $0.contains("topics list 59 subscribers but clients hold 60 subscriptions") },
                 "\(core.invariantFailures)")
@@ -139,7 +157,7 @@ struct ChangedStateInvariantTests {
         #expect(queued.invariantFailures.contains { $0.contains("queuedBytes is") }, "\(queued.invariantFailures)")
 
         var traced = largeCore()
-        traced.clients[ClientID(3)]!.traced.insert("news:x")
+        traced.clients.update(ClientID(3)) { $0.traced.insert("news:x") }
         _ = traced.handle(.apiPublish(request: 1, topic: "news:y", id: "q1", data: "1"), now: .zero)
         #expect(traced.invariantFailures.contains { $0.contains("client c3 traces news:x without being subscribed to it") },
                 "\(traced.invariantFailures)")
