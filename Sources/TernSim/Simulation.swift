@@ -924,20 +924,14 @@ public final class Simulation {
     }
 
     /// Which publish each subscriber saw at each offset of one topic's epoch, to check that all saw the same.
+    /// Keyed by offset: offsets in an epoch need not be contiguous (a restarted home continues past a jump).
     final class OffsetTable {
-        var base: UInt64 = 0
-        var publishes: [Int] = []
+        var publishes: [UInt64: Int] = [:]
         /// The publish number already seen at `offset`, after recording `publish` there if none was.
         func record(_ offset: UInt64, _ publish: Int) -> Int {
-            if publishes.isEmpty { base = offset }
-            if offset < base {
-                publishes.insert(contentsOf: repeatElement(0, count: Int(base - offset)), at: 0)
-                base = offset
-            }
-            let i = Int(offset - base)
-            if i >= publishes.count { publishes.append(contentsOf: repeatElement(0, count: i - publishes.count + 1)) }
-            if publishes[i] == 0 { publishes[i] = publish }
-            return publishes[i]
+            if let known = publishes[offset] { return known }
+            publishes[offset] = publish
+            return publish
         }
     }
 
