@@ -157,6 +157,9 @@ struct LatencyBench: AsyncParsableCommand {
     @Option(name: .long, help: "Bytes of each publication's data.")
     var size: Int = 100
 
+    @Option(name: .long, help: "The topic's name within the namespace; default: a fresh one per run. On a mesh the name decides the topic's home region, and with it the path a publication takes.")
+    var topic: String?
+
     struct Report: Encodable { var results: [LatencyResult] }
 
     func run() async throws {
@@ -166,7 +169,7 @@ struct LatencyBench: AsyncParsableCommand {
             let token = try await options.publishToken()
             results.append(try await runner.latency(try BenchEndpoint(url: options.url), publishEndpoint: try publishUrl.map(BenchEndpoint.init(url:)),
                                                     target: .tern(publishToken: token), subscribers: subscribers, rate: rate,
-                                                    duration: .seconds(duration), size: size, name: "lat-\(UInt32.random(in: 0...UInt32.max))",
+                                                    duration: .seconds(duration), size: size, name: topic ?? "lat-\(UInt32.random(in: 0...UInt32.max))",
                                                     namespace: options.namespace))
             if let nats = options.nats {
                 results.append(try await runner.latency(try BenchEndpoint(url: nats), target: .nats, subscribers: subscribers, rate: rate,
