@@ -205,11 +205,13 @@ public final class Simulation {
     private var now = TernInstant.zero
     private var queue = Heap<Event>()
     private var sequence: UInt64 = 0
-    private var regions: [String: Region] = [:]
+    // The regions and links never change after `init`: as constants they are read without the
+    // exclusive-access check that every read of a class's variable costs.
+    private let regions: [String: Region]
     /// The regions in `regionNames` order.
-    private var regionList: [Region] = []
+    private let regionList: [Region]
     private let regionNames: [String]
-    private var connections: [String: Connection] = [:]
+    private let connections: [String: Connection]
     private var cuts: Set<String> = []
     /// Links (pair keys) whose packets vanish silently.
     private var blackholes: Set<String> = []
@@ -249,35 +251,55 @@ public final class Simulation {
         self.regionNames = scenario.topology.regions.map(\.name)
         self.end = TernInstant.zero + scenario.duration
         self.latencies = Array(repeating: [], count: regionNames.count)
-        for name in regionNames { regions[name] = Region(name: name) }
-        regionList = regionNames.map { regions[$0]! }
-        for l in scenario.topology.links { connections[pairKey(l.between.0, l.between.1)] = Connection() }
+        regionList = regionNames.map { Region(name: $0) }
+        regions = Dictionary(uniqueKeysWithValues: regionList.map { ($0.name, $0) })
+        var connections: [String: Connection] = [:]
+        for l in scenario.topology.links { connections[Self.pairKey(l.between.0, l.between.1)] = Connection() }
+        self.connections = connections
     }
 
-    private func pairKey(_ a: String, _ b: String) -> String { a < b ? "\(a)|\(b)" : "\(b)|\(a)" }
+    private func pairKey(_ a: String, _ b: String) -> String { Self.pairKey(a, b) }
+    private static func pairKey(_ a: String, _ b: String) -> String { a < b ? "\(a)|\(b)" : "\(b)|\(a)" }
 
     private func mix(_ text: String) {
-        for b in text.utf8 { mix(byte: b) }
+        var h = trace
+        for b in text.utf8 { h = Self.fnv(h, b) }
+        trace = h
     }
 
-    @inline(__always)
-    private func mix(byte b: UInt8) { trace = (trace ^ UInt64(b)) &* 0x100_0000_01b3 }
+    private func mix(byte b: UInt8) { trace = Self.fnv(trace, b) }
 
     /// Mixes the decimal digits of `value`: the same bytes as `mix("\(value)")`, without building a string.
-    private func mix(decimal value: Int64) {
-        if value < 0 { mix(byte: UInt8(ascii: "-")) }
-        let v = value.magnitude
-        var p: UInt64 = 1
-        while v / p >= 10 { p *= 10 }
-        while p > 0 {
-            mix(byte: UInt8(48 + (v / p) % 10))
-            p /= 10
-        }
-    }
-
+    private func mix(decimal value: Int64) { trace = Self.fnv(trace, decimal: value) }
     private func mix(decimal value: Int) { mix(decimal: Int64(value)) }
     private func mix(decimal value: UInt64) {
         if value > UInt64(Int64.max) { mix("\(value)") } else { mix(decimal: Int64(value)) }
+    }
+
+    /// One byte of FNV-1a. The trace is mixed through these pure functions and stored once per
+    /// item, because every write to a property of this class is checked for exclusive access.
+    @inline(__always)
+    static func fnv(_ h: UInt64, _ b: UInt8) -> UInt64 { (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+
+    /// FNV-1a over the decimal digits of `value` (with a leading "-" when negative).
+    static func fnv(_ h: UInt64, decimal value: Int64) -> UInt64 {
+        var h = h
+        if value < 0 { h = fnv(h, UInt8(ascii: "-")) }
+        var v = value.magnitude
+        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 20) { digits in
+            // The digits come out last first.
+            var n = 0
+            repeat {
+                digits[n] = UInt8(48 + v % 10)
+                v /= 10
+                n += 1
+            } while v > 0
+            while n > 0 {
+                n -= 1
+                h = fnv(h, digits[n])
+            }
+            return h
+        }
     }
 
     /// The publish number of a simulated publication's id (`p<n>`), or nil for any other id.
@@ -874,7 +896,11 @@ public final class Simulation {
         while deliveriesPerSecond.count <= second { deliveriesPerSecond.append(0) }
         deliveriesPerSecond[second] += 1
         latencies[c.regionIndex].append((now - published.at).ternNanoseconds)
-        mix(byte: UInt8(ascii: "P")); mix(decimal: now.nanoseconds); mix(decimal: c.key.index); mix(decimal: p.position.offset)
+        var h = Self.fnv(trace, UInt8(ascii: "P"))
+        h = Self.fnv(h, decimal: now.nanoseconds)
+        h = Self.fnv(h, decimal: Int64(c.key.index))
+        trace = h
+        mix(decimal: p.position.offset)
     }
 
     private func publishOrdinary() {
