@@ -280,8 +280,11 @@ public struct RelayCore: Sendable {
         }
         flushLinks(now: now)
         if config.checkInvariants { checkInvariantsAfterEvent() }
-        let out = actions
-        actions.removeAll(keepingCapacity: true)
+        // Moved out, not copied: emptying a buffer the returned array still shares would allocate a
+        // new one of the same capacity on every event, and after one large fan-out that capacity
+        // is thousands of actions.
+        var out: [RelayAction] = []
+        swap(&out, &actions)
         return out
     }
 
