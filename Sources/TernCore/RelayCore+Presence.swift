@@ -16,7 +16,7 @@ extension RelayCore {
     }
 
     /// Records a change to this region's own entries; changes to one room within
-    /// `maxBatchDelay` are coalesced into one message (a snapshot when there are several).
+    /// `maxBatchDelay` are sent together (`flushPresence`).
     mutating func localPresenceChanged(_ topic: String, _ change: PresenceChange) {
         guard mesh != nil else { return }
         mesh!.presencePending[topic, default: []].append(change)
@@ -25,21 +25,33 @@ extension RelayCore {
         }
     }
 
-    /// Sends the coalesced changes of one room.
+    /// Sends the changes of one room made within the window: as deltas, one sequenced message per
+    /// join or leave, in order; or, when there are at least half as many changes as the room has
+    /// entries here, as one snapshot of them, which then costs less. In a large room a few joins
+    /// cost a few entries on every link, not the whole room.
     mutating func flushPresence(_ topic: String) {
+        let region = config.region
         guard mesh != nil, let changes = mesh!.presencePending.removeValue(forKey: topic), !changes.isEmpty,
-              let table = topics[topic]?.presence else { return }
-        let change = changes.count == 1 ? changes[0] : .snapshot(table.entries(of: config.region))
-        mesh!.presenceClock += 1
-        let sequence = mesh!.presenceClock
-        mesh!.presenceSequence.updateValue(sequence, forKey: topic)
-        let message = LinkMessage.presence(topic: topic, owner: config.region, incarnation: mesh!.incarnation,
-                                           sequence: sequence, change: change, towardsHome: false)
-        if isHome(topic) {
-            sendPresenceDown(topic, message)
-        } else if let hop = mesh!.routes.firstHop(to: home(of: topic)) {
-            mesh!.presenceRoute.updateValue(hop, forKey: topic)
-            enqueueLink(hop, asTowardsHome(message))
+              let owned = topics.reading(topic, { $0.presence.count(in: region) }) else { return }
+        let send: [PresenceChange]
+        if changes.count > 1, changes.count * 2 >= owned {
+            send = [.snapshot(topics.reading(topic) { $0.presence.entries(of: region) } ?? [])]
+        } else {
+            send = changes
+        }
+        let hop = isHome(topic) ? nil : mesh!.routes.firstHop(to: home(of: topic))
+        if let hop { mesh!.presenceRoute.updateValue(hop, forKey: topic) }
+        for change in send {
+            mesh!.presenceClock += 1
+            let sequence = mesh!.presenceClock
+            mesh!.presenceSequence.updateValue(sequence, forKey: topic)
+            let message = LinkMessage.presence(topic: topic, owner: config.region, incarnation: mesh!.incarnation,
+                                               sequence: sequence, change: change, towardsHome: false)
+            if isHome(topic) {
+                sendPresenceDown(topic, message)
+            } else if let hop {
+                enqueueLink(hop, asTowardsHome(message))
+            }
         }
     }
 

@@ -456,6 +456,50 @@ struct MeshPresenceTests {
         #expect(m.received(home, watcher).contains(.reply(ref: 3, .presenceStats(topic: topic, clients: 7, users: 7))))
     }
 
+    @Test("a few changes in a large room cross a link as deltas; as many changes as half the room, as one snapshot")
+    func presenceDeltas() {
+        var m = MeshHarness()
+        let topic = "room:big"
+        let home = m.cores["a"]!.home(of: topic)
+        let far = ["a", "b", "c"].first { $0 != home }!
+        let watcher = m.connectClient(home, 1, user: "w")
+        m.handle(home, .command(watcher, ref: 1, .subscribe(topic: topic, since: nil)))
+        m.settle()
+        var members: [ClientID] = []
+        func join(_ n: Int) {
+            for _ in 0..<n {
+                let c = m.connectClient(far, UInt64(100 + members.count), user: "u\(members.count)")
+                m.handle(far, .command(c, ref: 2, .subscribe(topic: topic, since: nil)))
+                members.append(c)
+            }
+        }
+        join(10)
+        m.advance(.milliseconds(20))
+        // Hold what `far` sends from here on, to look at it.
+        let outgoing = Set(["a", "b", "c"].filter { $0 != far }.map { "\(far)>\($0)" })
+        m.held = outgoing
+        func sentPresence() -> [PresenceChange] {
+            var changes: [PresenceChange] = []
+            for k in outgoing.sorted() {
+                for batch in m.wires[k] ?? [] {
+                    for case .presence(let t, _, _, _, let change, _) in batch where t == topic { changes.append(change) }
+                }
+                m.wires[k] = []
+            }
+            return changes
+        }
+        join(2)
+        m.advance(.milliseconds(20))
+        let deltas = sentPresence()
+        #expect(deltas.count == 2)
+        #expect(deltas.allSatisfy { if case .join = $0 { true } else { false } }, "\(deltas)")
+        for c in members.prefix(6) { m.handle(far, .closed(c)) }
+        m.advance(.milliseconds(20))
+        let burst = sentPresence()
+        #expect(burst.count == 1)
+        if case .snapshot(let entries) = burst.first { #expect(entries.count == 6) } else { Issue.record("expected a snapshot, got \(burst)") }
+    }
+
     @Test("an unreachable region's entries go stale, are dropped after the timeout, and come back on reconnect")
     func staleAndConverge() {
         var m = MeshHarness(links: [("a", "b", 10), ("b", "c", 10)], tune: { $0.presenceTimeout = .seconds(5) })
