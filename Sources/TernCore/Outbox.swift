@@ -86,18 +86,25 @@ public struct Outbox: Sendable {
     /// Takes up to `maxBytes` of frames (at least one), oldest first.
     public mutating func take(maxBytes limit: Int = .max) -> [OutboundFrame] {
         var out: [OutboundFrame] = []
+        take(maxBytes: limit) { out.append($0) }
+        return out
+    }
+
+    /// Takes up to `maxBytes` of frames (at least one), oldest first, giving each to `body`.
+    public mutating func take(maxBytes limit: Int = .max, _ body: (OutboundFrame) -> Void) {
         var taken = 0
+        var any = false
         while let first = entries.first {
-            if first.frame != nil, !out.isEmpty, taken + first.size > limit { break }
+            if first.frame != nil, any, taken + first.size > limit { break }
             entries.removeFirst()
             headSequence += 1
             if let key = first.volatileKey, volatileSlots[key] == headSequence - 1 { volatileSlots[key] = nil }
             guard let frame = first.frame else { continue }
             queuedBytes -= first.size
             taken += first.size
-            out.append(frame)
+            any = true
+            body(frame)
         }
-        return out
     }
 
     /// Empties the queue.

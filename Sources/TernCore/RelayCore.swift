@@ -290,15 +290,22 @@ public struct RelayCore: Sendable {
 
     /// Takes up to `maxBytes` of a client's queued frames for writing.
     public mutating func takeOutbound(_ client: ClientID, maxBytes: Int = 256 * 1024) -> [OutboundFrame] {
+        var frames: [OutboundFrame] = []
+        takeOutbound(client, maxBytes: maxBytes) { frames.append($0) }
+        return frames
+    }
+
+    /// Takes up to `maxBytes` of a client's queued frames, oldest first, giving each to `body`: the
+    /// same as `takeOutbound(_:maxBytes:)` without building an array.
+    public mutating func takeOutbound(_ client: ClientID, maxBytes: Int = 256 * 1024, _ body: (OutboundFrame) -> Void) {
         // In place: a copy of the client would copy its queue.
-        guard let i = clients.index(forKey: client) else { return [] }
-        let (frames, delta) = clients.inPlace(i) { c -> ([OutboundFrame], Int) in
+        guard let i = clients.index(forKey: client) else { return }
+        let delta = clients.inPlace(i) { c -> Int in
             let before = c.outbox.queuedBytes
-            let frames = c.outbox.take(maxBytes: maxBytes)
-            return (frames, c.outbox.queuedBytes - before)
+            c.outbox.take(maxBytes: maxBytes, body)
+            return c.outbox.queuedBytes - before
         }
         queuedBytes += delta
-        return frames
     }
 
     /// Bytes queued for all clients.

@@ -141,8 +141,10 @@ public final class Simulation {
         var noticeCount = 0
         /// After an `epoch` push the relay skips publications the client already has, so offsets in that epoch may jump.
         var mergeEpochs: Set<String> = []
-        /// What the client received, in order: the position and the publish number (`p<n>` is `n`).
-        var deliveries: [(position: StreamPosition, publish: Int)] = []
+        /// What the client received, in order.
+        var deliveries: [Delivery] = []
+        /// The epoch of the last delivery and its number in `Simulation.epochNames`.
+        var deliveryEpoch: (name: String, id: Int32)?
         var expectOrderViolation = false
         var slowUntil: TernInstant?
         var lastArrival = TernInstant.zero
@@ -156,6 +158,14 @@ public final class Simulation {
         /// Every third subscriber asks for per-hop timestamps.
         var traces: Bool { key.index % 3 == 0 }
         init(key: ClientKey, regionIndex: Int, role: Role) { self.key = key; self.regionIndex = regionIndex; self.role = role }
+    }
+
+    /// One publication a client received: its position (the epoch by its number in `epochNames`) and
+    /// its publish number (`p<n>` is `n`). Small and without references, since every delivery keeps one.
+    struct Delivery {
+        var epoch: Int32
+        var publish: Int32
+        var offset: UInt64
     }
 
     final class Region {
@@ -238,6 +248,9 @@ public final class Simulation {
     private var violations: [String] = []
     private var lastHeal: TernInstant?
     private var deliveriesPerSecond: [Int] = []
+    /// Every epoch a client received publications in, numbered in the order first seen.
+    private var epochNames: [String] = []
+    private var epochNumbers: [String: Int32] = [:]
     private var debugDropped = false
     private var debugReordered = false
     private var debugPresenceDropped = false
@@ -787,9 +800,10 @@ public final class Simulation {
         if let until = c.slowUntil, until > now, !force { return }
         let r = regionList[c.regionIndex]
         guard r.running else { return }
-        let frames = r.core!.takeOutbound(id, maxBytes: .max)
-        guard !frames.isEmpty else { return }
-        var messages = frames.map { r.encoder.decode($0) }
+        var messages: [ServerMessage] = []
+        let encoder = r.encoder
+        r.core!.takeOutbound(id, maxBytes: .max) { messages.append(encoder.decode($0)) }
+        guard !messages.isEmpty else { return }
         if scenario.debug.reorderOneDelivery, !debugReordered, case .subscriber = c.role {
             let pubs = messages.indices.filter { if case .publication = messages[$0] { true } else { false } }
             if pubs.count >= 2 {
@@ -890,7 +904,14 @@ public final class Simulation {
             violations.append("\(c.key.region)#\(c.key.index) got \(p.id) on \(p.topic), which no client published")
             return
         }
-        c.deliveries.append((p.position, published.number))
+        let epoch: Int32
+        if let e = c.deliveryEpoch, e.name == p.position.epoch {
+            epoch = e.id
+        } else {
+            epoch = epochNumber(p.position.epoch)
+            c.deliveryEpoch = (p.position.epoch, epoch)
+        }
+        c.deliveries.append(Delivery(epoch: epoch, publish: Int32(published.number), offset: p.position.offset))
         deliveryCount += 1
         let second = Int(now.nanoseconds / 1_000_000_000)
         while deliveriesPerSecond.count <= second { deliveriesPerSecond.append(0) }
@@ -901,6 +922,15 @@ public final class Simulation {
         h = Self.fnv(h, decimal: Int64(c.key.index))
         trace = h
         mix(decimal: p.position.offset)
+    }
+
+    /// The number of `epoch` in `epochNames`, given it if it has none yet.
+    private func epochNumber(_ epoch: String) -> Int32 {
+        if let n = epochNumbers[epoch] { return n }
+        let n = Int32(epochNames.count)
+        epochNames.append(epoch)
+        epochNumbers[epoch] = n
+        return n
     }
 
     private func publishOrdinary() {
@@ -974,24 +1004,26 @@ public final class Simulation {
         var lost: [(publish: Int, client: Int, text: String)] = []
         for c in clients {
             guard case .subscriber(let topic) = c.role else { continue }
-            var last: StreamPosition?
+            var last: Delivery?
             var table: OffsetTable?
+            func position(_ d: Delivery) -> StreamPosition { StreamPosition(epoch: epochNames[Int(d.epoch)], offset: d.offset) }
             for d in c.deliveries {
-                if table == nil || last?.epoch != d.position.epoch {
-                    let key = EpochKey(topic: topic, epoch: d.position.epoch)
+                let publish = Int(d.publish)
+                if table == nil || last?.epoch != d.epoch {
+                    let key = EpochKey(topic: topic, epoch: epochNames[Int(d.epoch)])
                     if let t = tables[key] { table = t } else { let t = OffsetTable(); tables[key] = t; table = t }
                 }
-                let known = table!.record(d.position.offset, d.publish)
-                if known != d.publish {
-                    violations.append("order differs within epoch: \(topic) \(d.position) is p\(known) for one client and p\(d.publish) for \(c.key.region)#\(c.key.index)")
+                let known = table!.record(d.offset, publish)
+                if known != publish {
+                    violations.append("order differs within epoch: \(topic) \(position(d)) is p\(known) for one client and p\(publish) for \(c.key.region)#\(c.key.index)")
                 }
-                if let l = last, l.epoch == d.position.epoch, d.position.offset <= l.offset {
-                    violations.append("out of order: \(c.key.region)#\(c.key.index) got \(d.position) after \(l) on \(topic)")
+                if let l = last, l.epoch == d.epoch, d.offset <= l.offset {
+                    violations.append("out of order: \(c.key.region)#\(c.key.index) got \(position(d)) after \(position(l)) on \(topic)")
                 }
-                last = d.position
-                received[d.publish] += 1
-                if received[d.publish] == 2, c.noticeCount == 0 {
-                    violations.append("duplicate: \(c.key.region)#\(c.key.index) got p\(d.publish) twice on \(topic)")
+                last = d
+                received[publish] += 1
+                if received[publish] == 2, c.noticeCount == 0 {
+                    violations.append("duplicate: \(c.key.region)#\(c.key.index) got p\(publish) twice on \(topic)")
                 }
             }
             // No acknowledged publish is lost: every subscriber subscribed before it, never told of a gap, has it once.
@@ -1000,7 +1032,7 @@ public final class Simulation {
                     lost.append((n, c.key.index, "acknowledged publish p\(n) (\(acks[n]!.position)) reached \(c.key.region)#\(c.key.index) \(received[n]) times on \(topic)"))
                 }
             }
-            for d in c.deliveries { received[d.publish] = 0 }
+            for d in c.deliveries { received[Int(d.publish)] = 0 }
         }
         for l in lost.sorted(by: { ($0.publish, $0.client) < ($1.publish, $1.client) }) {
             violations.append(l.text)
