@@ -62,7 +62,10 @@ public enum Swarm {
                 out.append(.init(at: at, fault: .flap(l.0, l.1, times: Int.random(in: 2...5, using: &rng), every: .milliseconds(700))))
             case 3 where !links.isEmpty:
                 let l = links.randomElement(using: &rng)!
-                out.append(.init(at: at, fault: .clog(l.0, l.1, delay: .seconds(2), duration: .seconds(3))))
+                // A clog ends by the final heal: what it delays is still in flight `delay` after it
+                // ends, and the run must have settled before it checks that everything arrived.
+                let lasts = min(3.0, healBy - t)
+                out.append(.init(at: at, fault: .clog(l.0, l.1, delay: .seconds(2), duration: .milliseconds(Int64(lasts * 1000)))))
             case 4 where crashed.isEmpty:
                 let r = regions.randomElement(using: &rng)!
                 crashed.append(r)

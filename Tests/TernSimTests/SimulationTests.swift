@@ -132,6 +132,25 @@ struct SimulationTests {
         #expect(r.passed, "\(r.violations.prefix(5))")
     }
 
+    @Test("every swarm clog ends by the final heal, so what it delays arrives before the run is judged")
+    func swarmClogsEndByHeal() throws {
+        let s = try scenario("celebrity-burst")
+        var clogs = 0
+        for seed in 1...2000 as ClosedRange<UInt64> {
+            let faults = Swarm.faults(for: s, seed: seed)
+            guard let heal = faults.filter({ $0.fault == .heal }).map(\.at).max() else {
+                Issue.record("seed \(seed): the schedule has no heal")
+                continue
+            }
+            for f in faults {
+                guard case .clog(_, _, _, let duration) = f.fault else { continue }
+                clogs += 1
+                #expect(f.at + duration <= heal, "seed \(seed): a clog at \(f.at) lasts \(duration), past the last heal at \(heal)")
+            }
+        }
+        #expect(clogs > 0)
+    }
+
     @Test("a home that crashes right after acknowledging loses nothing acknowledged")
     func swarmCrashWindow() throws {
         var s = try small("steady-state", seconds: 40)
