@@ -2,7 +2,7 @@
 # Runs Tern's benchmark suite on loopback against a Tern relay and nats-server side by side,
 # with the same load generator (`tern bench`), and prints one table.
 #
-#   ./scripts/bench.sh            the full suite (docs/PERFORMANCE.md), about five minutes
+#   ./scripts/bench.sh            the full suite (docs/PERFORMANCE.md), a minute or two once built
 #   ./scripts/bench.sh --smoke    small numbers, to check that everything works end to end (CI)
 #
 # It installs nats-server if missing, builds tern in release mode, starts fresh servers for each
