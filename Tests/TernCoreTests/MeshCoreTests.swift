@@ -430,15 +430,21 @@ struct MeshPresenceTests {
         #expect(presence(&m, "a", alice, topic) == (1, 1, ["alice@a"]))
     }
 
-    @Test("a burst of joins and leaves in one room crosses a link as one coalesced message")
-    func coalescing() {
+    /// A mesh where one client at `topic`'s home watches it, and a region that is not the home.
+    func watchedRoom(_ topic: String) -> (m: MeshHarness, home: String, far: String, watcher: ClientID) {
         var m = MeshHarness()
-        let topic = "room:burst"
         let home = m.cores["a"]!.home(of: topic)
         let far = ["a", "b", "c"].first { $0 != home }!
         let watcher = m.connectClient(home, 1, user: "w")
         m.handle(home, .command(watcher, ref: 1, .subscribe(topic: topic, since: nil)))
         m.settle()
+        return (m, home, far, watcher)
+    }
+
+    @Test("a burst of joins and leaves in one room crosses a link as one coalesced message")
+    func coalescing() {
+        let topic = "room:burst"
+        var (m, home, far, watcher) = watchedRoom(topic)
         var presenceMessages = 0
         var clients: [ClientID] = []
         for i in 0..<10 { clients.append(m.connectClient(far, UInt64(100 + i), user: "u\(i)")) }
@@ -458,13 +464,8 @@ struct MeshPresenceTests {
 
     @Test("a few changes in a large room cross a link as deltas; as many changes as half the room, as one snapshot")
     func presenceDeltas() {
-        var m = MeshHarness()
         let topic = "room:big"
-        let home = m.cores["a"]!.home(of: topic)
-        let far = ["a", "b", "c"].first { $0 != home }!
-        let watcher = m.connectClient(home, 1, user: "w")
-        m.handle(home, .command(watcher, ref: 1, .subscribe(topic: topic, since: nil)))
-        m.settle()
+        var (m, _, far, _) = watchedRoom(topic)
         var members: [ClientID] = []
         func join(_ n: Int) {
             for _ in 0..<n {
