@@ -142,6 +142,8 @@ for i in range(1000):
         if json.load(r)["topic"]["home"] == sys.argv[1]:
             print(name)
             break
+else:
+    sys.exit("bench: no topic of mesh-0..mesh-999 has its home in %s (is the region up?)" % sys.argv[1])
 PYTHON
 )
   case $home in

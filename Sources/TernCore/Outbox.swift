@@ -83,13 +83,6 @@ public struct Outbox: Sendable {
         return .queued
     }
 
-    /// Takes up to `maxBytes` of frames (at least one), oldest first.
-    public mutating func take(maxBytes limit: Int = .max) -> [OutboundFrame] {
-        var out: [OutboundFrame] = []
-        take(maxBytes: limit) { out.append($0) }
-        return out
-    }
-
     /// Takes up to `maxBytes` of frames (at least one), oldest first, giving each to `body`.
     public mutating func take(maxBytes limit: Int = .max, _ body: (OutboundFrame) -> Void) {
         var taken = 0

@@ -39,7 +39,8 @@ extension RelayCore {
         } else {
             send = changes
         }
-        let hop = isHome(topic) ? nil : mesh!.routes.firstHop(to: home(of: topic))
+        let home = isHome(topic)
+        let hop = home ? nil : mesh!.routes.firstHop(to: self.home(of: topic))
         if let hop { mesh!.presenceRoute.updateValue(hop, forKey: topic) }
         for change in send {
             mesh!.presenceClock += 1
@@ -47,7 +48,7 @@ extension RelayCore {
             mesh!.presenceSequence.updateValue(sequence, forKey: topic)
             let message = LinkMessage.presence(topic: topic, owner: config.region, incarnation: mesh!.incarnation,
                                                sequence: sequence, change: change, towardsHome: false)
-            if isHome(topic) {
+            if home {
                 sendPresenceDown(topic, message)
             } else if let hop {
                 enqueueLink(hop, asTowardsHome(message))
