@@ -36,9 +36,11 @@ extension RelayCore {
         var i = clients.startIndex
         while i != clients.endIndex {
             let id = clients.keys[i]
-            let (traced, subscribed, isCounted, bytes) = clients.reading(i) { c in
-                (c.traced, c.subscriptions.orderedKeys, c.counted, c.outbox.queuedBytes)
+            let (traced, subscribed, isCounted, bytes, fullNonWebSocket) = clients.reading(i) { c in
+                (c.traced, c.subscriptions.orderedKeys, c.counted, c.outbox.queuedBytes, c.socket == .full && c.transport != .websocket)
             }
+            // Only a WebSocket's driver writes without taking from the queue, so only its socket can be full.
+            if fullNonWebSocket { fail("client \(id) is not a WebSocket but its socket is marked full") }
             for topic in traced {
                 tracesByClients &+= Self.checksum(topic)
                 if !subscribed.contains(topic) { fail("client \(id) traces \(topic) without being subscribed to it") }

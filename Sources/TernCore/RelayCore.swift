@@ -22,6 +22,9 @@ public enum RelayEvent: Sendable {
     case badFrame(ClientID, ref: UInt64?, TernError)
     /// The transport connection is gone.
     case closed(ClientID)
+    /// A WebSocket's socket filled up (false) or drained (true). While it is full, frames wait in the
+    /// client's bounded queue; when it drains, what waited is flushed and frames go straight out again.
+    case writable(ClientID, Bool)
     /// An SSE client resumed with this cursor: keep every topic in its event ids, even ones that fail to subscribe.
     case resumeCursor(ClientID, [String: StreamPosition])
     /// A backend published through the HTTP API; answered with `apiReply(request:)`.
@@ -68,6 +71,10 @@ public struct PollReply: Sendable, Hashable {
 
 /// What the core asks its driver to do.
 public enum RelayAction: Sendable {
+    /// Write this frame to each of these WebSockets, after everything handed over to them before.
+    /// Their sockets take frames and nothing of theirs waits in the core's queue, so the frame is not
+    /// queued here: the fan-out to them costs the core one entry per subscriber, and the buffer is shared.
+    case write(OutboundFrame, [ClientID])
     /// The client's outbox has frames: take them with `takeOutbound` and write them.
     case flush(ClientID)
     /// Verify this token and report `authenticated` or `authenticationFailed`.
@@ -125,9 +132,24 @@ public struct RelayCore: Sendable {
         var pollLostCursor: Set<String> = []
         /// Topics this client subscribed to with `trace: true`.
         var traced: Set<String> = []
+        /// Whether its socket takes frames (WebSockets; the driver reports changes with `writable`).
+        var socket: Socket = .writable
         /// What the per-event invariant check last saw of this client (nil before its first check).
         /// Kept here rather than in a map of its own, so that checking a changed client costs no lookup.
         var checked: InvariantShadow.Client?
+
+        /// Whether a frame for this client goes to the driver at once (`RelayAction.write`): a
+        /// WebSocket whose socket takes frames, not closing, with nothing waiting in its queue (every
+        /// encoded frame holds at least one byte, so no queued bytes means no queued frames).
+        var takesFramesDirectly: Bool { transport == .websocket && socket == .writable && !closing && outbox.queuedBytes == 0 }
+    }
+
+    /// A WebSocket's socket, as its driver last reported it.
+    enum Socket: Sendable, Equatable {
+        /// It takes frames: they are handed to the driver at once while nothing waits in the queue.
+        case writable
+        /// It is full: frames wait in the client's queue, bounded in bytes, until it drains.
+        case full
     }
 
     struct TopicState: Sendable {
@@ -263,6 +285,7 @@ public struct RelayCore: Sendable {
         case .authenticationFailed(let client, let ref, let failure): authenticationFailed(client, ref: ref, failure)
         case .badFrame(let client, let ref, let error): send(client, .error(ref: ref, error))
         case .closed(let client): closed(client, now: now)
+        case .writable(let client, let writable): socketChanged(client, writable: writable)
         case .resumeCursor(let client, let cursor):
             if clients[client]?.transport == .sse { clients.update(client) { $0.cursor.merge(cursor) { current, _ in current } } }
         case .apiPublish(let request, let topic, let id, let data):
@@ -437,6 +460,17 @@ public struct RelayCore: Sendable {
         }
         send(client, .error(ref: ref, error))
         beginClose(client, code)
+    }
+
+    /// A WebSocket's socket filled up or drained. On draining, what waited in its queue is flushed;
+    /// until the driver has taken it, new frames queue behind it.
+    mutating func socketChanged(_ client: ClientID, writable: Bool) {
+        guard let i = clients.index(forKey: client) else { return }
+        let (transport, socket, queued) = clients.reading(i) { ($0.transport, $0.socket, $0.outbox.queuedBytes) }
+        let now: Socket = writable ? .writable : .full
+        guard transport == .websocket, socket != now else { return }
+        clients.inPlace(i) { $0.socket = now }
+        if writable, queued > 0 { actions.append(.flush(client)) }
     }
 
     mutating func beginClose(_ client: ClientID, _ code: CloseCode) {
@@ -766,15 +800,36 @@ public struct RelayCore: Sendable {
                                          sequencedAtWall: publication.sequencedAtWall)
         }
         // Clients still waiting for their subscribe reply (`waiting`) get the stream through that reply, not before it.
+        // WebSockets that take frames directly are gathered into runs of one `write` action per frame;
+        // a run ends before anything else is done for a client, so actions keep the subscribers' order.
+        var run: [ClientID] = []
+        var runTraced = false
         for client in subscribers where waiting.isEmpty || !waiting.contains(client) {
             guard let i = clients.index(forKey: client) else { continue }
-            let (transport, wantsTrace) = clients.reading(i) { ($0.transport, traced != nil && $0.traced.contains(topic)) }
-            if transport == .websocket {
+            let (transport, wantsTrace, direct) = clients.reading(i) {
+                ($0.transport, traced != nil && $0.traced.contains(topic), $0.takesFramesDirectly)
+            }
+            if direct, run.isEmpty || runTraced == wantsTrace {
+                runTraced = wantsTrace
+                run.append(client)
+                stats.deliveries += 1
+                continue
+            }
+            if !run.isEmpty {
+                actions.append(.write(runTraced ? sharedTraced! : shared, run))
+                run.removeAll()
+            }
+            if direct {
+                runTraced = wantsTrace
+                run.append(client)
+                stats.deliveries += 1
+            } else if transport == .websocket {
                 enqueue(client, at: i, wantsTrace ? sharedTraced! : shared, volatileKey: nil)
             } else {
                 send(client, .publication(wantsTrace ? traced! : plain))
             }
         }
+        if !run.isEmpty { actions.append(.write(runTraced ? sharedTraced! : shared, run)) }
         if let waiters = topics.reading(topic, { $0.pollWaiters.isEmpty ? nil : $0.pollWaiters.orderedKeys }) ?? nil {
             for client in waiters { completePoll(client, publications: [plain]) }
         }
@@ -1056,6 +1111,12 @@ public struct RelayCore: Sendable {
 
     /// `enqueue` for a client whose place in `clients` the caller already looked up.
     mutating func enqueue(_ client: ClientID, at i: Dictionary<ClientID, ClientState>.Index, _ frame: OutboundFrame, volatileKey: String?) {
+        // A WebSocket whose socket takes frames and that has nothing waiting gets the frame at once.
+        if clients.reading(i, { $0.takesFramesDirectly }) {
+            stats.deliveries += 1
+            actions.append(.write(frame, [client]))
+            return
+        }
         // The client's queue is changed where it is stored: copying the client out first would copy
         // its whole queue on every frame.
         // Nothing more is queued for a closing client: what it was told before closing is already queued.
@@ -1072,7 +1133,8 @@ public struct RelayCore: Sendable {
         switch result.outcome {
         case .queued, .coalesced:
             stats.deliveries += 1
-            if result.wasEmpty { actions.append(.flush(client)) }
+            // A full socket is flushed when it drains (`socketChanged`).
+            if result.wasEmpty, clients.reading(i, { $0.socket == .writable }) { actions.append(.flush(client)) }
         case .droppedVolatile:
             stats.volatileShed += 1
         case .overflow:

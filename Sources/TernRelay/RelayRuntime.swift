@@ -21,73 +21,146 @@ enum ClientSignal: Sendable {
 protocol ConnectionWriter: AnyObject, Sendable {
     /// The loop every call below runs on.
     var eventLoop: any EventLoop { get }
-    /// Writes the frames and flushes once.
-    func write(_ frames: [OutboundFrame])
-    /// Writes the frames (not for a slow consumer), then a close frame with `code`, then closes.
+    /// Adds a frame to what goes out at the next `flushAppended`; true if it is the first since
+    /// the last flush, so the caller knows to flush this writer.
+    func append(_ frame: OutboundFrame) -> Bool
+    /// Writes what was appended as one buffer, and flushes.
+    func flushAppended()
+    /// Writes what was appended, then the frames (not for a slow consumer), then a close frame
+    /// with `code`, then closes.
     func finish(_ code: CloseCode, after frames: [OutboundFrame])
     /// Closes the connection at once (after a drain timed out); callable from any thread.
     func forceClose()
 }
 
+/// The WebSockets of one event loop, each under its client id. Read and changed only on that loop,
+/// so handing frames to them needs no lock and no reference to each writer on the core's side.
+final class LoopWriters: @unchecked Sendable {
+    let loop: any EventLoop
+    /// The loop's number, kept in the low byte of its connections' client ids.
+    let slot: UInt64
+    private var writers: [ClientID: any ConnectionWriter] = [:]
+
+    init(loop: any EventLoop, slot: UInt64) {
+        self.loop = loop
+        self.slot = slot
+    }
+
+    subscript(client: ClientID) -> (any ConnectionWriter)? {
+        loop.assertInEventLoop()
+        return writers[client]
+    }
+
+    func add(_ client: ClientID, _ writer: any ConnectionWriter) {
+        loop.preconditionInEventLoop()
+        writers[client] = writer
+    }
+
+    func remove(_ client: ClientID) {
+        loop.preconditionInEventLoop()
+        writers[client] = nil
+    }
+
+    /// Closes every connection of the loop at once; callable from any thread.
+    func forceCloseAll() {
+        loop.execute { for writer in self.writers.values { writer.forceClose() } }
+    }
+}
+
 /// Frames for the writers of one event loop, handed over in one task.
 private struct LoopWrites {
     enum Item {
-        case write(any ConnectionWriter, [OutboundFrame])
-        case finish(any ConnectionWriter, CloseCode, [OutboundFrame])
+        /// One frame for several connections (a publication's fan-out), its buffer shared.
+        case shared(OutboundFrame, [ClientID])
+        /// Frames taken from one connection's queue.
+        case frames(ClientID, [OutboundFrame])
+        case finish(ClientID, CloseCode, [OutboundFrame])
     }
-    let loop: any EventLoop
-    var items: [Item]
+    let writers: LoopWriters
+    var items: [Item] = []
 
+    /// Writes every item in order; each connection is flushed once, after the last of its frames.
+    /// A connection gone since the frames were handed over is skipped.
     func run(_ runtime: RelayRuntime) {
         var written = 0
+        var touched: [any ConnectionWriter] = []
         // Latency is observed once per publication per hand-over: the connections of one loop
         // write it within microseconds of each other, and one histogram update per delivery
         // would cost more than the delivery.
         var timed: [OutboundFrame] = []
         var seen = Set<Int64>()
+        func time(_ frame: OutboundFrame) {
+            if let accepted = frame.acceptedAt, seen.insert(accepted.nanoseconds).inserted { timed.append(frame) }
+        }
         for item in items {
-            let frames: [OutboundFrame]
             switch item {
-            case .write(let writer, let f):
-                writer.write(f)
-                frames = f
-            case .finish(let writer, let code, let f):
-                writer.finish(code, after: f)
-                frames = f
-            }
-            written += frames.count
-            for frame in frames {
-                if let accepted = frame.acceptedAt, seen.insert(accepted.nanoseconds).inserted { timed.append(frame) }
+            case .shared(let frame, let clients):
+                for client in clients {
+                    guard let writer = writers[client] else { continue }
+                    if writer.append(frame) { touched.append(writer) }
+                    written += 1
+                }
+                time(frame)
+            case .frames(let client, let frames):
+                guard let writer = writers[client] else { continue }
+                for frame in frames where writer.append(frame) { touched.append(writer) }
+                written += frames.count
+                frames.forEach(time)
+            case .finish(let client, let code, let frames):
+                guard let writer = writers[client] else { continue }
+                writer.finish(code, after: frames)
+                written += frames.count
+                frames.forEach(time)
             }
         }
+        for writer in touched { writer.flushAppended() }
         runtime.recordWritten(count: written, timed: timed)
     }
 
-    /// Adds `item` to the batch of its writer's loop.
-    static func add(_ item: Item, writer: any ConnectionWriter, to batches: inout [LoopWrites]) {
-        let loop = writer.eventLoop
-        if let i = batches.firstIndex(where: { $0.loop === loop }) {
-            batches[i].items.append(item)
-        } else {
-            batches.append(LoopWrites(loop: loop, items: [item]))
-        }
+    /// Hands the batch to its loop. Called with the runtime's lock held: two threads handing frames
+    /// for one connection to its loop must submit them in the order the core produced them, and
+    /// a thread that released the lock first could otherwise submit last. Never run inline, even
+    /// on the writer's own loop: frames handed over earlier in a task on that loop must be written first.
+    func submit(_ runtime: RelayRuntime) {
+        let batch = self
+        writers.loop.execute { batch.run(runtime) }
     }
 }
 
 /// The driver's shared state: the relay core behind a lock, a signal channel per SSE or
 /// long-poll connection and a writer per WebSocket. It only translates: events in, actions out.
 ///
-/// After each event, the frames the core queued for WebSockets are taken while the lock is held
-/// and handed to their connections' event loops, one task per loop for all of them; each
-/// connection writes its frames with one flush. A connection whose socket is full is skipped
-/// until it drains, so its frames wait in the core's bounded queue.
+/// After each event (or each run of a connection's commands), the frames the core wrote to
+/// WebSockets, and those it flushed from their queues, are handed to their connections' event
+/// loops while the lock is held: one task per loop for all of them, a publication's buffer shared
+/// by all its subscribers there, and each connection writing everything with one flush. The core
+/// knows which sockets are full (`writable` events) and queues their frames, bounded, until they drain.
 final class RelayRuntime: Sendable {
     private struct State: ~Copyable {
         var core: RelayCore
         var sinks: [ClientID: AsyncStream<ClientSignal>.Continuation] = [:]
-        var writers: [ClientID: (writer: any ConnectionWriter, writable: Bool)] = [:]
-        /// WebSockets with frames queued in the core since the last hand-over, in order.
+        /// The WebSockets of each event loop, by slot (the low byte of their client ids).
+        var loops: [LoopWriters] = []
+        var openWriters = 0
+        /// A `dispatchWrites` is scheduled for drained sockets (`setWritable`).
+        var dispatchScheduled = false
+        /// WebSockets whose queues the core flushed since the last hand-over, in order.
         var pendingWrites: [ClientID] = []
+        /// Frames for WebSockets since the last hand-over, by loop slot, in the core's order.
+        var handOver: [LoopWrites] = []
+
+        /// The loop table of a WebSocket's client id; nil for SSE and long-poll connections.
+        func loop(of client: ClientID) -> LoopWriters? {
+            let slot = Int(client.raw & 0xff)
+            return slot < loops.count ? loops[slot] : nil
+        }
+
+        /// Adds an item to the hand-over batch of a loop.
+        mutating func hand(_ item: LoopWrites.Item, to writers: LoopWriters) {
+            let slot = Int(writers.slot)
+            while handOver.count <= slot { handOver.append(LoopWrites(writers: loops[handOver.count])) }
+            handOver[slot].items.append(item)
+        }
         /// Connections closed since the relay started.
         var closedConnections = 0
         var forceClosers: [ClientID: @Sendable (CloseCode) -> Void] = [:]
@@ -135,7 +208,8 @@ final class RelayRuntime: Sendable {
     func register(forceClose: (@Sendable (CloseCode) -> Void)? = nil) -> (ClientID, AsyncStream<ClientSignal>) {
         let (stream, continuation) = AsyncStream<ClientSignal>.makeStream(bufferingPolicy: .unbounded)
         let id = state.withLock { state in
-            let id = ClientID(state.nextClient)
+            // Slot 0xff: no loop writes to it, the connection's task takes its frames.
+            let id = ClientID(state.nextClient << 8 | Self.sinkSlot)
             state.nextClient += 1
             state.sinks[id] = continuation
             state.forceClosers[id] = forceClose
@@ -145,27 +219,44 @@ final class RelayRuntime: Sendable {
     }
 
     /// Registers a WebSocket whose frames the runtime writes itself.
-    func registerWriter(_ writer: any ConnectionWriter, writable: Bool) -> ClientID {
-        state.withLock { state in
-            let id = ClientID(state.nextClient)
+    /// Called on the writer's event loop; its id carries the loop's slot in its low byte.
+    func registerWriter(_ writer: any ConnectionWriter) -> ClientID {
+        let loop = writer.eventLoop
+        let (id, table) = state.withLock { state in
+            let table: LoopWriters
+            if let known = state.loops.first(where: { $0.loop === loop }) {
+                table = known
+            } else {
+                precondition(UInt64(state.loops.count) < Self.sinkSlot, "more event loops than client ids can number")
+                table = LoopWriters(loop: loop, slot: UInt64(state.loops.count))
+                state.loops.append(table)
+            }
+            let id = ClientID(state.nextClient << 8 | table.slot)
             state.nextClient += 1
-            state.writers[id] = (writer, writable)
-            return id
+            state.openWriters += 1
+            return (id, table)
         }
+        table.add(id, writer)
+        return id
     }
 
+    /// The low byte of SSE and long-poll client ids.
+    private static let sinkSlot: UInt64 = 0xff
+
     /// A WebSocket's socket filled up (false) or drained (true); on drain, what waited is written.
-    func setWritable(_ client: ClientID, _ writable: Bool) {
-        let batches = state.withLock { state -> [LoopWrites] in
-            guard let entry = state.writers[client] else { return [] }
-            state.writers[client]!.writable = writable
-            guard writable else { return [] }
-            let frames = state.core.takeOutbound(client, maxBytes: .max)
-            guard !frames.isEmpty else { return [] }
-            metrics.queueBytes.set(Int64(state.core.queuedBytes))
-            return [LoopWrites(loop: entry.writer.eventLoop, items: [.write(entry.writer, frames)])]
+    ///
+    /// Called on the connection's loop. What waited is handed over at the end of the loop's current
+    /// round of events, together with whatever else is ready by then: when many sockets drain at
+    /// once, and while a publisher's run of commands is being read, one hand-over serves them all
+    /// rather than one each.
+    func setWritable(_ client: ClientID, _ writable: Bool, on loop: any EventLoop) {
+        handle(.writable(client, writable), deferWrites: true)
+        guard writable else { return }
+        let schedule = state.withLock { state in
+            defer { state.dispatchScheduled = true }
+            return !state.dispatchScheduled
         }
-        for batch in batches { batch.loop.execute { batch.run(self) } }
+        if schedule { loop.execute { self.dispatchWrites() } }
     }
 
     /// Publishes for a backend; the answer may come from another region.
@@ -217,9 +308,9 @@ final class RelayRuntime: Sendable {
 
     /// Ends every remaining connection at once (after a drain timed out).
     func forceCloseAll(_ code: CloseCode) {
-        let (closers, writers) = state.withLock { (Array($0.forceClosers.values), $0.writers.values.map(\.writer)) }
+        let (closers, loops) = state.withLock { (Array($0.forceClosers.values), $0.loops) }
         for close in closers { close(code) }
-        for writer in writers { writer.forceClose() }
+        for loop in loops { loop.forceCloseAll() }
     }
 
     /// Feeds one event to the core, signals the affected connections and
@@ -232,12 +323,8 @@ final class RelayRuntime: Sendable {
     func handle(_ event: RelayEvent, deferWrites: Bool = false) -> [RelayAction] {
         let now = self.now()
         var closes: [(@Sendable (CloseCode) -> Void, CloseCode)] = []
-        var batches: [LoopWrites] = []
         defer {
             for (close, code) in closes { close(code) }
-            // Never run inline, even on the writer's own loop: frames handed over earlier in a task
-            // on that loop must be written first.
-            for batch in batches { batch.loop.execute { batch.run(self) } }
         }
         return state.withLock { state in
             // The wall clock is read here, never in the core; re-read per event so a stepped clock is followed.
@@ -247,16 +334,18 @@ final class RelayRuntime: Sendable {
             var callerActions: [RelayAction] = []
             for action in actions {
                 switch action {
+                case .write(let frame, let clients):
+                    Self.hand(frame, to: clients, &state)
                 case .flush(let client):
-                    if state.writers[client] != nil {
+                    if state.loop(of: client) != nil {
                         state.pendingWrites.append(client)
                     } else {
                         state.sinks[client]?.yield(.flush)
                     }
                 case .close(let client, let code):
-                    if let entry = state.writers[client] {
+                    if let loop = state.loop(of: client) {
                         let frames = code == .slowConsumer ? [] : state.core.takeOutbound(client, maxBytes: .max)
-                        LoopWrites.add(.finish(entry.writer, code, frames), writer: entry.writer, to: &batches)
+                        state.hand(.finish(client, code, frames), to: loop)
                         continue
                     }
                     state.sinks[client]?.yield(.close(code))
@@ -276,7 +365,7 @@ final class RelayRuntime: Sendable {
                     callerActions.append(action)
                 }
             }
-            if !deferWrites { Self.collectWrites(&state, into: &batches) }
+            if !deferWrites { handOver(&state) }
             if state.core.invariantFailureCount > state.reportedInvariantFailures {
                 for failure in state.core.invariantFailures.dropFirst(state.reportedInvariantFailures) {
                     invariantLogger.error("relay core invariant broken", metadata: ["failure": "\(failure)"])
@@ -294,25 +383,45 @@ final class RelayRuntime: Sendable {
 
     /// Hands the frames queued for WebSockets to their event loops (after `handle(_:deferWrites: true)`).
     func dispatchWrites() {
-        var batches: [LoopWrites] = []
-        state.withLock { state in
-            guard !state.pendingWrites.isEmpty else { return }
-            Self.collectWrites(&state, into: &batches)
-            metrics.queueBytes.set(Int64(state.core.queuedBytes))
-        }
-        for batch in batches { batch.loop.execute { batch.run(self) } }
+        state.withLock { handOver(&$0) }
     }
 
-    /// Takes the frames of every pending WebSocket whose socket can take them; the others keep
-    /// theirs in the core's queue until they drain (`setWritable`).
-    private static func collectWrites(_ state: inout State, into batches: inout [LoopWrites]) {
-        guard !state.pendingWrites.isEmpty else { return }
-        for client in state.pendingWrites {
-            guard let entry = state.writers[client], entry.writable else { continue }
-            let frames = state.core.takeOutbound(client, maxBytes: .max)
-            if !frames.isEmpty { LoopWrites.add(.write(entry.writer, frames), writer: entry.writer, to: &batches) }
+    /// Takes the queues the core flushed, then hands everything gathered for WebSockets to their
+    /// loops. Under the lock, so that every loop gets its tasks in the core's order.
+    private func handOver(_ state: inout State) {
+        state.dispatchScheduled = false
+        if !state.pendingWrites.isEmpty {
+            for client in state.pendingWrites {
+                guard let loop = state.loop(of: client) else { continue }
+                let frames = state.core.takeOutbound(client, maxBytes: .max)
+                if !frames.isEmpty { state.hand(.frames(client, frames), to: loop) }
+            }
+            state.pendingWrites.removeAll(keepingCapacity: true)
+            metrics.queueBytes.set(Int64(state.core.queuedBytes))
         }
-        state.pendingWrites.removeAll(keepingCapacity: true)
+        for i in state.handOver.indices where !state.handOver[i].items.isEmpty {
+            state.handOver[i].submit(self)
+            state.handOver[i].items = []
+        }
+    }
+
+    /// Splits a frame's clients by loop, one shared item per loop, keeping their order.
+    private static func hand(_ frame: OutboundFrame, to clients: [ClientID], _ state: inout State) {
+        let loops = state.loops.count
+        guard loops > 0 else { return }
+        if loops == 1 {
+            // Only WebSockets are written to directly, and every WebSocket has a writer.
+            state.hand(.shared(frame, clients), to: state.loops[0])
+            return
+        }
+        var bySlot = [[ClientID]](repeating: [], count: loops)
+        for client in clients {
+            let slot = Int(client.raw & 0xff)
+            if slot < loops { bySlot[slot].append(client) }
+        }
+        for slot in 0..<loops where !bySlot[slot].isEmpty {
+            state.hand(.shared(frame, bySlot[slot]), to: state.loops[slot])
+        }
     }
 
     /// Where to append a line per mesh event and action (`TERN_TRACE_FILE`), for debugging.
@@ -352,7 +461,11 @@ final class RelayRuntime: Sendable {
         state.withLock { state in
             state.sinks.removeValue(forKey: client)?.finish()
             state.forceClosers[client] = nil
-            state.writers[client] = nil
+            if let loop = state.loop(of: client) {
+                // Called on the connection's own loop (`channelInactive`).
+                loop.remove(client)
+                state.openWriters -= 1
+            }
             state.closedConnections += 1
         }
     }
@@ -399,5 +512,5 @@ final class RelayRuntime: Sendable {
     var connectionCount: Int { state.withLock { $0.core.stats.connections } }
 
     /// Open connection tasks, whether or not the core counts them.
-    var openSinks: Int { state.withLock { $0.sinks.count + $0.writers.count } }
+    var openSinks: Int { state.withLock { $0.sinks.count + $0.openWriters } }
 }

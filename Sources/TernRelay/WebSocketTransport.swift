@@ -93,12 +93,13 @@ struct RelayServerChannel: ServerChildChannel, HTTPChannelHandler {
     }
 }
 
-/// One client's WebSocket: reads commands into the relay core and writes what the core queued for it.
+/// One client's WebSocket: reads commands into the relay core and writes what the core wrote to it.
 ///
-/// Everything runs on the connection's event loop. The runtime hands it frames (`write`) once per
-/// core event, in one task on this loop for all its connections; they are written and flushed
-/// once. While the socket cannot take more (`isWritable` false), the runtime leaves frames in the
-/// core's bounded per-client queue, where the slow-consumer rules apply.
+/// Everything runs on the connection's event loop. The runtime hands it frames (`append`) in one
+/// task on this loop for all its connections; at the end of the task they are written as one
+/// buffer and flushed once (`flushAppended`). When the socket cannot take more (`isWritable`
+/// false), the handler tells the runtime, and the core keeps the connection's frames in its
+/// bounded per-client queue, where the slow-consumer rules apply, until the socket drains.
 final class RelayWebSocketHandler: ChannelInboundHandler, ConnectionWriter, @unchecked Sendable {
     typealias InboundIn = WebSocketFrame
     typealias OutboundOut = WebSocketFrame
@@ -110,9 +111,10 @@ final class RelayWebSocketHandler: ChannelInboundHandler, ConnectionWriter, @unc
     private let pingInterval: TimeAmount
     private var context: ChannelHandlerContext?
     /// The frame encoder's context: what is written on it skips the encoder and goes straight to
-    /// the socket. Queued text frames are framed here, several to a buffer (see `write`).
+    /// the socket. Text frames are framed here, several to a buffer (see `flushAppended`).
     private var rawContext: ChannelHandlerContext?
-    private var client: ClientID?
+    /// The core's id for this connection, while it is open.
+    private(set) var client: ClientID?
     /// A text message arriving in several frames.
     private var fragments: ByteBuffer?
     /// Messages that arrived while a token was being verified; handled in order once it is.
@@ -121,6 +123,9 @@ final class RelayWebSocketHandler: ChannelInboundHandler, ConnectionWriter, @unc
     private var closing = false
     private var receivedSincePing = true
     private var pingTask: RepeatedTask?
+    /// Frames handed over and not yet flushed (`append`); released once written, so an idle
+    /// connection holds no buffer.
+    private var appended: [OutboundFrame] = []
     let eventLoop: any EventLoop
 
     init(runtime: RelayRuntime, authenticator: Authenticator, logger: Logger, maxMessageBytes: Int,
@@ -138,9 +143,10 @@ final class RelayWebSocketHandler: ChannelInboundHandler, ConnectionWriter, @unc
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         rawContext = try? context.pipeline.syncOperations.context(handlerType: WebSocketFrameEncoder.self)
-        let client = runtime.registerWriter(self, writable: context.channel.isWritable)
+        let client = runtime.registerWriter(self)
         self.client = client
         runtime.handle(.opened(client, .websocket))
+        if !context.channel.isWritable { runtime.setWritable(client, false, on: context.eventLoop) }
         // A peer that answers nothing for two ping intervals is gone, even if TCP has not noticed.
         pingTask = context.eventLoop.scheduleRepeatedTask(initialDelay: pingInterval, delay: pingInterval) { [weak self] _ in
             self?.pingDue()
@@ -165,7 +171,7 @@ final class RelayWebSocketHandler: ChannelInboundHandler, ConnectionWriter, @unc
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if let client { runtime.setWritable(client, context.channel.isWritable) }
+        if let client { runtime.setWritable(client, context.channel.isWritable, on: context.eventLoop) }
         context.fireChannelWritabilityChanged()
     }
 
@@ -296,8 +302,17 @@ final class RelayWebSocketHandler: ChannelInboundHandler, ConnectionWriter, @unc
 
     // MARK: Writing (ConnectionWriter)
 
-    func write(_ frames: [OutboundFrame]) {
-        guard let context, !closing, !frames.isEmpty else { return }
+    func append(_ frame: OutboundFrame) -> Bool {
+        guard context != nil, !closing else { return false }
+        appended.append(frame)
+        return appended.count == 1
+    }
+
+    func flushAppended() {
+        guard !appended.isEmpty else { return }
+        let frames = appended
+        appended = []
+        guard let context else { return }
         guard let raw = rawContext else {
             for frame in frames {
                 context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: frame.bytes)), promise: nil)
@@ -326,7 +341,8 @@ final class RelayWebSocketHandler: ChannelInboundHandler, ConnectionWriter, @unc
         // already buffered, and the connection ends once that is out (or after a grace period).
         // Others get what was queued first, then a moment to answer the close.
         let slow = code == .slowConsumer
-        if !slow { write(frames) }
+        if !slow { for frame in frames { _ = append(frame) } }
+        flushAppended()
         closing = true
         var payload = context.channel.allocator.buffer(capacity: 2 + code.reason.utf8.count)
         payload.writeInteger(UInt16(code.rawValue))

@@ -464,7 +464,8 @@ public final class Simulation {
         case .endSlow(let region):
             for c in clients where c.key.region == region && c.slowUntil != nil && c.slowUntil! <= now {
                 c.slowUntil = nil
-                if let id = c.connection { drainClient(c, id) }
+                // Its socket drains: the relay flushes what waited.
+                if let id = c.connection { handle(region, .writable(id, true)) }
             }
         case .endClog(let pair):
             connections[pair]?.clogUntil = nil
@@ -517,8 +518,29 @@ public final class Simulation {
             r.lastSummary = summary
             print("t=\(String(format: "%.3f", seconds(now))) [\(region)] \(summary)")
         }
+        // A client's frames from one event reach it together, sent when its first frame is: the
+        // frames written at once are gathered per client first when more than one `write` names clients.
+        var written: [ClientID: [ServerMessage]]?
+        if actions.lazy.filter({ if case .write = $0 { true } else { false } }).dropFirst().first != nil {
+            var byClient: [ClientID: [ServerMessage]] = [:]
+            for case .write(let frame, let ids) in actions {
+                let message = r.encoder.decode(frame)
+                for id in ids { byClient[id, default: []].append(message) }
+            }
+            written = byClient
+        }
         for action in actions {
             switch action {
+            case .write(let frame, let ids):
+                let single = written == nil ? [r.encoder.decode(frame)] : []
+                for id in ids {
+                    guard let c = r.clientsByConnection[id] else { continue }
+                    if written == nil {
+                        sendFrames(c, single)
+                    } else if let messages = written!.removeValue(forKey: id) {
+                        sendFrames(c, messages)
+                    }
+                }
             case .flush(let id):
                 if let c = r.clientsByConnection[id] { drainClient(c, id) }
             case .close(let id, let code):
@@ -719,6 +741,8 @@ public final class Simulation {
         case .slowClients(let r, let fraction, let duration):
             for c in clients where c.key.region == r && c.connected && random(0...1) < fraction {
                 c.slowUntil = now + duration
+                // It stops reading: its socket fills up, and the relay queues for it.
+                if let id = c.connection { handle(r, .writable(id, false)) }
             }
             schedule(now + duration, .endSlow(r))
         }
@@ -760,6 +784,7 @@ public final class Simulation {
         r.clientsByConnection[id] = c
         onClientConnected?(now, c.key.region)
         handle(c.key.region, .opened(id, .websocket))
+        if let until = c.slowUntil, until > now { handle(c.key.region, .writable(id, false)) }
         send(c, .connect(token: "t"))
     }
 
@@ -803,7 +828,13 @@ public final class Simulation {
         var messages: [ServerMessage] = []
         let encoder = r.encoder
         r.core!.takeOutbound(id, maxBytes: .max) { messages.append(encoder.decode($0)) }
+        sendFrames(c, messages)
+    }
+
+    /// Sends a client the frames its relay wrote to it, over its connection (in order, after a latency).
+    private func sendFrames(_ c: SimClient, _ messages: [ServerMessage]) {
         guard !messages.isEmpty else { return }
+        var messages = messages
         if scenario.debug.reorderOneDelivery, !debugReordered, case .subscriber = c.role {
             let pubs = messages.indices.filter { if case .publication = messages[$0] { true } else { false } }
             if pubs.count >= 2 {

@@ -26,11 +26,28 @@ final class RecordingEncoder: ServerMessageEncoding {
 }
 
 /// A relay core on a manual clock.
+/// Frames a core wrote straight to WebSockets (`RelayAction.write`), per client, until taken; what a
+/// driver would write. Taking a client's frames also takes what its queue holds, which comes after.
+struct WrittenFrames {
+    var byClient: [ClientID: [OutboundFrame]] = [:]
+
+    mutating func record(_ actions: [RelayAction]) {
+        for case .write(let frame, let clients) in actions {
+            for c in clients { byClient[c, default: []].append(frame) }
+        }
+    }
+
+    mutating func take(_ c: ClientID, from core: inout RelayCore) -> [OutboundFrame] {
+        (byClient.removeValue(forKey: c) ?? []) + core.takeOutbound(c, maxBytes: .max)
+    }
+}
+
 struct CoreHarness {
     var core: RelayCore
     let encoder = RecordingEncoder()
     var now = TernInstant.zero
     var actions: [RelayAction] = []
+    var written = WrittenFrames()
 
     init(namespaces: [String: NamespaceOptions] = CoreHarness.defaultNamespaces, limits: RelayLimits = RelayLimits(), seed: UInt64 = 1) {
         core = RelayCore(config: RelayCoreConfig(region: "eu-west", namespaces: namespaces, limits: limits),
@@ -50,6 +67,7 @@ struct CoreHarness {
     @discardableResult
     mutating func send(_ event: RelayEvent) -> [RelayAction] {
         actions = core.handle(event, now: now)
+        written.record(actions)
         return actions
     }
 
@@ -70,7 +88,12 @@ struct CoreHarness {
 
     /// Everything queued for a client since the last call.
     mutating func received(_ c: ClientID) -> [ServerMessage] {
-        core.takeOutbound(c, maxBytes: .max).map(encoder.message)
+        frames(c).map(encoder.message)
+    }
+
+    /// The frames written or queued for a client since the last call, in order.
+    mutating func frames(_ c: ClientID) -> [OutboundFrame] {
+        written.take(c, from: &core)
     }
 
     mutating func publish(_ c: ClientID, _ topic: String, _ data: String, id: String = "") -> ServerMessage? {

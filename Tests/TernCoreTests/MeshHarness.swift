@@ -7,6 +7,7 @@ import TernCore
 struct MeshHarness {
     var cores: [String: RelayCore] = [:]
     var encoders: [String: RecordingEncoder] = [:]
+    var written: [String: WrittenFrames] = [:]
     var now = TernInstant.zero
     /// Batches in flight per directed link, delivered in order.
     var wires: [String: [[LinkMessage]]] = [:]
@@ -52,6 +53,7 @@ struct MeshHarness {
     mutating func handle(_ region: String, _ event: RelayEvent) {
         let before = cores[region]!.invariantFailureCount
         let actions = cores[region]!.handle(event, now: now)
+        written[region, default: WrittenFrames()].record(actions)
         if cores[region]!.invariantFailureCount > before {
             Issue.record("invariant broken in \(region) after \(event): \(cores[region]!.invariantFailures.suffix(3))")
         }
@@ -148,7 +150,7 @@ struct MeshHarness {
     }
 
     mutating func received(_ region: String, _ c: ClientID) -> [ServerMessage] {
-        let frames = cores[region]!.takeOutbound(c, maxBytes: .max)
+        let frames = written[region, default: WrittenFrames()].take(c, from: &cores[region]!)
         return frames.map { encoders[region]!.message($0) }
     }
 

@@ -12,6 +12,7 @@ struct RegionalCacheTests {
         let encoder = RecordingEncoder()
         var now = TernInstant.zero
         var sent: [LinkMessage] = []
+        var written = WrittenFrames()
 
         init() {
             let mesh = MeshConfig(graph: RegionalCacheTests.graph, pinnedHomes: ["news": "a"])
@@ -24,7 +25,9 @@ struct RegionalCacheTests {
 
         mutating func handle(_ event: RelayEvent) {
             now = now + .milliseconds(1)
-            for case .sendLink("a", let batch) in core.handle(event, now: now) { sent += batch }
+            let actions = core.handle(event, now: now)
+            written.record(actions)
+            for case .sendLink("a", let batch) in actions { sent += batch }
             #expect(core.invariantFailures.isEmpty, "\(core.invariantFailures)")
         }
 
@@ -38,7 +41,7 @@ struct RegionalCacheTests {
             return c
         }
 
-        mutating func received(_ c: ClientID) -> [ServerMessage] { core.takeOutbound(c, maxBytes: .max).map(encoder.message) }
+        mutating func received(_ c: ClientID) -> [ServerMessage] { written.take(c, from: &core).map(encoder.message) }
     }
 
     static func publication(_ epoch: String, _ offset: UInt64, id: String) -> Publication {

@@ -3,7 +3,7 @@ import TernCore
 
 @Suite("RelayCore, driven on a manual clock with no I/O")
 struct RelayCoreTests {
-    @Test("a publication is encoded once: every WebSocket subscriber's queue holds the same buffer")
+    @Test("a publication is encoded once: one write action hands the same buffer to every WebSocket subscriber")
     func encodedOnceAndShared() {
         var h = CoreHarness()
         let subs = (1...3).map { i -> ClientID in
@@ -13,7 +13,11 @@ struct RelayCoreTests {
             return c
         }
         h.send(.apiPublish(request: 1, topic: "news:shared", id: "", data: "1"))
-        let frames = subs.map { h.core.takeOutbound($0, maxBytes: .max) }
+        let writes = h.actions.compactMap { if case .write(let frame, let clients) = $0 { (frame, clients) } else { nil } }
+        #expect(writes.count == 1)
+        #expect(writes.first?.1 == subs, "one action for all three, in subscription order")
+        #expect(h.core.queuedBytes == 0, "nothing is queued for sockets that take frames")
+        let frames = subs.map { h.frames($0) }
         #expect(frames.allSatisfy { $0.count == 1 })
         let addresses = Set(frames.compactMap { $0.first?.bytes.withUnsafeReadableBytes { UnsafeRawPointer($0.baseAddress) } })
         #expect(addresses.count == 1)
@@ -253,6 +257,8 @@ struct RelayCoreTests {
         _ = h.subscribe(fast, "news:n")
         _ = h.received(slow)
         _ = h.received(fast)
+        // It stops reading: its socket fills up.
+        h.send(.writable(slow, false))
         var fastGot: [Publication] = []
         var closed = false
         for i in 1...40 {
@@ -265,6 +271,41 @@ struct RelayCoreTests {
         #expect(closed)
         #expect(h.core.stats.slowConsumerCloses == 1)
         #expect(fastGot.map(\.position.offset) == Array(1...40))
+    }
+
+    @Test("while a socket is full its frames wait in the queue; when it drains they are flushed first, in order, then frames go straight out again")
+    func fullSocketQueues() {
+        var h = CoreHarness()
+        let sub = h.connect(1, as: CoreHarness.user("sub"))
+        let other = h.connect(2, as: CoreHarness.user("other"))
+        _ = h.subscribe(sub, "news:f")
+        _ = h.subscribe(other, "news:f")
+        _ = h.received(sub)
+        _ = h.received(other)
+        h.send(.writable(sub, false))
+        #expect(h.actions.isEmpty)
+        for i in 1...3 {
+            h.send(.apiPublish(request: UInt64(i), topic: "news:f", id: "", data: "\(i)"))
+            let writes = h.actions.compactMap { if case .write(_, let clients) = $0 { clients } else { nil } }
+            #expect(writes == [[other]], "only the writable socket is written to")
+            #expect(!h.actions.contains { if case .flush = $0 { true } else { false } }, "a full socket is not flushed")
+        }
+        #expect(h.core.queuedBytes > 0)
+        h.send(.writable(sub, true))
+        guard case .flush(sub)? = h.actions.first, h.actions.count == 1 else {
+            Issue.record("draining did not flush the queue: \(h.actions)")
+            return
+        }
+        // Until the driver takes the queue, new frames queue behind it.
+        h.send(.apiPublish(request: 4, topic: "news:f", id: "", data: "4"))
+        #expect(h.actions.compactMap { if case .write(_, let clients) = $0 { clients } else { nil } } == [[other]])
+        #expect(publications(h.received(sub)).map(\.position.offset) == [1, 2, 3, 4])
+        #expect(h.core.queuedBytes == 0)
+        h.send(.apiPublish(request: 5, topic: "news:f", id: "", data: "5"))
+        #expect(h.actions.compactMap { if case .write(_, let clients) = $0 { clients } else { nil } } == [[sub, other]])
+        #expect(publications(h.received(sub)).map(\.position.offset) == [5])
+        #expect(publications(h.received(other)).map(\.position.offset) == [1, 2, 3, 4, 5])
+        #expect(h.core.invariantFailures.isEmpty, "\(h.core.invariantFailures)")
     }
 
     @Test("under pressure volatile events coalesce, then drop, before anything durable is refused")

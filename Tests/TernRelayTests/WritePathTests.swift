@@ -48,6 +48,7 @@ struct WritePathTests {
     struct Subscriber {
         let channel: EmbeddedChannel
         let flushes: FlushCounter
+        let handler: RelayWebSocketHandler
 
         /// Runs the loop's tasks and returns the frames written since the last call.
         func frames() throws -> [(opcode: UInt8, payload: ByteBuffer)] {
@@ -89,11 +90,12 @@ struct WritePathTests {
         // As after a real upgrade: the frame encoder sits between the socket and the handler.
         try channel.pipeline.syncOperations.addHandler(flushes)
         try channel.pipeline.syncOperations.addHandler(WebSocketFrameEncoder())
-        try channel.pipeline.syncOperations.addHandler(RelayWebSocketHandler(
+        let handler = RelayWebSocketHandler(
             runtime: runtime, authenticator: authenticator, logger: .init(label: "test"), maxMessageBytes: 65536,
-            eventLoop: channel.embeddedEventLoop))
+            eventLoop: channel.embeddedEventLoop)
+        try channel.pipeline.syncOperations.addHandler(handler)
         try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).get()
-        let sub = Subscriber(channel: channel, flushes: flushes)
+        let sub = Subscriber(channel: channel, flushes: flushes, handler: handler)
         try sub.send(#"{"ref":1,"op":"connect"}"#)
         if let topic { try sub.send(#"{"ref":2,"op":"subscribe","topic":"\#(topic)"}"#) }
         _ = try sub.frames()
@@ -159,7 +161,7 @@ struct WritePathTests {
         let slow = try await connect(runtime, topic: "feed:d")
         let typist = try await connect(runtime, topic: nil)
         // The typist's connection is authenticated as a user who may publish.
-        runtime.handle(.authenticated(ClientID(2), ref: nil, ClientIdentity(user: "ada", expiresAt: nil, subscribe: [], publish: [TopicPattern("feed:*")], presence: [])))
+        runtime.handle(.authenticated(typist.handler.client!, ref: nil, ClientIdentity(user: "ada", expiresAt: nil, subscribe: [], publish: [TopicPattern("feed:*")], presence: [])))
         slow.channel.isWritable = false
         slow.channel.pipeline.fireChannelWritabilityChanged()
         let blob = "\"" + String(repeating: "z", count: 1000) + "\""
