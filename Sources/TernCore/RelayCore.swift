@@ -807,7 +807,7 @@ public struct RelayCore: Sendable {
         for client in subscribers where waiting.isEmpty || !waiting.contains(client) {
             guard let i = clients.index(forKey: client) else { continue }
             let (transport, wantsTrace, direct) = clients.reading(i) {
-                ($0.transport, traced != nil && $0.traced.contains(topic), $0.takesFramesDirectly)
+                ($0.transport, traced != nil && !$0.traced.isEmpty && $0.traced.contains(topic), $0.takesFramesDirectly)
             }
             if direct, run.isEmpty || runTraced == wantsTrace {
                 runTraced = wantsTrace

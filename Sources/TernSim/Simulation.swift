@@ -124,6 +124,24 @@ public final class Simulation {
 
     struct ClientKey: Hashable { var region: String; var index: Int }
 
+    /// A relay's simulated clients by connection id. The simulator numbers connections from 1, so an
+    /// array indexed by id serves, with no hashing on the delivery path.
+    struct Connections {
+        private var slots: [SimClient?] = []
+
+        subscript(id: ClientID) -> SimClient? {
+            get {
+                let i = Int(id.raw)
+                return i < slots.count ? slots[i] : nil
+            }
+            set {
+                let i = Int(id.raw)
+                while slots.count <= i { slots.append(nil) }
+                slots[i] = newValue
+            }
+        }
+    }
+
     enum Role { case subscriber(String), publisher, churner }
 
     final class SimClient {
@@ -155,6 +173,8 @@ public final class Simulation {
         /// The ref of the subscribe waiting for its reply.
         var subscribeRef: UInt64?
         var advisedDelay: Duration?
+        /// Frames its relay wrote to it in the event being handled, not yet sent on (`Simulation.handle`).
+        var written: [ServerMessage] = []
         /// Every third subscriber asks for per-hop timestamps.
         var traces: Bool { key.index % 3 == 0 }
         init(key: ClientKey, regionIndex: Int, role: Role) { self.key = key; self.regionIndex = regionIndex; self.role = role }
@@ -178,7 +198,7 @@ public final class Simulation {
         var skew: Duration = .zero
         var tickAt: TernInstant?
         var nextClientID: UInt64 = 1
-        var clientsByConnection: [ClientID: SimClient] = [:]
+        var clientsByConnection = Connections()
         var restarts: UInt64 = 0
         /// The last `debugSummary` printed for the traced topic.
         var lastSummary = ""
@@ -495,7 +515,7 @@ public final class Simulation {
         let r = regions[name]!
         r.restarts += 1
         r.encoder = SimEncoder()
-        r.clientsByConnection = [:]
+        r.clientsByConnection = Connections()
         var config = scenario.topology.coreConfig(for: name)
         config.checkInvariants = true
         config.invariantBudgetPerEvent = scenario.invariantBudgetPerEvent
@@ -518,28 +538,33 @@ public final class Simulation {
             r.lastSummary = summary
             print("t=\(String(format: "%.3f", seconds(now))) [\(region)] \(summary)")
         }
-        // A client's frames from one event reach it together, sent when its first frame is: the
-        // frames written at once are gathered per client first when more than one `write` names clients.
-        var written: [ClientID: [ServerMessage]]?
+        // A client's frames from one event reach it together, sent when its first frame is: when more
+        // than one `write` names clients, their frames are gathered on each client first (`written`).
+        var writers: [[SimClient]] = []
         if actions.lazy.filter({ if case .write = $0 { true } else { false } }).dropFirst().first != nil {
-            var byClient: [ClientID: [ServerMessage]] = [:]
             for case .write(let frame, let ids) in actions {
                 let message = r.encoder.decode(frame)
-                for id in ids { byClient[id, default: []].append(message) }
+                let named = ids.compactMap { r.clientsByConnection[$0] }
+                for c in named { c.written.append(message) }
+                writers.append(named)
             }
-            written = byClient
         }
+        var nextWrite = 0
         for action in actions {
             switch action {
             case .write(let frame, let ids):
-                let single = written == nil ? [r.encoder.decode(frame)] : []
-                for id in ids {
-                    guard let c = r.clientsByConnection[id] else { continue }
-                    if written == nil {
-                        sendFrames(c, single)
-                    } else if let messages = written!.removeValue(forKey: id) {
+                if writers.isEmpty {
+                    let single = [r.encoder.decode(frame)]
+                    for id in ids {
+                        if let c = r.clientsByConnection[id] { sendFrames(c, single) }
+                    }
+                } else {
+                    for c in writers[nextWrite] where !c.written.isEmpty {
+                        let messages = c.written
+                        c.written = []
                         sendFrames(c, messages)
                     }
+                    nextWrite += 1
                 }
             case .flush(let id):
                 if let c = r.clientsByConnection[id] { drainClient(c, id) }
@@ -947,7 +972,7 @@ public final class Simulation {
         let second = Int(now.nanoseconds / 1_000_000_000)
         while deliveriesPerSecond.count <= second { deliveriesPerSecond.append(0) }
         deliveriesPerSecond[second] += 1
-        latencies[c.regionIndex].append((now - published.at).ternNanoseconds)
+        latencies[c.regionIndex].append(now.nanoseconds - published.at.nanoseconds)
         var h = Self.fnv(trace, UInt8(ascii: "P"))
         h = Self.fnv(h, decimal: now.nanoseconds)
         h = Self.fnv(h, decimal: Int64(c.key.index))
