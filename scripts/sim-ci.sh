@@ -32,6 +32,8 @@ done
 #   another publish (references restarted at 1).
 # celebrity-burst seed 5008: a clog drawn just before the final heal outlasted it, so a region's
 #   catch-up was still in flight when the run ended (the swarm's schedule, not the relay).
+# five-regions-10k seeds 7084 and 7198: after a failover and the merge back, a region delivered
+#   again publications from before the position a fresh subscriber started at, going back in its epoch.
 for replay in "Simulations/broadcast-25.yaml --swarm 1 --seed 35" \
               "Simulations/five-regions-10k.yaml --swarm 1 --seed 2" \
               "Simulations/five-regions-10k.yaml --swarm 1 --seed 28" \
@@ -42,7 +44,9 @@ for replay in "Simulations/broadcast-25.yaml --swarm 1 --seed 35" \
               "Simulations/failover-home-crash.yaml --seed 6" \
               "Simulations/five-regions-10k.yaml --swarm 1 --seed 227" \
               "Simulations/five-regions-10k.yaml --swarm 1 --seed 491" \
-              "Simulations/celebrity-burst.yaml --swarm 1 --seed 5008"; do
+              "Simulations/celebrity-burst.yaml --swarm 1 --seed 5008" \
+              "Simulations/five-regions-10k.yaml --swarm 1 --seed 7084" \
+              "Simulations/five-regions-10k.yaml --swarm 1 --seed 7198"; do
   echo "== regression: $replay"
   # shellcheck disable=SC2086
   if ! "$tern" sim $replay; then status=1; fi

@@ -235,6 +235,9 @@ public struct RelayCore: Sendable {
     /// client said it had seen up to.
     struct Joined: Sendable {
         var serial: UInt64
+        /// Where the subscriber's stream starts: the position it resumed from, and once its
+        /// subscribe is answered, the position the reply put it at. A publication first sequenced at
+        /// or before it is not delivered to it again (`deliverAgain`).
         var since: StreamPosition?
     }
 
@@ -635,6 +638,12 @@ public struct RelayCore: Sendable {
     mutating func sendSubscribed(_ client: ClientID, ref: UInt64?, _ reply: SubscribeReply, now: TernInstant) {
         send(client, .reply(ref: ref, .subscribed(withoutUnaskedHops(reply, for: client))))
         let topic = reply.topic
+        // The reply puts the client at its position, whether it resumed (recovered up to it, or told
+        // of a gap) or not: what was sequenced up to there is before its stream, now and when this
+        // region delivers a publication again after a failover.
+        topics.update(topic) { t in
+            if t.subscribers[client] != nil { t.subscribers[client]!.since = reply.position }
+        }
         guard let options = topics[topic]?.options, options.presence,
               let identity = clients[client]?.identity, !identity.isAnonymous else { return }
         let entry = PresenceEntry(client: client, user: identity.user, region: config.region)
@@ -837,8 +846,9 @@ public struct RelayCore: Sendable {
 
     /// Delivers a publication this region delivered before (at subscription serial `mark`, first at
     /// `firstAt`) to the subscribers that joined since and have not had it: a subscriber that resumed
-    /// from a position at or past `firstAt` had it on an earlier connection. Rare: only after failovers
-    /// and resets.
+    /// from a position at or past `firstAt` had it on an earlier connection, and one whose stream
+    /// starts at or past the publication's position in its epoch has it or began after it (sending
+    /// it would go back in that epoch). Rare: only after failovers and resets.
     mutating func deliverAgain(_ publication: Publication, toSubscribersAfter mark: UInt64, firstAt: StreamPosition?) {
         let topic = publication.topic
         guard let t = topics[topic], t.subscribers.count > 0, joinSerial > mark else { return }
@@ -846,8 +856,12 @@ public struct RelayCore: Sendable {
         plain.trace = nil
         let waiting = Set(t.pendingSubscribes.map(\.client))
         var newer: [ClientID] = []
+        func atOrPast(_ since: StreamPosition?, _ position: StreamPosition?) -> Bool {
+            guard let since, let position else { return false }
+            return since.epoch == position.epoch && since.offset >= position.offset
+        }
         t.subscribers.forEach { client, joined in
-            let hadIt = firstAt.map { first in joined.since.map { $0.epoch == first.epoch && $0.offset >= first.offset } ?? false } ?? false
+            let hadIt = atOrPast(joined.since, firstAt) || atOrPast(joined.since, publication.position)
             if joined.serial > mark, !hadIt, !waiting.contains(client) { newer.append(client) }
             return true
         }
