@@ -91,6 +91,17 @@ struct CoreHarness {
         frames(c).map(encoder.message)
     }
 
+    /// Clients 1 and 2, connected and subscribed to `topic`, with their replies read.
+    mutating func twoSubscribers(_ topic: String) -> (ClientID, ClientID) {
+        let first = connect(1, as: CoreHarness.user("u1"))
+        let second = connect(2, as: CoreHarness.user("u2"))
+        _ = subscribe(first, topic)
+        _ = subscribe(second, topic)
+        _ = received(first)
+        _ = received(second)
+        return (first, second)
+    }
+
     /// The frames written or queued for a client since the last call, in order.
     mutating func frames(_ c: ClientID) -> [OutboundFrame] {
         written.take(c, from: &core)

@@ -250,13 +250,8 @@ struct RelayCoreTests {
         limits.maxQueueBytes = 64
         limits.maxFrameBytes = 16
         var h = CoreHarness(limits: limits)
-        let slow = h.connect(1, as: CoreHarness.user("slow"))
-        let fast = h.connect(2, as: CoreHarness.user("fast"))
+        let (slow, fast) = h.twoSubscribers("news:n")
         let pub = h.connect(3, as: CoreHarness.user("pub"))
-        _ = h.subscribe(slow, "news:n")
-        _ = h.subscribe(fast, "news:n")
-        _ = h.received(slow)
-        _ = h.received(fast)
         // It stops reading: its socket fills up.
         h.send(.writable(slow, false))
         var fastGot: [Publication] = []
@@ -276,12 +271,7 @@ struct RelayCoreTests {
     @Test("while a socket is full its frames wait in the queue; when it drains they are flushed first, in order, then frames go straight out again")
     func fullSocketQueues() {
         var h = CoreHarness()
-        let sub = h.connect(1, as: CoreHarness.user("sub"))
-        let other = h.connect(2, as: CoreHarness.user("other"))
-        _ = h.subscribe(sub, "news:f")
-        _ = h.subscribe(other, "news:f")
-        _ = h.received(sub)
-        _ = h.received(other)
+        let (sub, other) = h.twoSubscribers("news:f")
         h.send(.writable(sub, false))
         #expect(h.actions.isEmpty)
         for i in 1...3 {
