@@ -556,7 +556,16 @@ public final class Simulation {
                 if writers.isEmpty {
                     let single = [r.encoder.decode(frame)]
                     for id in ids {
-                        if let c = r.clientsByConnection[id] { sendFrames(c, single) }
+                        guard let c = r.clientsByConnection[id] else { continue }
+                        if c.written.isEmpty {
+                            sendFrames(c, single)
+                        } else {
+                            // An event handled inside another (a token check answered at once) writes
+                            // after frames the outer event gathered and has not sent yet: they go first.
+                            let messages = c.written + single
+                            c.written = []
+                            sendFrames(c, messages)
+                        }
                     }
                 } else {
                     for c in writers[nextWrite] where !c.written.isEmpty {
