@@ -818,13 +818,8 @@ public struct RelayCore: Sendable {
             let (transport, wantsTrace, direct) = clients.reading(i) {
                 ($0.transport, traced != nil && !$0.traced.isEmpty && $0.traced.contains(topic), $0.takesFramesDirectly)
             }
-            if direct, run.isEmpty || runTraced == wantsTrace {
-                runTraced = wantsTrace
-                run.append(client)
-                stats.deliveries += 1
-                continue
-            }
-            if !run.isEmpty {
+            // A run ends where the frame changes (traced or not), or before a client that is not written directly.
+            if !run.isEmpty, !direct || runTraced != wantsTrace {
                 actions.append(.write(runTraced ? sharedTraced! : shared, run))
                 run.removeAll()
             }

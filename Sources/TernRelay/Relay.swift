@@ -48,6 +48,8 @@ public final class Relay: Service, Sendable {
     let devTokenSecret: String?
     /// The event loops serving client connections.
     let clientLoops: MultiThreadedEventLoopGroup
+    /// The most client event loops a relay runs (`eventLoops`): each connection's id names its loop.
+    public static let maxEventLoops = RelayRuntime.maxEventLoops
     /// Per-user publish limit of token-authenticated HTTP publishes.
     let userPublishLimiter: UserPublishLimiter
 

@@ -37,7 +37,7 @@ protocol ConnectionWriter: AnyObject, Sendable {
 /// so handing frames to them needs no lock and no reference to each writer on the core's side.
 final class LoopWriters: @unchecked Sendable {
     let loop: any EventLoop
-    /// The loop's number, kept in the low byte of its connections' client ids.
+    /// The loop's number, kept in the low bits of its connections' client ids.
     let slot: UInt64
     private var writers: [ClientID: any ConnectionWriter] = [:]
 
@@ -139,7 +139,7 @@ final class RelayRuntime: Sendable {
     private struct State: ~Copyable {
         var core: RelayCore
         var sinks: [ClientID: AsyncStream<ClientSignal>.Continuation] = [:]
-        /// The WebSockets of each event loop, by slot (the low byte of their client ids).
+        /// The WebSockets of each event loop, by slot (the low bits of their client ids).
         var loops: [LoopWriters] = []
         var openWriters = 0
         /// A `dispatchWrites` is scheduled for drained sockets (`setWritable`).
@@ -151,7 +151,7 @@ final class RelayRuntime: Sendable {
 
         /// The loop table of a WebSocket's client id; nil for SSE and long-poll connections.
         func loop(of client: ClientID) -> LoopWriters? {
-            let slot = Int(client.raw & 0xff)
+            let slot = Int(client.raw & RelayRuntime.slotMask)
             return slot < loops.count ? loops[slot] : nil
         }
 
@@ -208,8 +208,8 @@ final class RelayRuntime: Sendable {
     func register(forceClose: (@Sendable (CloseCode) -> Void)? = nil) -> (ClientID, AsyncStream<ClientSignal>) {
         let (stream, continuation) = AsyncStream<ClientSignal>.makeStream(bufferingPolicy: .unbounded)
         let id = state.withLock { state in
-            // Slot 0xff: no loop writes to it, the connection's task takes its frames.
-            let id = ClientID(state.nextClient << 8 | Self.sinkSlot)
+            // The sink slot: no loop writes to it, the connection's task takes its frames.
+            let id = ClientID(state.nextClient << Self.slotBits | Self.sinkSlot)
             state.nextClient += 1
             state.sinks[id] = continuation
             state.forceClosers[id] = forceClose
@@ -219,7 +219,7 @@ final class RelayRuntime: Sendable {
     }
 
     /// Registers a WebSocket whose frames the runtime writes itself.
-    /// Called on the writer's event loop; its id carries the loop's slot in its low byte.
+    /// Called on the writer's event loop; its id carries the loop's slot in its low bits.
     func registerWriter(_ writer: any ConnectionWriter) -> ClientID {
         let loop = writer.eventLoop
         let (id, table) = state.withLock { state in
@@ -227,11 +227,12 @@ final class RelayRuntime: Sendable {
             if let known = state.loops.first(where: { $0.loop === loop }) {
                 table = known
             } else {
-                precondition(UInt64(state.loops.count) < Self.sinkSlot, "more event loops than client ids can number")
+                // `tern relay --event-loops` is checked against `maxEventLoops`; a default group has one per core.
+                precondition(UInt64(state.loops.count) < Self.sinkSlot, "more than \(Self.maxEventLoops) event loops")
                 table = LoopWriters(loop: loop, slot: UInt64(state.loops.count))
                 state.loops.append(table)
             }
-            let id = ClientID(state.nextClient << 8 | table.slot)
+            let id = ClientID(state.nextClient << Self.slotBits | table.slot)
             state.nextClient += 1
             state.openWriters += 1
             return (id, table)
@@ -240,8 +241,13 @@ final class RelayRuntime: Sendable {
         return id
     }
 
-    /// The low byte of SSE and long-poll client ids.
-    private static let sinkSlot: UInt64 = 0xff
+    /// The low bits of a client id that name its event loop's slot.
+    static let slotBits: UInt64 = 12
+    static let slotMask: UInt64 = 1 << slotBits - 1
+    /// The slot of SSE and long-poll connections (no loop writes to them).
+    private static let sinkSlot: UInt64 = slotMask
+    /// The most event loops whose connections the runtime can tell apart.
+    static let maxEventLoops = Int(sinkSlot)
 
     /// A WebSocket's socket filled up (false) or drained (true); on drain, what waited is written.
     ///
@@ -416,7 +422,7 @@ final class RelayRuntime: Sendable {
         }
         var bySlot = [[ClientID]](repeating: [], count: loops)
         for client in clients {
-            let slot = Int(client.raw & 0xff)
+            let slot = Int(client.raw & slotMask)
             if slot < loops { bySlot[slot].append(client) }
         }
         for slot in 0..<loops where !bySlot[slot].isEmpty {

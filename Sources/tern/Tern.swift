@@ -75,6 +75,12 @@ struct RelayCommand: AsyncParsableCommand {
 
     @OptionGroup var log: LogOptions
 
+    func validate() throws {
+        if let n = eventLoops, !(1...Relay.maxEventLoops).contains(n) {
+            throw ValidationError("--event-loops \(n) is out of range; give 1 to \(Relay.maxEventLoops)")
+        }
+    }
+
     func run() async throws {
         log.bootstrap()
         let topology = try loadTopology(self.topology)
