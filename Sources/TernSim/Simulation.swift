@@ -98,12 +98,15 @@ public final class Simulation {
     enum Kind {
         case linkDeliver(from: String, to: String, generation: Int, batch: [LinkMessage])
         case linkReconnect(String, String)
-        case clientFrames(ClientKey, Int, [ServerMessage])
-        case clientSend(ClientKey, Int, UInt64, ClientCommand)
-        case clientClosedByRelay(ClientKey, Int, CloseCode)
-        case clientReconnect(ClientKey)
+        // Clients are named by their index in `clients` (`ClientKey.index`), which never changes.
+        case clientFrames(Int, Int, [ServerMessage])
+        /// One frame, the usual case, without an array to hold it.
+        case clientFrame(Int, Int, ServerMessage)
+        case clientSend(Int, Int, UInt64, ClientCommand)
+        case clientClosedByRelay(Int, Int, CloseCode)
+        case clientReconnect(Int)
         /// A subscriber's subscribe failed with a retryable error: it tries again on the same connection.
-        case clientResubscribe(ClientKey, Int)
+        case clientResubscribe(Int, Int)
         case tick(String)
         case publish
         case celebrityPublish
@@ -114,10 +117,13 @@ public final class Simulation {
         case presenceCheck
     }
 
+    /// An entry of the event queue: when, the order of scheduling among events at the same instant,
+    /// and where its `Kind` is kept (`Simulation.kinds`). Small and without references, so the heap
+    /// moves 24 bytes, not a payload, and retains nothing.
     struct Event: Comparable {
         var at: TernInstant
         var sequence: UInt64
-        var kind: Kind
+        var slot: Int32
         static func < (a: Event, b: Event) -> Bool { (a.at, a.sequence) < (b.at, b.sequence) }
         static func == (a: Event, b: Event) -> Bool { a.at == b.at && a.sequence == b.sequence }
     }
@@ -175,6 +181,10 @@ public final class Simulation {
         var advisedDelay: Duration?
         /// Frames its relay wrote to it in the event being handled, not yet sent on (`Simulation.handle`).
         var written: [ServerMessage] = []
+        /// The `Simulation.handle` call whose `write` actions name it more than once, and which gathers
+        /// its frames in `written`; and the last call that counted it (both by `Simulation.writeStamp`).
+        var gatheredBy = 0
+        var countedBy = 0
         /// Every third subscriber asks for per-hop timestamps.
         var traces: Bool { key.index % 3 == 0 }
         init(key: ClientKey, regionIndex: Int, role: Role) { self.key = key; self.regionIndex = regionIndex; self.role = role }
@@ -234,6 +244,11 @@ public final class Simulation {
     private var rng: SplitMix64
     private var now = TernInstant.zero
     private var queue = Heap<Event>()
+    /// The kinds of queued events, by `Event.slot`; freed slots are used again.
+    private var kinds: [Kind?] = []
+    private var freeSlots: [Int32] = []
+    /// Numbers the `handle` calls that gather a client's frames (`SimClient.gatheredBy`).
+    private var writeStamp = 0
     private var sequence: UInt64 = 0
     // The regions and links never change after `init`: as constants they are read without the
     // exclusive-access check that every read of a class's variable costs.
@@ -357,7 +372,15 @@ public final class Simulation {
 
     private func schedule(_ at: TernInstant, _ kind: Kind) {
         sequence += 1
-        queue.insert(Event(at: max(at, now), sequence: sequence, kind: kind))
+        let slot: Int32
+        if let free = freeSlots.popLast() {
+            slot = free
+            kinds[Int(free)] = kind
+        } else {
+            slot = Int32(kinds.count)
+            kinds.append(kind)
+        }
+        queue.insert(Event(at: max(at, now), sequence: sequence, slot: slot))
     }
 
     private func random(_ range: ClosedRange<Double>) -> Double { Double.random(in: range, using: &rng) }
@@ -402,13 +425,15 @@ public final class Simulation {
             if event.at > end { break }
             now = event.at
             eventCount += 1
-            process(event.kind)
+            let kind = kinds[Int(event.slot)].take()!
+            freeSlots.append(event.slot)
+            process(kind)
             let second = Int(now.nanoseconds / 1_000_000_000)
             if let progress, second > lastReport {
                 lastReport = second
                 progress(min(1, Double(now.nanoseconds) / Double(end.nanoseconds)))
             }
-            if case .presenceCheck = event.kind { continue }
+            if case .presenceCheck = kind { continue }
             if now >= presenceCheckAt, !presenceChecked {
                 presenceChecked = true
                 schedule(now, .presenceCheck)
@@ -445,23 +470,33 @@ public final class Simulation {
             handle(to, .linkBatch(from, batch))
         case .linkReconnect(let a, let b):
             connectLink(a, b)
-        case .clientFrames(let key, let generation, let messages):
-            guard let client = client(key), client.generation == generation else { return }
+        case .clientFrames(let index, let generation, let messages):
+            let client = clients[index]
+            guard client.generation == generation else { return }
             for m in messages { clientReceived(client, m) }
-        case .clientSend(let key, let generation, let ref, let command):
-            guard let client = client(key), client.generation == generation, client.connected, let id = client.connection,
-                  regions[key.region]!.running else { return }
+        case .clientFrame(let index, let generation, let message):
+            let client = clients[index]
+            guard client.generation == generation else { return }
+            clientReceived(client, message)
+        case .clientSend(let index, let generation, let ref, let command):
+            let client = clients[index]
+            let key = client.key
+            guard client.generation == generation, client.connected, let id = client.connection,
+                  regionList[client.regionIndex].running else { return }
             mix(byte: UInt8(ascii: "C")); mix(decimal: now.nanoseconds); mix(key.region); mix(decimal: key.index)
             handle(key.region, .command(id, ref: ref, command))
-        case .clientClosedByRelay(let key, let generation, let code):
-            guard let client = client(key), client.generation == generation else { return }
+        case .clientClosedByRelay(let index, let generation, let code):
+            let client = clients[index]
+            guard client.generation == generation else { return }
             disconnected(client, reconnect: code.reconnect)
-        case .clientResubscribe(let key, let generation):
-            guard let client = client(key), client.generation == generation, client.connected,
+        case .clientResubscribe(let index, let generation):
+            let client = clients[index]
+            guard client.generation == generation, client.connected,
                   case .subscriber(let topic) = client.role else { return }
             client.subscribeRef = send(client, .subscribe(topic: topic, since: client.position, trace: client.traces))
-        case .clientReconnect(let key):
-            guard let client = client(key), !client.connected else { return }
+        case .clientReconnect(let index):
+            let client = clients[index]
+            guard !client.connected else { return }
             connectClient(client)
         case .tick(let region):
             guard let r = regions[region], r.running, let at = r.tickAt, at <= now else { return }
@@ -503,10 +538,6 @@ public final class Simulation {
 
     private var quiet: Bool { now >= quietAt }
 
-    private func client(_ key: ClientKey) -> SimClient? {
-        key.index < clients.count && clients[key.index].key == key ? clients[key.index] : nil
-    }
-
     // MARK: Relays
 
     private func regionNow(_ region: String) -> TernInstant { now + regions[region]!.skew }
@@ -538,42 +569,57 @@ public final class Simulation {
             r.lastSummary = summary
             print("t=\(String(format: "%.3f", seconds(now))) [\(region)] \(summary)")
         }
-        // A client's frames from one event reach it together, sent when its first frame is: when more
-        // than one `write` names clients, their frames are gathered on each client first (`written`).
-        var writers: [[SimClient]] = []
+        // A client's frames from one event reach it together, sent when its first frame is. A client
+        // that more than one `write` names has its frames gathered first (`written`), and sent at the
+        // first of them; the others are sent as each `write` comes.
+        var gathered: [SimClient] = []
+        var stamp = 0
         if actions.lazy.filter({ if case .write = $0 { true } else { false } }).dropFirst().first != nil {
-            for case .write(let frame, let ids) in actions {
-                let message = r.encoder.decode(frame)
-                let named = ids.compactMap { r.clientsByConnection[$0] }
-                for c in named { c.written.append(message) }
-                writers.append(named)
+            writeStamp += 1
+            stamp = writeStamp
+            for case .write(_, let ids) in actions {
+                for id in ids {
+                    guard let c = r.clientsByConnection[id] else { continue }
+                    if c.countedBy != stamp {
+                        c.countedBy = stamp
+                    } else if c.gatheredBy != stamp {
+                        c.gatheredBy = stamp
+                        gathered.append(c)
+                    }
+                }
+            }
+            if !gathered.isEmpty {
+                for case .write(let frame, let ids) in actions {
+                    var message: ServerMessage?
+                    for id in ids {
+                        guard let c = r.clientsByConnection[id], c.gatheredBy == stamp else { continue }
+                        if message == nil { message = r.encoder.decode(frame) }
+                        c.written.append(message!)
+                    }
+                }
             }
         }
-        var nextWrite = 0
         for action in actions {
             switch action {
             case .write(let frame, let ids):
-                if writers.isEmpty {
-                    let single = [r.encoder.decode(frame)]
-                    for id in ids {
-                        guard let c = r.clientsByConnection[id] else { continue }
-                        if c.written.isEmpty {
-                            sendFrames(c, single)
-                        } else {
-                            // An event handled inside another (a token check answered at once) writes
-                            // after frames the outer event gathered and has not sent yet: they go first.
-                            let messages = c.written + single
+                let message = r.encoder.decode(frame)
+                for id in ids {
+                    guard let c = r.clientsByConnection[id] else { continue }
+                    if stamp != 0, c.gatheredBy == stamp {
+                        if !c.written.isEmpty {
+                            let messages = c.written
                             c.written = []
                             sendFrames(c, messages)
                         }
-                    }
-                } else {
-                    for c in writers[nextWrite] where !c.written.isEmpty {
-                        let messages = c.written
+                    } else if c.written.isEmpty {
+                        sendFrame(c, message)
+                    } else {
+                        // An event handled inside another (a token check answered at once) writes
+                        // after frames the outer event gathered and has not sent yet: they go first.
+                        let messages = c.written + [message]
                         c.written = []
                         sendFrames(c, messages)
                     }
-                    nextWrite += 1
                 }
             case .flush(let id):
                 if let c = r.clientsByConnection[id] { drainClient(c, id) }
@@ -581,12 +627,15 @@ public final class Simulation {
                 if let c = r.clientsByConnection[id] {
                     drainClient(c, id, force: true)
                     schedule(now + sample(scenario.network.clientLatency, scenario.network.clientLatencyDistribution),
-                             .clientClosedByRelay(c.key, c.generation, code))
+                             .clientClosedByRelay(c.key.index, c.generation, code))
                 }
             case .verifyToken(let id, let ref, _):
                 handle(region, .authenticated(id, ref: ref, ClientIdentity(
                     user: r.clientsByConnection[id].map { "u\($0.key.index)" } ?? "u", expiresAt: nil,
                     subscribe: [TopicPattern("*")], publish: [TopicPattern("*")], presence: [TopicPattern("*")])))
+                // The inner event may have gathered frames for some of the same clients: those this
+                // event gathers are its own again (what the inner one sent is no longer in `written`).
+                for c in gathered { c.gatheredBy = stamp }
             case .sendLink(let peer, let batch):
                 sendLink(region, peer, batch)
             case .resetLink(let peer, _):
@@ -800,14 +849,14 @@ public final class Simulation {
     private func addClient(_ region: String, _ role: Role) -> SimClient {
         let c = SimClient(key: ClientKey(region: region, index: clients.count), regionIndex: regionNames.firstIndex(of: region)!, role: role)
         clients.append(c)
-        schedule(.zero + .nanoseconds(Int64(random(0...0.9) * 1e9)), .clientReconnect(c.key))
+        schedule(.zero + .nanoseconds(Int64(random(0...0.9) * 1e9)), .clientReconnect(c.key.index))
         return c
     }
 
     private func connectClient(_ c: SimClient) {
         let r = regions[c.key.region]!
         guard r.running else {
-            schedule(now + .milliseconds(Int64(200 + random(0...800))), .clientReconnect(c.key))
+            schedule(now + .milliseconds(Int64(200 + random(0...800))), .clientReconnect(c.key.index))
             return
         }
         c.generation += 1
@@ -832,7 +881,7 @@ public final class Simulation {
         // A client connection is ordered like TCP: a command never overtakes the one before it.
         let at = max(now + sample(scenario.network.clientLatency, scenario.network.clientLatencyDistribution), c.lastSend)
         c.lastSend = at
-        schedule(at, .clientSend(c.key, c.generation, ref, command))
+        schedule(at, .clientSend(c.key.index, c.generation, ref, command))
         return ref
     }
 
@@ -852,7 +901,7 @@ public final class Simulation {
         guard reconnect else { return }
         let delay = c.advisedDelay ?? .milliseconds(Int64(100 + random(0...900)))
         c.advisedDelay = nil
-        schedule(now + delay, .clientReconnect(c.key))
+        schedule(now + delay, .clientReconnect(c.key.index))
     }
 
     private func drainClient(_ c: SimClient, _ id: ClientID, force: Bool = false) {
@@ -878,7 +927,14 @@ public final class Simulation {
         }
         let at = max(now + sample(scenario.network.clientLatency, scenario.network.clientLatencyDistribution), c.lastArrival)
         c.lastArrival = at
-        schedule(at, .clientFrames(c.key, c.generation, messages))
+        schedule(at, .clientFrames(c.key.index, c.generation, messages))
+    }
+
+    /// Sends a client one frame, as `sendFrames` does.
+    private func sendFrame(_ c: SimClient, _ message: ServerMessage) {
+        let at = max(now + sample(scenario.network.clientLatency, scenario.network.clientLatencyDistribution), c.lastArrival)
+        c.lastArrival = at
+        schedule(at, .clientFrame(c.key.index, c.generation, message))
     }
 
     private func clientReceived(_ c: SimClient, _ message: ServerMessage) {
@@ -927,7 +983,7 @@ public final class Simulation {
                 // As the clients do: a subscribe refused for now (the home cannot be reached) is tried
                 // again on the same connection after a backoff.
                 if error.code == .internalError {
-                    schedule(now + .milliseconds(500) + .milliseconds(Int64(random(0...500))), .clientResubscribe(c.key, c.generation))
+                    schedule(now + .milliseconds(500) + .milliseconds(Int64(random(0...500))), .clientResubscribe(c.key.index, c.generation))
                 }
             }
         default:
