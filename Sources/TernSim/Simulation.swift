@@ -33,17 +33,63 @@ public struct Percentiles: Sendable, Codable {
     public var p99Ms: Double
     public var maxMs: Double
 
+    /// The percentiles of `samples` (nanoseconds): the value at rank ⌊count × q⌋ of the sorted samples.
+    /// Each rank is selected in place rather than sorting all, since a run keeps one sample per delivery.
     init(_ samples: [Int64]) {
-        let sorted = samples.sorted()
-        func at(_ q: Double) -> Double {
-            guard !sorted.isEmpty else { return 0 }
-            return Double(sorted[min(sorted.count - 1, Int(Double(sorted.count) * q))]) / 1e6
+        var values = samples
+        count = values.count
+        guard !values.isEmpty else {
+            p50Ms = 0; p90Ms = 0; p99Ms = 0; maxMs = 0
+            return
         }
-        count = sorted.count
+        // Ranks in increasing order, each selected in the part above the one before.
+        var low = 0
+        func at(_ q: Double) -> Double {
+            let rank = min(values.count - 1, Int(Double(values.count) * q))
+            Self.select(&values, rank: rank, from: low)
+            low = rank
+            return Double(values[rank]) / 1e6
+        }
         p50Ms = at(0.5)
         p90Ms = at(0.9)
         p99Ms = at(0.99)
-        maxMs = Double(sorted.last ?? 0) / 1e6
+        maxMs = Double(values[low...].max()!) / 1e6
+    }
+
+    /// Moves the value of rank `rank` (in sorted order) within `values[from...]` to index `rank`, with
+    /// no smaller value after it and no larger one before it (Hoare's selection, median-of-three pivot).
+    static func select(_ values: inout [Int64], rank: Int, from: Int) {
+        values.withUnsafeMutableBufferPointer { v in
+            var lo = from
+            var hi = v.count - 1
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2
+                // The median of three as the pivot keeps sorted and reversed input linear.
+                if v[mid] < v[lo] { v.swapAt(mid, lo) }
+                if v[hi] < v[lo] { v.swapAt(hi, lo) }
+                if v[hi] < v[mid] { v.swapAt(hi, mid) }
+                let pivot = v[mid]
+                var i = lo
+                var j = hi
+                while i <= j {
+                    while v[i] < pivot { i += 1 }
+                    while pivot < v[j] { j -= 1 }
+                    if i <= j {
+                        v.swapAt(i, j)
+                        i += 1
+                        j -= 1
+                    }
+                }
+                // Now v[lo...j] <= pivot <= v[i...hi], and anything between equals the pivot.
+                if rank <= j {
+                    hi = j
+                } else if rank >= i {
+                    lo = i
+                } else {
+                    return
+                }
+            }
+        }
     }
 }
 
@@ -1171,12 +1217,14 @@ public final class Simulation {
         let all = latencies.flatMap { $0 }
         var latencyByRegion: [String: Percentiles] = [:]
         for (i, samples) in latencies.enumerated() where !samples.isEmpty { latencyByRegion[regionNames[i]] = Percentiles(samples) }
-        var histogram: [Double: Int] = [:]
         let bounds: [Double] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, SimulationResult.overflowBucket]
+        var counts = Array(repeating: 0, count: bounds.count)
         for ns in all {
             let ms = Double(ns) / 1e6
-            histogram[bounds.first { ms <= $0 }!, default: 0] += 1
+            counts[bounds.firstIndex { ms <= $0 }!] += 1
         }
+        var histogram: [Double: Int] = [:]
+        for (i, n) in counts.enumerated() where n > 0 { histogram[bounds[i]] = n }
         let published = max(1, publishCount)
         return SimulationResult(
             scenario: scenario.name, seed: seed, traceHash: String(trace, radix: 16), violations: violations,

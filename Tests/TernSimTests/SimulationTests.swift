@@ -2,7 +2,7 @@ import Foundation
 import TernTestSupport
 import Testing
 import TernCore
-import TernSim
+@testable import TernSim
 import TernTopology
 
 let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
@@ -25,6 +25,28 @@ func small(_ name: String, seconds: Int64 = 20) throws -> Scenario {
 
 @Suite("The deterministic simulator")
 struct SimulationTests {
+    @Test("percentiles are the values at the same ranks as in the sorted samples")
+    func percentilesMatchSorting() {
+        var rng = SplitMix64(seed: 7)
+        let inputs: [[Int64]] = [
+            [], [5], [3, 1], Array(0..<1000).map(Int64.init), Array((0..<1000).reversed()).map(Int64.init),
+            Array(repeating: 42, count: 777),
+        ] + (0..<200).map { i in
+            // Sizes up to 2,000, with few distinct values in some (many duplicates) and many in others.
+            let size = Int(rng.next() % 2001)
+            let spread = i % 3 == 0 ? 5 : 1_000_000
+            return (0..<size).map { _ in Int64(rng.next() % UInt64(spread)) }
+        }
+        for samples in inputs {
+            let p = Percentiles(samples)
+            let sorted = samples.sorted()
+            func at(_ q: Double) -> Double { sorted.isEmpty ? 0 : Double(sorted[min(sorted.count - 1, Int(Double(sorted.count) * q))]) / 1e6 }
+            #expect(p.count == samples.count)
+            #expect(p.p50Ms == at(0.5) && p.p90Ms == at(0.9) && p.p99Ms == at(0.99), "\(samples.count) samples")
+            #expect(p.maxMs == Double(sorted.last ?? 0) / 1e6)
+        }
+    }
+
     @Test("the same seed gives the same trace hash, and another seed a different one")
     func determinism() throws {
         let s = try small("partition-heal", seconds: 30)
