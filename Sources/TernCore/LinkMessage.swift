@@ -3,7 +3,10 @@
 /// The link codec (TernWire) turns batches of these into frames; the
 /// simulator passes them as values. Every data entry carries its topic,
 /// epoch and offset, so a receiver can always tell a duplicate or a gap.
-public enum LinkMessage: Sendable, Hashable {
+///
+/// Indirect: entries are moved between link queues and batches and, in the simulator, through its
+/// event queue, so each is one reference rather than its largest case's payload.
+public indirect enum LinkMessage: Sendable, Hashable {
     /// A region's up links, flooded so every relay can compute routes and trees.
     /// `incarnation` changes when the relay restarts; `sequence` orders one incarnation's reports.
     case linkState(origin: String, incarnation: UInt64, sequence: UInt64, neighbours: [String])

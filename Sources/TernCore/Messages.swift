@@ -152,7 +152,11 @@ public enum ReplyBody: Hashable, Sendable {
 }
 
 /// A message from the relay to one client.
-public enum ServerMessage: Hashable, Sendable {
+///
+/// Indirect: a message is built once and then passed on, kept and copied (the simulator's clients
+/// get each one through its event queue), so a copy is one reference rather than the whole payload
+/// of a publication.
+public indirect enum ServerMessage: Hashable, Sendable {
     /// The answer to the request numbered `ref`.
     case reply(ref: UInt64?, ReplyBody)
     /// A refusal of the request numbered `ref` (nil when it could not be read).

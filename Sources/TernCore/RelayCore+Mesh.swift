@@ -364,16 +364,24 @@ extension RelayCore {
         topologyChanged(now: now)
     }
 
-    func edgeIsUp(_ a: String, _ b: String) -> Bool {
-        guard mesh != nil else { return false }
-        if a == config.region { return mesh!.up.contains(b) }
-        if b == config.region { return mesh!.up.contains(a) }
-        return mesh!.adverts[a]?.neighbours.contains(b) == true && mesh!.adverts[b]?.neighbours.contains(a) == true
+    /// Whether the edge between `a` and `b` is up: this region's own links by `up`, others by both
+    /// ends' adverts. Takes only what it reads, so that a path search does not copy the whole core.
+    static func edgeIsUp(_ a: String, _ b: String, region: String, up: Set<String>, adverts: [String: LinkStateAdvert]) -> Bool {
+        if a == region { return up.contains(b) }
+        if b == region { return up.contains(a) }
+        return adverts[a]?.neighbours.contains(b) == true && adverts[b]?.neighbours.contains(a) == true
+    }
+
+    /// Shortest paths from `source` over the edges that are up now (in a mesh).
+    func shortestPathsNow(from source: String) -> ShortestPaths {
+        let region = config.region
+        let up = mesh!.up
+        let adverts = mesh!.adverts
+        return mesh!.config.graph.shortestPaths(from: source) { Self.edgeIsUp($0, $1, region: region, up: up, adverts: adverts) }
     }
 
     mutating func topologyChanged(now: TernInstant) {
-        let me = self
-        mesh!.routes = mesh!.config.graph.shortestPaths(from: config.region, isUp: me.edgeIsUp)
+        mesh!.routes = shortestPathsNow(from: config.region)
         mesh!.trees = [:]
         for r in mesh!.config.graph.regions where r != config.region {
             if mesh!.routes.reaches(r) {
@@ -412,7 +420,7 @@ extension RelayCore {
 
     /// A failover or a heal moved `topic`'s home.
     mutating func homeChanged(_ topic: String, from old: String, to new: String, now: TernInstant) {
-        guard topics[topic] != nil else { return }
+        guard topics.contains(topic) else { return }
         if new == config.region {
             topics.update(topic) { $0.stream.replicaOf = nil }
         } else if old == config.region {
@@ -495,8 +503,7 @@ extension RelayCore {
 
     mutating func tree(rootedAt home: String) -> ShortestPaths {
         if let t = mesh!.trees[home] { return t }
-        let me = self
-        let t = mesh!.config.graph.shortestPaths(from: home, isUp: me.edgeIsUp)
+        let t = shortestPathsNow(from: home)
         mesh!.trees[home] = t
         return t
     }
@@ -522,7 +529,7 @@ extension RelayCore {
     /// Subscribes upstream when the first local subscriber or child appears, moves
     /// the subscription when the tree changes, and lets it go after a linger.
     mutating func reconcileInterest(_ topic: String, now: TernInstant) {
-        guard mesh != nil, topics[topic] != nil else { return }
+        guard mesh != nil, topics.contains(topic) else { return }
         let wanted = !isHome(topic) && hasInterest(topic)
         if wanted {
             mesh!.lingering.remove(topic)
@@ -672,7 +679,7 @@ extension RelayCore {
             // Subscribers and children waiting for this region are answered at `from` first, so the
             // publications that follow reach them as live data, in order.
             becameSynced(topic, now: clock)
-            guard topics[topic] != nil else { return }
+            guard topics.contains(topic) else { return }
         }
         switch withTopic(topic, { $0.stream.place(publication.position) }) {
         case nil, .stale?: return

@@ -281,7 +281,7 @@ extension RelayCore {
     /// Drops the entries of a region that stayed unreachable for `presenceTimeout`.
     mutating func presenceTimedOut(_ topic: String, owner: String, now: TernInstant) {
         guard let since = mesh?.stalePresence[topic]?[owner], since + mesh!.config.presenceTimeout <= now,
-              !canReach(owner), topics[topic] != nil else { return }
+              !canReach(owner), topics.contains(topic) else { return }
         mesh!.stalePresence.update(topic) { $0[owner] = nil }
         if mesh!.stalePresence[topic]?.isEmpty == true { mesh!.stalePresence.removeValue(forKey: topic) }
         mesh!.presenceSeen.update(topic) { $0[owner] = nil }

@@ -508,7 +508,7 @@ public struct RelayCore: Sendable {
     }
 
     mutating func ensureTopic(_ topic: String, _ options: NamespaceOptions, now: TernInstant) {
-        guard topics[topic] == nil else { return }
+        guard !topics.contains(topic) else { return }
         let generation = String(rng.next() & 0xFFFF_FFFF, radix: 16)
         topics.updateValue(TopicState(
             options: options,
@@ -709,7 +709,7 @@ public struct RelayCore: Sendable {
         case .failure(let e): return .failure(e)
         }
         if volatile {
-            if topics[topic] != nil {
+            if topics.contains(topic) {
                 broadcast(topic, .volatile(topic: topic, user: user, data: data), volatileKey: "volatile/\(topic)/\(user ?? "")")
             }
             return .success(.published(topic: topic, position: nil, duplicate: false))
@@ -1039,7 +1039,7 @@ public struct RelayCore: Sendable {
             switch d.kind {
             case .connectTimeout(let c), .tokenExpiry(let c), .pollTimeout(let c): clients[c] != nil
             case .topicSweep(let t), .interestLinger(let t), .subscribeTimeout(let t), .presenceTimeout(let t, _), .presenceFlush(let t),
-                 .ackTimeout(let t), .recoveryTimeout(let t): topics[t] != nil
+                 .ackTimeout(let t), .recoveryTimeout(let t): topics.contains(t)
             case .publishTimeout(let ref): mesh?.pending[ref] != nil
             case .linkFlush(let peer), .linkLiveness(let peer): mesh?.links[peer] != nil
             case .failoverCheck: true
