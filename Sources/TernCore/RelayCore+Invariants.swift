@@ -27,6 +27,12 @@ extension RelayCore {
         // trace is summed into an order-independent checksum from the clients' side and from the
         // topics' side; equal sums mean the two sides list the same pairs. Only when they differ are
         // the pairs looked up one by one (`subscriptionProblems`), to name what is wrong.
+        //
+        // A (client, topic) pair's term is the client's weight times the topic's checksum, so a client's
+        // terms sum to its weight times the sum it keeps of its topics' checksums (`subscriptionSum`).
+        // The sweep reads that, and the count and traced sum beside it, rather than each client's
+        // collections: they are kept by the only methods that change the collections. That what a
+        // client traces it is subscribed to is checked after every event that changes either.
         var subscriptions = 0
         var counted = 0
         var queued = 0
@@ -36,19 +42,17 @@ extension RelayCore {
         var i = clients.startIndex
         while i != clients.endIndex {
             let id = clients.keys[i]
-            let (traced, subscribed, isCounted, bytes, fullNonWebSocket) = clients.reading(i) { c in
-                (c.traced, c.subscriptions.orderedKeys, c.counted, c.outbox.queuedBytes, c.socket == .full && c.transport != .websocket)
+            let (subscriptionSum, tracedSum, count, isCounted, bytes, fullNonWebSocket) = clients.reading(i) { c in
+                (c.subscriptionSum, c.tracedSum, c.subscriptionCount, c.counted, c.outbox.queuedBytes,
+                 c.socket == .full && c.transport != .websocket)
             }
             // Only a WebSocket's driver writes without taking from the queue, so only its socket can be full.
             if fullNonWebSocket { fail("client \(id) is not a WebSocket but its socket is marked full") }
-            for topic in traced {
-                tracesByClients &+= Self.checksum(topic)
-                if !subscribed.contains(topic) { fail("client \(id) traces \(topic) without being subscribed to it") }
-            }
+            tracesByClients &+= tracedSum
             if isCounted { counted += 1 }
             queued += bytes
-            subscriptions += subscribed.count
-            for topic in subscribed { pairsByClients &+= Self.checksum(id, Self.checksum(topic)) }
+            subscriptions += count
+            pairsByClients &+= Self.weight(id) &* subscriptionSum
             clients.formIndex(after: &i)
         }
         if counted != stats.connections { fail("stats.connections is \(stats.connections) but \(counted) connections are counted") }
@@ -64,7 +68,7 @@ extension RelayCore {
             let name = topics.keys[ti]
             let sum = Self.checksum(name)
             let (subscribers, traceSubscribers) = topics.reading(ti) { ($0.subscribers.orderedKeys, $0.traceSubscribers) }
-            for id in subscribers { pairsByTopics &+= Self.checksum(id, sum) }
+            for id in subscribers { pairsByTopics &+= Self.weight(id) &* sum }
             tracesByTopics &+= sum &* UInt64(truncatingIfNeeded: traceSubscribers)
             // Its traced-subscriber count against the clients tracing it is in the checksums.
             for problem in topicProblems(name, at: ti, tracing: traceSubscribers) { fail(problem) }
@@ -145,9 +149,10 @@ extension RelayCore {
         return mixed(h)
     }
 
-    /// A (client, topic) pair's term in the sweep's checksums.
-    static func checksum(_ client: ClientID, _ topic: UInt64) -> UInt64 {
-        mixed(topic ^ (client.raw &* 0x9E37_79B9_7F4A_7C15))
+    /// A client's weight in the sweep's checksums: a (client, topic) pair's term is the client's weight
+    /// times the topic's checksum. Odd, so that no topic's term vanishes.
+    static func weight(_ client: ClientID) -> UInt64 {
+        mixed(client.raw &* 0x9E37_79B9_7F4A_7C15) | 1
     }
 
     /// SplitMix64's finaliser: spreads every input bit over the output, so that sums of terms do not cancel.

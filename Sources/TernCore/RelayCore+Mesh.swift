@@ -911,7 +911,7 @@ extension RelayCore {
         topics.update(topic) { $0.pendingSubscribes = [] }
         for pending in t.pendingSubscribes where clients[pending.client]?.subscriptions.contains(topic) == true {
             setTraced(pending.client, topic, false, now: now)
-            clients.update(pending.client) { $0.subscriptions.removeValue(forKey: topic) }
+            clients.update(pending.client) { $0.removeSubscription(topic) }
             clients.update(pending.client) { $0.cursor[topic] = nil }
             removeSubscriber(pending.client, from: topic, now: now)
             send(pending.client, .error(ref: pending.ref, TernError(.internalError,

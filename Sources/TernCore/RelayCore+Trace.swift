@@ -8,11 +8,11 @@ extension RelayCore {
         guard let (subscribed, traced) = clients.reading(client, { ($0.subscriptions.contains(topic), $0.traced.contains(topic)) }) else { return }
         if on {
             guard subscribed, !traced, topics.contains(topic) else { return }
-            clients.update(client) { $0.traced.insert(topic) }
+            clients.update(client) { $0.setTrace(topic, true) }
             topics.update(topic) { $0.traceSubscribers += 1 }
             if topics[topic]?.traceSubscribers == 1 { tellHomeAboutTrace(topic, on: true) }
         } else if traced {
-            clients.update(client) { $0.traced.remove(topic) }
+            clients.update(client) { $0.setTrace(topic, false) }
             traceSubscriberGone(topic, now: now)
         }
     }

@@ -122,7 +122,15 @@ public struct RelayCore: Sendable {
         var transport: Transport
         var identity: ClientIdentity?
         var authenticating = false
-        var subscriptions = IndexedMap<String, Void>()
+        /// Its subscriptions, changed only with `addSubscription` and `removeSubscription`.
+        private(set) var subscriptions = IndexedMap<String, Void>()
+        /// The number of subscriptions and the sum of their topics' checksums (`RelayCore.checksum`),
+        /// and the sum for `traced`: kept beside the collections so that the full invariant sweep reads
+        /// this state alone, not every client's collections. Checked against the collections after
+        /// every event that changes them (`checkChangedAfterEvent`).
+        private(set) var subscriptionCount = 0
+        private(set) var subscriptionSum: UInt64 = 0
+        private(set) var tracedSum: UInt64 = 0
         var outbox: Outbox
         var publishBucket: TokenBucket
         var cursor: [String: StreamPosition] = [:]
@@ -130,8 +138,8 @@ public struct RelayCore: Sendable {
         var counted = false
         var pollNeedsSync: Set<String> = []
         var pollLostCursor: Set<String> = []
-        /// Topics this client subscribed to with `trace: true`.
-        var traced: Set<String> = []
+        /// Topics this client subscribed to with `trace: true` (changed with `setTrace`).
+        private(set) var traced: Set<String> = []
         /// Whether its socket takes frames (WebSockets; the driver reports changes with `writable`).
         var socket: Socket = .writable
         /// What the per-event invariant check last saw of this client (nil before its first check).
@@ -142,6 +150,28 @@ public struct RelayCore: Sendable {
         /// WebSocket whose socket takes frames, not closing, with nothing waiting in its queue (every
         /// encoded frame holds at least one byte, so no queued bytes means no queued frames).
         var takesFramesDirectly: Bool { transport == .websocket && socket == .writable && !closing && outbox.queuedBytes == 0 }
+
+        mutating func addSubscription(_ topic: String) {
+            guard !subscriptions.contains(topic) else { return }
+            subscriptions[topic] = ()
+            subscriptionCount += 1
+            subscriptionSum &+= RelayCore.checksum(topic)
+        }
+
+        mutating func removeSubscription(_ topic: String) {
+            guard case .some = subscriptions.removeValue(forKey: topic) else { return }
+            subscriptionCount -= 1
+            subscriptionSum &-= RelayCore.checksum(topic)
+        }
+
+        /// Marks `topic` traced or not.
+        mutating func setTrace(_ topic: String, _ on: Bool) {
+            if on {
+                if traced.insert(topic).inserted { tracedSum &+= RelayCore.checksum(topic) }
+            } else if traced.remove(topic) != nil {
+                tracedSum &-= RelayCore.checksum(topic)
+            }
+        }
     }
 
     /// A WebSocket's socket, as its driver last reported it.
@@ -426,7 +456,7 @@ public struct RelayCore: Sendable {
                 return
             }
             setTraced(client, topic, false, now: now)
-            clients.update(client) { $0.subscriptions.removeValue(forKey: topic) }
+            clients.update(client) { $0.removeSubscription(topic) }
             clients.update(client) { $0.cursor[topic] = nil }
             topics.update(topic) { $0.pendingSubscribes.removeAll { $0.client == client } }
             removeSubscriber(client, from: topic, now: now)
@@ -594,7 +624,7 @@ public struct RelayCore: Sendable {
             return .failure(TernError(.limitExceeded, "'\(topic)' has reached its \(options.maxSubscribers) subscribers in this region"))
         }
         ensureTopic(topic, options, now: now)
-        clients.update(client) { $0.subscriptions[topic] = () }
+        clients.update(client) { $0.addSubscription(topic) }
         joinSerial += 1
         topics.update(topic) { $0.subscribers[client] = Joined(serial: joinSerial, since: since) }
         topics.update(topic) { $0.lastActivity = now }

@@ -142,6 +142,32 @@ struct ChangedStateInvariantTests {
         #expect(core.invariantFailures.contains { $0.contains("the link to b counts") }, "\(core.invariantFailures)")
     }
 
+    @Test("a client's subscription count and checksum sums, which the sweep reads, follow its subscriptions and traces")
+    func clientSums() {
+        var c = RelayCore.ClientState(transport: .websocket, outbox: Outbox(maxBytes: 1 << 20), publishBucket: TokenBucket(rate: 1, burst: 1, now: .zero))
+        func expectMatching() {
+            #expect(c.subscriptionCount == c.subscriptions.count)
+            #expect(c.subscriptionSum == c.subscriptions.orderedKeys.reduce(0) { $0 &+ RelayCore.checksum($1) })
+            #expect(c.tracedSum == c.traced.reduce(0) { $0 &+ RelayCore.checksum($1) })
+        }
+        for t in ["news:a", "news:b", "news:a", "room:c"] { c.addSubscription(t) }
+        #expect(c.subscriptionCount == 3)
+        expectMatching()
+        c.setTrace("news:b", true)
+        c.setTrace("news:b", true)
+        c.setTrace("room:c", true)
+        expectMatching()
+        c.removeSubscription("news:a")
+        c.removeSubscription("news:zzz")
+        c.setTrace("room:c", false)
+        c.setTrace("room:c", false)
+        #expect(c.subscriptionCount == 2 && c.traced == ["news:b"])
+        expectMatching()
+        for t in ["news:b", "room:c"] { c.removeSubscription(t) }
+        c.setTrace("news:b", false)
+        #expect(c.subscriptionCount == 0 && c.subscriptionSum == 0 && c.tracedSum == 0)
+    }
+
     @Test("a broken subscriber list, queue count or trace is caught by the very next event, before the sweep")
     func caughtBeforeTheSweep() {
         var core = largeCore()
@@ -157,7 +183,7 @@ struct ChangedStateInvariantTests {
         #expect(queued.invariantFailures.contains { $0.contains("queuedBytes is") }, "\(queued.invariantFailures)")
 
         var traced = largeCore()
-        traced.clients.update(ClientID(3)) { $0.traced.insert("news:x") }
+        traced.clients.update(ClientID(3)) { $0.setTrace("news:x", true) }
         _ = traced.handle(.apiPublish(request: 1, topic: "news:y", id: "q1", data: "1"), now: .zero)
         #expect(traced.invariantFailures.contains { $0.contains("client c3 traces news:x without being subscribed to it") },
                 "\(traced.invariantFailures)")
