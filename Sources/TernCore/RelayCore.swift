@@ -527,7 +527,15 @@ public struct RelayCore: Sendable {
 
     // MARK: - Topics
 
-    func namespaceOptions(for topic: String) -> Result<NamespaceOptions, TernError> {
+    /// `topic`'s namespace options, or why there are none. A topic held here was checked when it was
+    /// created and keeps its namespace's options: for it this is one lookup.
+    mutating func namespaceOptions(for topic: String) -> Result<NamespaceOptions, TernError> {
+        if let options = topics.reading(topic, { $0.options }) { return .success(options) }
+        return namespaceOptions(named: topic)
+    }
+
+    /// `topic`'s namespace options from its name, after checking the name.
+    func namespaceOptions(named topic: String) -> Result<NamespaceOptions, TernError> {
         if let problem = TopicName.problem(with: topic) { return .failure(TernError(.invalidTopic, problem)) }
         let ns = String(TopicName.namespace(of: topic)!)
         guard let options = config.namespaces[ns] else {
@@ -919,7 +927,7 @@ public struct RelayCore: Sendable {
 
     func presenceAllowed(_ identity: ClientIdentity, _ topic: String) -> Result<TopicState?, TernError> {
         let options: NamespaceOptions
-        switch namespaceOptions(for: topic) {
+        switch namespaceOptions(named: topic) {
         case .success(let o): options = o
         case .failure(let e): return .failure(e)
         }
