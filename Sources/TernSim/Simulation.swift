@@ -211,8 +211,6 @@ public final class Simulation {
         var noticeCount = 0
         /// After an `epoch` push the relay skips publications the client already has, so offsets in that epoch may jump.
         var mergeEpochs: Set<String> = []
-        /// What the client received, in order.
-        var deliveries: [Delivery] = []
         /// The epoch of the last delivery and its number in `Simulation.epochNames`.
         var deliveryEpoch: (name: String, id: Int32)?
         var expectOrderViolation = false
@@ -242,6 +240,8 @@ public final class Simulation {
         var epoch: Int32
         var publish: Int32
         var offset: UInt64
+        /// The client's index in `clients`.
+        var client: Int32
     }
 
     final class Region {
@@ -319,6 +319,9 @@ public final class Simulation {
     /// Publish → deliver latencies, by the index of the subscriber's region in `regionNames`.
     private var latencies: [[Int64]] = []
     private var deliveryCount = 0
+    /// Every publication a subscriber received, in the order received. One log for all clients rather
+    /// than one array per client: appending to the end of one array touches memory already in cache.
+    private var deliveryLog: [Delivery] = []
     private var linkBatches = 0
     /// Link entries by kind, for the report.
     private var entryKinds: [String: Int] = [:]
@@ -1078,7 +1081,7 @@ public final class Simulation {
             epoch = epochNumber(p.position.epoch)
             c.deliveryEpoch = (p.position.epoch, epoch)
         }
-        c.deliveries.append(Delivery(epoch: epoch, publish: Int32(published.number), offset: p.position.offset))
+        deliveryLog.append(Delivery(epoch: epoch, publish: Int32(published.number), offset: p.position.offset, client: Int32(c.key.index)))
         deliveryCount += 1
         let second = Int(now.nanoseconds / 1_000_000_000)
         while deliveriesPerSecond.count <= second { deliveriesPerSecond.append(0) }
@@ -1169,12 +1172,23 @@ public final class Simulation {
         var acknowledged: [String: [Int]] = [:]
         for n in acks.keys.sorted() where sent[n - 1].at < settleBy { acknowledged[acks[n]!.topic, default: []].append(n) }
         var lost: [(publish: Int, client: Int, text: String)] = []
+        // The log grouped by client, each client's deliveries in the order received (a counting sort).
+        var starts = [Int](repeating: 0, count: clients.count + 1)
+        for d in deliveryLog { starts[Int(d.client) + 1] += 1 }
+        for i in clients.indices { starts[i + 1] += starts[i] }
+        var byClient = deliveryLog
+        var next = starts
+        for d in deliveryLog {
+            byClient[next[Int(d.client)]] = d
+            next[Int(d.client)] += 1
+        }
         for c in clients {
             guard case .subscriber(let topic) = c.role else { continue }
             var last: Delivery?
             var table: OffsetTable?
             func position(_ d: Delivery) -> StreamPosition { StreamPosition(epoch: epochNames[Int(d.epoch)], offset: d.offset) }
-            for d in c.deliveries {
+            let deliveries = byClient[starts[c.key.index]..<starts[c.key.index + 1]]
+            for d in deliveries {
                 let publish = Int(d.publish)
                 if table == nil || last?.epoch != d.epoch {
                     let key = EpochKey(topic: topic, epoch: epochNames[Int(d.epoch)])
@@ -1199,7 +1213,7 @@ public final class Simulation {
                     lost.append((n, c.key.index, "acknowledged publish p\(n) (\(acks[n]!.position)) reached \(c.key.region)#\(c.key.index) \(received[n]) times on \(topic)"))
                 }
             }
-            for d in c.deliveries { received[Int(d.publish)] = 0 }
+            for d in deliveries { received[Int(d.publish)] = 0 }
         }
         for l in lost.sorted(by: { ($0.publish, $0.client) < ($1.publish, $1.client) }) {
             violations.append(l.text)
