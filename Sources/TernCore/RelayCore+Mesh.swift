@@ -193,7 +193,16 @@ extension RelayCore {
     public var upLinks: [String] { mesh?.up.sorted() ?? [] }
 
     /// The region that sequences `topic`: pinned by namespace, else first by rendezvous order.
+    ///
+    /// For drivers and tests. The core's own code, which changes state, asks `currentHome(of:)`: a
+    /// non-mutating method called from a mutating one makes a copy of the whole core first.
     public func home(of topic: String) -> String {
+        var core = self
+        return core.currentHome(of: topic)
+    }
+
+    /// `home(of:)`, reading the mesh state in place.
+    mutating func currentHome(of topic: String) -> String {
         // Reads through `mesh!` rather than binding it: a binding copies (and retains) the whole mesh state.
         guard mesh != nil else { return config.region }
         if !mesh!.config.pinnedHomes.isEmpty, let ns = TopicName.namespace(of: topic), let pinned = mesh!.config.pinnedHomes[String(ns)] { return pinned }
@@ -201,7 +210,7 @@ extension RelayCore {
         return Rendezvous.first(topic: topic, regions: mesh!.config.graph.regions, excluding: mesh!.failed) ?? config.region
     }
 
-    func isHome(_ topic: String) -> Bool { mesh == nil || home(of: topic) == config.region }
+    mutating func isHome(_ topic: String) -> Bool { mesh == nil || currentHome(of: topic) == config.region }
 
     /// The region that sequences `topic` when every region is alive: a failover home is any other.
     func canonicalHome(of topic: String) -> String {
@@ -397,7 +406,7 @@ extension RelayCore {
             }
         }
         for topic in topics.keys.sorted() {
-            let home = self.home(of: topic)
+            let home = self.currentHome(of: topic)
             if let last = mesh!.lastHome[topic], last != home { homeChanged(topic, from: last, to: home, now: now) }
             mesh!.lastHome.updateValue(home, forKey: topic)
             if home == config.region {
@@ -413,7 +422,7 @@ extension RelayCore {
         for ref in mesh!.pending.keys.sorted() {
             // Forwarding one may settle others (a publish sequenced here answers its relayed copies).
             guard let p = mesh!.pending[ref] else { continue }
-            if p.sentVia == nil || p.sentTo != home(of: p.topic) { forwardPending(ref) }
+            if p.sentVia == nil || p.sentTo != currentHome(of: p.topic) { forwardPending(ref) }
         }
         refreshPresenceRoutes(now: now)
     }
@@ -458,7 +467,7 @@ extension RelayCore {
     mutating func resequenceFailoverLog(_ topic: String, now: TernInstant) {
         // Only the canonical home's stream is final: while another failover home sequences, the log waits.
         guard topics[topic]?.stream.failoverLog.isEmpty == false, !isHome(topic),
-              home(of: topic) == canonicalHome(of: topic), let log = topics.update(topic, { $0.stream.takeFailoverLog() }) ?? nil else { return }
+              currentHome(of: topic) == canonicalHome(of: topic), let log = topics.update(topic, { $0.stream.takeFailoverLog() }) ?? nil else { return }
         for p in log {
             routePublish(.resequence, topic: topic, id: p.id, data: p.data, user: p.user,
                          firstAt: p.position.epoch.isEmpty ? p.firstPosition : p.position, now: now)
@@ -510,11 +519,11 @@ extension RelayCore {
 
     /// This region's parent in `topic`'s fan-out tree, if the home is reachable.
     mutating func parent(of topic: String) -> String? {
-        tree(rootedAt: home(of: topic)).parent[config.region]
+        tree(rootedAt: currentHome(of: topic)).parent[config.region]
     }
 
     /// Regions that cannot reach a topic's home skip it; this answers whether one can.
-    func canReach(_ region: String) -> Bool { region == config.region || mesh?.routes.reaches(region) == true }
+    mutating func canReach(_ region: String) -> Bool { region == config.region || mesh?.routes.reaches(region) == true }
 
     // MARK: Interest
 
@@ -793,7 +802,7 @@ extension RelayCore {
             origin = o
             originRef = r
         }
-        let home = self.home(of: p.topic)
+        let home = self.currentHome(of: p.topic)
         if home == config.region, topics[p.topic]?.stream.recovery != nil {
             // Recovering its epoch: the publish waits (until `finishRecovery` or its timeout).
             mesh!.pending.update(ref) { $0.sentVia = nil }
@@ -823,7 +832,7 @@ extension RelayCore {
 
     mutating func receivePublish(topic: String, id: String, data: String, user: String?, origin: String, ref: UInt64, receivedAtWall: Int64,
                                  firstAt: StreamPosition?, now: TernInstant) {
-        let home = self.home(of: topic)
+        let home = self.currentHome(of: topic)
         if home != config.region || topics[topic]?.stream.recovery != nil {
             if home != config.region, let hop = mesh!.routes.firstHop(to: home) {
                 enqueueLink(hop, .publish(topic: topic, id: id, data: data, user: user, origin: origin, ref: ref, receivedAtWall: receivedAtWall,
@@ -873,7 +882,7 @@ extension RelayCore {
             return
         }
         answer(pending.origin, .failure(TernError(.internalError,
-            "the home of '\(pending.topic)' (\(home(of: pending.topic))) did not answer in time; retry with the same id")))
+            "the home of '\(pending.topic)' (\(currentHome(of: pending.topic))) did not answer in time; retry with the same id")))
     }
 
     mutating func answer(_ origin: PublishOrigin, _ result: Result<ReplyBody, TernError>) {
@@ -915,7 +924,7 @@ extension RelayCore {
             clients.update(pending.client) { $0.cursor[topic] = nil }
             removeSubscriber(pending.client, from: topic, now: now)
             send(pending.client, .error(ref: pending.ref, TernError(.internalError,
-                "the home of '\(topic)' (\(home(of: topic))) cannot be reached from \(config.region); retry")))
+                "the home of '\(topic)' (\(currentHome(of: topic))) cannot be reached from \(config.region); retry")))
         }
     }
 

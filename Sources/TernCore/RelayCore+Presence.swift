@@ -40,7 +40,7 @@ extension RelayCore {
             send = changes
         }
         let home = isHome(topic)
-        let hop = home ? nil : mesh!.routes.firstHop(to: self.home(of: topic))
+        let hop = home ? nil : mesh!.routes.firstHop(to: self.currentHome(of: topic))
         if let hop { mesh!.presenceRoute.updateValue(hop, forKey: topic) }
         for change in send {
             mesh!.presenceClock += 1
@@ -90,7 +90,7 @@ extension RelayCore {
         let message = LinkMessage.presence(topic: topic, owner: owner, incarnation: incarnation, sequence: sequence,
                                            change: change, towardsHome: false)
         if towardsHome && !isHome(topic) {
-            if let hop = mesh!.routes.firstHop(to: home(of: topic)) { enqueueLink(hop, asTowardsHome(message)) }
+            if let hop = mesh!.routes.firstHop(to: currentHome(of: topic)) { enqueueLink(hop, asTowardsHome(message)) }
             return
         }
         if owner == config.region {
@@ -160,7 +160,7 @@ extension RelayCore {
             guard let table = topics[topic]?.presence else { continue }
             // Also when this region has no members left but once announced some: the home must learn it holds none.
             if !isHome(topic), table.count(in: config.region) > 0 || mesh!.presenceRoute[topic] != nil || mesh!.presenceSequence[topic] != nil {
-                let hop = mesh!.routes.firstHop(to: home(of: topic))
+                let hop = mesh!.routes.firstHop(to: currentHome(of: topic))
                 if let hop, hop != mesh!.presenceRoute[topic] {
                     mesh!.presenceRoute.updateValue(hop, forKey: topic)
                     enqueueLink(hop, .presence(topic: topic, owner: config.region, incarnation: mesh!.incarnation,
@@ -245,7 +245,7 @@ extension RelayCore {
         }
         if table.regions.contains(where: { $0 != config.region && !listed.contains($0) }) { diverged = true }
         if !listed.contains(config.region), table.count(in: config.region) > 0 { ownDiffers = true }
-        if ownDiffers, mesh!.presencePending[topic] == nil, !isHome(topic), let hop = mesh!.routes.firstHop(to: home(of: topic)) {
+        if ownDiffers, mesh!.presencePending[topic] == nil, !isHome(topic), let hop = mesh!.routes.firstHop(to: currentHome(of: topic)) {
             mesh!.presenceRoute.updateValue(hop, forKey: topic)
             enqueueLink(hop, .presence(topic: topic, owner: config.region, incarnation: mesh!.incarnation,
                                        sequence: mesh!.presenceSequence[topic] ?? mesh!.presenceClock,
@@ -261,7 +261,7 @@ extension RelayCore {
     /// the topic from upstream. Elsewhere it knows only its own members.
     public func tracksMeshPresence(_ topic: String) -> Bool {
         guard mesh != nil else { return topics.index(forKey: topic) != nil }
-        return topics.index(forKey: topic) != nil && (isHome(topic) || mesh!.upstream[topic] != nil)
+        return topics.index(forKey: topic) != nil && (home(of: topic) == config.region || mesh!.upstream[topic] != nil)
     }
 
     /// This region stopped following `topic`: other regions' entries would only go stale here, so

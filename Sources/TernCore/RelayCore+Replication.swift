@@ -45,10 +45,13 @@ extension RelayCore {
 
     /// The region that follows `topic` for this home: the first by rendezvous order, other than
     /// this region, that this region can reach (the region that would take over from it).
-    func replicaTarget(_ topic: String) -> String? {
-        guard let mesh else { return nil }
-        return Rendezvous.ranking(topic: topic, regions: mesh.config.graph.regions)
-            .first { $0 != config.region && canReach($0) }
+    mutating func replicaTarget(_ topic: String) -> String? {
+        guard mesh != nil else { return nil }
+        let region = config.region
+        for candidate in Rendezvous.ranking(topic: topic, regions: mesh!.config.graph.regions) where candidate != region && canReach(candidate) {
+            return candidate
+        }
+        return nil
     }
 
     /// The region asked to follow `topic`, when this region is its home.

@@ -27,7 +27,7 @@ extension RelayCore {
     /// Tells the topic's home whether this region's subscribers want hops.
     mutating func tellHomeAboutTrace(_ topic: String, on: Bool) {
         guard mesh != nil else { return }
-        let home = self.home(of: topic)
+        let home = self.currentHome(of: topic)
         guard home != config.region else { return }
         route(.trace(topic: topic, region: config.region, home: home, on: on), to: home)
     }
@@ -40,7 +40,7 @@ extension RelayCore {
         }
         // A request for a home this region no longer is (or is not yet) is dropped: the region asks
         // the right home again when its view of the mesh changes.
-        guard self.home(of: topic) == config.region else { return }
+        guard self.currentHome(of: topic) == config.region else { return }
         if on {
             guard case .success(let options) = namespaceOptions(for: topic) else { return }
             ensureTopic(topic, options, now: now)

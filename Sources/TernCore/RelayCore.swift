@@ -560,7 +560,7 @@ public struct RelayCore: Sendable {
         let canonical = canonicalHome(of: topic)
         topics.update(topic) { $0.stream.canonicalHome = canonical }
         // The home it has now, so the next topology change that moves it here (or away) is seen as a move.
-        if mesh != nil { mesh!.lastHome.updateValue(home(of: topic), forKey: topic) }
+        if mesh != nil { mesh!.lastHome.updateValue(currentHome(of: topic), forKey: topic) }
         if !isHome(topic) {
             // A regional cache: its epoch and offset come from upstream.
             topics.update(topic) { $0.stream.sync = .unsynced(from: nil) }
