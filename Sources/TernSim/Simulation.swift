@@ -163,8 +163,40 @@ public final class Simulation {
         case presenceCheck
     }
 
+    /// The events to come: a heap of small entries ordered by time and then by the order of scheduling,
+    /// with each event's kind in a slot table. One value, so that scheduling or taking an event is one
+    /// access to the simulation's state (each is checked for exclusivity) rather than one per field.
+    struct Agenda {
+        private var queue = Heap<Event>()
+        /// The kinds of queued events, by `Event.slot`; freed slots are used again.
+        private var kinds: [Kind?] = []
+        private var freeSlots: [Int32] = []
+        private var sequence: UInt64 = 0
+
+        mutating func schedule(_ at: TernInstant, _ kind: Kind) {
+            sequence += 1
+            let slot: Int32
+            if let free = freeSlots.popLast() {
+                slot = free
+                kinds[Int(free)] = kind
+            } else {
+                slot = Int32(kinds.count)
+                kinds.append(kind)
+            }
+            queue.insert(Event(at: at, sequence: sequence, slot: slot))
+        }
+
+        /// Takes the earliest event and its kind.
+        mutating func next() -> (Event, Kind)? {
+            guard let event = queue.popMin() else { return nil }
+            let kind = kinds[Int(event.slot)].take()!
+            freeSlots.append(event.slot)
+            return (event, kind)
+        }
+    }
+
     /// An entry of the event queue: when, the order of scheduling among events at the same instant,
-    /// and where its `Kind` is kept (`Simulation.kinds`). Small and without references, so the heap
+    /// and where its `Kind` is kept (`Agenda`). Small and without references, so the heap
     /// moves 24 bytes, not a payload, and retains nothing.
     struct Event: Comparable {
         var at: TernInstant
@@ -244,6 +276,28 @@ public final class Simulation {
         var client: Int32
     }
 
+    /// Every publication a subscriber received, with its publish → deliver latency and the count per
+    /// simulated second. One value, so that recording a delivery is one access to the simulation's
+    /// state (each is checked for exclusivity) rather than one per field; and one log for all clients
+    /// rather than an array per client, so that appending touches memory already in cache.
+    struct DeliveryRecord {
+        /// In the order received.
+        var log: [Delivery] = []
+        /// Publish → deliver latencies in nanoseconds, by the index of the subscriber's region in `regionNames`.
+        var latencies: [[Int64]]
+        var perSecond: [Int] = []
+        var count: Int { log.count }
+
+        init(regions: Int) { latencies = Array(repeating: [], count: regions) }
+
+        mutating func add(_ delivery: Delivery, region: Int, latency: Int64, second: Int) {
+            log.append(delivery)
+            latencies[region].append(latency)
+            while perSecond.count <= second { perSecond.append(0) }
+            perSecond[second] += 1
+        }
+    }
+
     final class Region {
         let name: String
         var core: RelayCore?
@@ -289,13 +343,9 @@ public final class Simulation {
     public var onClientConnected: ((TernInstant, String) -> Void)?
     private var rng: SplitMix64
     private var now = TernInstant.zero
-    private var queue = Heap<Event>()
-    /// The kinds of queued events, by `Event.slot`; freed slots are used again.
-    private var kinds: [Kind?] = []
-    private var freeSlots: [Int32] = []
+    private var agenda = Agenda()
     /// Numbers the `handle` calls that gather a client's frames (`SimClient.gatheredBy`).
     private var writeStamp = 0
-    private var sequence: UInt64 = 0
     // The regions and links never change after `init`: as constants they are read without the
     // exclusive-access check that every read of a class's variable costs.
     private let regions: [String: Region]
@@ -316,12 +366,8 @@ public final class Simulation {
     private var acks: [Int: (topic: String, position: StreamPosition, at: TernInstant)] = [:]
     /// Every publish sent: publish number `n` (id `p<n>`) is at index `n - 1`.
     private var sent: [(topic: String, at: TernInstant)] = []
-    /// Publish → deliver latencies, by the index of the subscriber's region in `regionNames`.
-    private var latencies: [[Int64]] = []
-    private var deliveryCount = 0
-    /// Every publication a subscriber received, in the order received. One log for all clients rather
-    /// than one array per client: appending to the end of one array touches memory already in cache.
-    private var deliveryLog: [Delivery] = []
+    /// What subscribers received (`DeliveryRecord`).
+    private var record: DeliveryRecord
     private var linkBatches = 0
     /// Link entries by kind, for the report.
     private var entryKinds: [String: Int] = [:]
@@ -331,7 +377,6 @@ public final class Simulation {
     private var timeline: [SimulationResult.TimelineEntry] = []
     private var violations: [String] = []
     private var lastHeal: TernInstant?
-    private var deliveriesPerSecond: [Int] = []
     /// Every epoch a client received publications in, numbered in the order first seen.
     private var epochNames: [String] = []
     private var epochNumbers: [String: Int32] = [:]
@@ -347,7 +392,7 @@ public final class Simulation {
         self.rng = SplitMix64(seed: seed)
         self.regionNames = scenario.topology.regions.map(\.name)
         self.end = TernInstant.zero + scenario.duration
-        self.latencies = Array(repeating: [], count: regionNames.count)
+        self.record = DeliveryRecord(regions: regionNames.count)
         regionList = regionNames.map { Region(name: $0) }
         regions = Dictionary(uniqueKeysWithValues: regionList.map { ($0.name, $0) })
         var connections: [String: Connection] = [:]
@@ -369,8 +414,14 @@ public final class Simulation {
     /// Mixes the decimal digits of `value`: the same bytes as `mix("\(value)")`, without building a string.
     private func mix(decimal value: Int64) { trace = Self.fnv(trace, decimal: value) }
     private func mix(decimal value: Int) { mix(decimal: Int64(value)) }
-    private func mix(decimal value: UInt64) {
-        if value > UInt64(Int64.max) { mix("\(value)") } else { mix(decimal: Int64(value)) }
+    private func mix(decimal value: UInt64) { trace = Self.fnv(trace, decimal: value) }
+
+    /// FNV-1a over the decimal digits of `value`.
+    static func fnv(_ h: UInt64, decimal value: UInt64) -> UInt64 {
+        if value <= UInt64(Int64.max) { return fnv(h, decimal: Int64(value)) }
+        var h = h
+        for b in "\(value)".utf8 { h = fnv(h, b) }
+        return h
     }
 
     /// One byte of FNV-1a. The trace is mixed through these pure functions and stored once per
@@ -420,16 +471,7 @@ public final class Simulation {
     }
 
     private func schedule(_ at: TernInstant, _ kind: Kind) {
-        sequence += 1
-        let slot: Int32
-        if let free = freeSlots.popLast() {
-            slot = free
-            kinds[Int(free)] = kind
-        } else {
-            slot = Int32(kinds.count)
-            kinds.append(kind)
-        }
-        queue.insert(Event(at: max(at, now), sequence: sequence, slot: slot))
+        agenda.schedule(max(at, now), kind)
     }
 
     private func random(_ range: ClosedRange<Double>) -> Double { Double.random(in: range, using: &rng) }
@@ -470,12 +512,10 @@ public final class Simulation {
         }
         let presenceCheckAt = min(end - .milliseconds(1), quietAt + scenario.invariants.presenceConvergesWithin)
         var lastReport = 0
-        while let event = queue.popMin() {
+        while let (event, kind) = agenda.next() {
             if event.at > end { break }
             now = event.at
             eventCount += 1
-            let kind = kinds[Int(event.slot)].take()!
-            freeSlots.append(event.slot)
             process(kind)
             let second = Int(now.nanoseconds / 1_000_000_000)
             if let progress, second > lastReport {
@@ -1081,17 +1121,14 @@ public final class Simulation {
             epoch = epochNumber(p.position.epoch)
             c.deliveryEpoch = (p.position.epoch, epoch)
         }
-        deliveryLog.append(Delivery(epoch: epoch, publish: Int32(published.number), offset: p.position.offset, client: Int32(c.key.index)))
-        deliveryCount += 1
-        let second = Int(now.nanoseconds / 1_000_000_000)
-        while deliveriesPerSecond.count <= second { deliveriesPerSecond.append(0) }
-        deliveriesPerSecond[second] += 1
-        latencies[c.regionIndex].append(now.nanoseconds - published.at.nanoseconds)
+        record.add(Delivery(epoch: epoch, publish: Int32(published.number), offset: p.position.offset, client: Int32(c.key.index)),
+                     region: c.regionIndex, latency: now.nanoseconds - published.at.nanoseconds,
+                     second: Int(now.nanoseconds / 1_000_000_000))
         var h = Self.fnv(trace, UInt8(ascii: "P"))
         h = Self.fnv(h, decimal: now.nanoseconds)
         h = Self.fnv(h, decimal: Int64(c.key.index))
+        h = Self.fnv(h, decimal: p.position.offset)
         trace = h
-        mix(decimal: p.position.offset)
     }
 
     /// The number of `epoch` in `epochNames`, given it if it has none yet.
@@ -1174,11 +1211,11 @@ public final class Simulation {
         var lost: [(publish: Int, client: Int, text: String)] = []
         // The log grouped by client, each client's deliveries in the order received (a counting sort).
         var starts = [Int](repeating: 0, count: clients.count + 1)
-        for d in deliveryLog { starts[Int(d.client) + 1] += 1 }
+        for d in record.log { starts[Int(d.client) + 1] += 1 }
         for i in clients.indices { starts[i + 1] += starts[i] }
-        var byClient = deliveryLog
+        var byClient = record.log
         var next = starts
-        for d in deliveryLog {
+        for d in record.log {
             byClient[next[Int(d.client)]] = d
             next[Int(d.client)] += 1
         }
@@ -1220,7 +1257,7 @@ public final class Simulation {
             if violations.count > 50 { return }
         }
         if let max = scenario.invariants.maxP99Latency {
-            let p99 = Percentiles(latencies.flatMap { $0 }).p99Ms
+            let p99 = Percentiles(record.latencies.flatMap { $0 }).p99Ms
             if p99 > Double(max.ternNanoseconds) / 1e6 { violations.append("p99 latency \(p99) ms is over the \(max) threshold") }
         }
     }
@@ -1228,9 +1265,9 @@ public final class Simulation {
     private func seconds(_ t: TernInstant) -> Double { Double(t.nanoseconds) / 1e9 }
 
     private func result() -> SimulationResult {
-        let all = latencies.flatMap { $0 }
+        let all = record.latencies.flatMap { $0 }
         var latencyByRegion: [String: Percentiles] = [:]
-        for (i, samples) in latencies.enumerated() where !samples.isEmpty { latencyByRegion[regionNames[i]] = Percentiles(samples) }
+        for (i, samples) in record.latencies.enumerated() where !samples.isEmpty { latencyByRegion[regionNames[i]] = Percentiles(samples) }
         let bounds: [Double] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, SimulationResult.overflowBucket]
         var counts = Array(repeating: 0, count: bounds.count)
         for ns in all {
@@ -1243,14 +1280,14 @@ public final class Simulation {
         return SimulationResult(
             scenario: scenario.name, seed: seed, traceHash: String(trace, radix: 16), violations: violations,
             simulatedSeconds: seconds(end), events: eventCount, clients: clients.count,
-            publishes: publishCount, acknowledged: acks.count, deliveries: deliveryCount,
+            publishes: publishCount, acknowledged: acks.count, deliveries: record.count,
             linkBatches: linkBatches, linkEntries: linkEntries, linkWireBytes: linkWire, linkRawBytes: linkRaw,
             linkMessagesPerPublish: Double(linkEntries) / Double(published),
             linkBytesPerPublish: Double(linkWire) / Double(published),
             linkEntriesByKind: entryKinds,
             latencyByRegion: latencyByRegion, latency: Percentiles(all),
             ackLatency: Percentiles(acks.map { n, ack in (ack.at - sent[n - 1].at).ternNanoseconds }),
-            histogram: histogram, timeline: timeline.sorted { $0.seconds < $1.seconds }, deliveriesPerSecond: deliveriesPerSecond)
+            histogram: histogram, timeline: timeline.sorted { $0.seconds < $1.seconds }, deliveriesPerSecond: record.perSecond)
     }
 }
 
