@@ -847,23 +847,18 @@ public struct RelayCore: Sendable {
                                          sequencedAtWall: publication.sequencedAtWall)
         }
         // Clients still waiting for their subscribe reply (`waiting`) get the stream through that reply, not before it.
-        // WebSockets that take frames directly are gathered into runs of one `write` action per frame;
-        // a run ends before anything else is done for a client, so actions keep the subscribers' order.
-        var run: [ClientID] = []
-        var runTraced = false
+        // WebSockets that take frames directly are gathered into one `write` action per frame (one for
+        // those that trace the topic, one for the rest), after everything else is done for the others:
+        // each client gets one frame here, so only the order of different clients' writes changes.
+        var plainRun: [ClientID] = []
+        var tracedRun: [ClientID] = []
         for client in subscribers where waiting.isEmpty || !waiting.contains(client) {
             guard let i = clients.index(forKey: client) else { continue }
             let (transport, wantsTrace, direct) = clients.reading(i) {
                 ($0.transport, traced != nil && !$0.traced.isEmpty && $0.traced.contains(topic), $0.takesFramesDirectly)
             }
-            // A run ends where the frame changes (traced or not), or before a client that is not written directly.
-            if !run.isEmpty, !direct || runTraced != wantsTrace {
-                actions.append(.write(runTraced ? sharedTraced! : shared, run))
-                run.removeAll()
-            }
             if direct {
-                runTraced = wantsTrace
-                run.append(client)
+                if wantsTrace { tracedRun.append(client) } else { plainRun.append(client) }
                 stats.deliveries += 1
             } else if transport == .websocket {
                 enqueue(client, at: i, wantsTrace ? sharedTraced! : shared, volatileKey: nil)
@@ -871,7 +866,8 @@ public struct RelayCore: Sendable {
                 send(client, .publication(wantsTrace ? traced! : plain))
             }
         }
-        if !run.isEmpty { actions.append(.write(runTraced ? sharedTraced! : shared, run)) }
+        if !plainRun.isEmpty { actions.append(.write(shared, plainRun)) }
+        if !tracedRun.isEmpty { actions.append(.write(sharedTraced!, tracedRun)) }
         if let waiters = topics.reading(topic, { $0.pollWaiters.isEmpty ? nil : $0.pollWaiters.orderedKeys }) ?? nil {
             for client in waiters { completePoll(client, publications: [plain]) }
         }
