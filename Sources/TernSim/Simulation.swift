@@ -288,7 +288,13 @@ public final class Simulation {
         var perSecond: [Int] = []
         var count: Int { log.count }
 
-        init(regions: Int) { latencies = Array(repeating: [], count: regions) }
+        /// Room for about `expected` deliveries over `regions` regions, so that the arrays are not copied
+        /// as they grow; memory reserved and never written costs nothing.
+        init(regions: Int, expected: Int) {
+            latencies = Array(repeating: [], count: regions)
+            log.reserveCapacity(expected)
+            for i in latencies.indices { latencies[i].reserveCapacity(expected / max(1, regions)) }
+        }
 
         mutating func add(_ delivery: Delivery, region: Int, latency: Int64, second: Int) {
             log.append(delivery)
@@ -392,12 +398,22 @@ public final class Simulation {
         self.rng = SplitMix64(seed: seed)
         self.regionNames = scenario.topology.regions.map(\.name)
         self.end = TernInstant.zero + scenario.duration
-        self.record = DeliveryRecord(regions: regionNames.count)
+        self.record = DeliveryRecord(regions: regionNames.count, expected: Self.expectedDeliveries(scenario))
         regionList = regionNames.map { Region(name: $0) }
         regions = Dictionary(uniqueKeysWithValues: regionList.map { ($0.name, $0) })
         var connections: [String: Connection] = [:]
         for l in scenario.topology.links { connections[Self.pairKey(l.between.0, l.between.1)] = Connection() }
         self.connections = connections
+    }
+
+    /// About as many deliveries as the workload makes when nothing fails, with a margin, capped.
+    static func expectedDeliveries(_ scenario: Scenario) -> Int {
+        let w = scenario.workload
+        let regions = Double(w.subscriberRegions?.count ?? scenario.topology.regions.count)
+        let seconds = Double(scenario.duration.ternNanoseconds) / 1e9
+        var perSecond = regions * Double(w.subscribersPerRegion) * w.publishRate / Double(max(1, w.topics))
+        if let c = w.celebrity { perSecond += regions * Double(c.subscribersPerRegion) * c.publishRate }
+        return Int(min(10_000_000, 1.25 * perSecond * seconds))
     }
 
     private func pairKey(_ a: String, _ b: String) -> String { Self.pairKey(a, b) }
@@ -1213,11 +1229,13 @@ public final class Simulation {
         var starts = [Int](repeating: 0, count: clients.count + 1)
         for d in record.log { starts[Int(d.client) + 1] += 1 }
         for i in clients.indices { starts[i + 1] += starts[i] }
-        var byClient = record.log
         var next = starts
-        for d in record.log {
-            byClient[next[Int(d.client)]] = d
-            next[Int(d.client)] += 1
+        let byClient = [Delivery](unsafeUninitializedCapacity: record.log.count) { buffer, initialized in
+            for d in record.log {
+                (buffer.baseAddress! + next[Int(d.client)]).initialize(to: d)
+                next[Int(d.client)] += 1
+            }
+            initialized = record.log.count
         }
         for c in clients {
             guard case .subscriber(let topic) = c.role else { continue }
