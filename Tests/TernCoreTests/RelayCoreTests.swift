@@ -23,6 +23,27 @@ struct RelayCoreTests {
         #expect(addresses.count == 1)
     }
 
+    @Test("traced and untraced subscribers, interleaved, get two write actions: the shared frame and the traced one")
+    func twoWritesForTracedAndPlain() {
+        var h = CoreHarness()
+        let subs = (1...6).map { i -> ClientID in
+            let c = h.connect(UInt64(i), as: CoreHarness.user("u\(i)"))
+            h.send(.command(c, ref: 1, .subscribe(topic: "news:mixed", since: nil, trace: i.isMultiple(of: 2))))
+            _ = h.received(c)
+            return c
+        }
+        h.send(.apiPublish(request: 1, topic: "news:mixed", id: "", data: "1"))
+        let writes = h.actions.compactMap { if case .write(let frame, let clients) = $0 { (frame, clients) } else { nil } }
+        #expect(writes.count == 2)
+        #expect(writes.first?.1 == [subs[0], subs[2], subs[4]], "the untraced, in subscription order")
+        #expect(writes.last?.1 == [subs[1], subs[3], subs[5]], "the traced, in subscription order")
+        for (i, c) in subs.enumerated() {
+            let got = h.received(c).compactMap { if case .publication(let p) = $0 { p } else { nil } }
+            #expect(got.count == 1)
+            #expect((got.first?.trace != nil) == (i % 2 == 1), "only the traced subscribers get hops")
+        }
+    }
+
     @Test("publications reach every subscriber in order with increasing offsets")
     func publishOrder() {
         var h = CoreHarness()
