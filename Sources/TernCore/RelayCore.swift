@@ -125,9 +125,9 @@ public struct RelayCore: Sendable {
         /// Its subscriptions, changed only with `addSubscription` and `removeSubscription`.
         private(set) var subscriptions = IndexedMap<String, Void>()
         /// The number of subscriptions and the sum of their topics' checksums (`RelayCore.checksum`),
-        /// and the sum for `traced`: kept beside the collections so that the full invariant sweep reads
-        /// this state alone, not every client's collections. Checked against the collections after
-        /// every event that changes them (`checkChangedAfterEvent`).
+        /// and the sum for `traced`: kept beside the collections, by the only methods that change them,
+        /// so that the full invariant sweep reads this state alone rather than every client's
+        /// collections (`checkInvariantsInPlace`).
         private(set) var subscriptionCount = 0
         private(set) var subscriptionSum: UInt64 = 0
         private(set) var tracedSum: UInt64 = 0
