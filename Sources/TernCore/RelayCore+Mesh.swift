@@ -192,22 +192,19 @@ extension RelayCore {
     /// The neighbours whose links are up.
     public var upLinks: [String] { mesh?.up.sorted() ?? [] }
 
-    /// The region that sequences `topic`: pinned by namespace, else first by rendezvous order.
-    ///
-    /// For drivers and tests. The core's own code, which changes state, asks `currentHome(of:)`: a
-    /// non-mutating method called from a mutating one makes a copy of the whole core first.
+    /// The region that sequences `topic`: pinned by namespace, else first by rendezvous order among
+    /// the regions not unreachable for longer than failover_after. For drivers and tests; the core's
+    /// own code, which changes state, asks `currentHome(of:)`.
     public func home(of topic: String) -> String {
-        var core = self
-        return core.currentHome(of: topic)
+        guard mesh != nil else { return config.region }
+        return Self.home(of: topic, in: mesh!.config, excluding: mesh!.failed) ?? config.region
     }
 
-    /// `home(of:)`, reading the mesh state in place.
+    /// `home(of:)` for mutating code: a non-mutating method called from a mutating one makes Swift
+    /// copy the whole core first, and this is asked on every subscribe and presence message.
     mutating func currentHome(of topic: String) -> String {
-        // Reads through `mesh!` rather than binding it: a binding copies (and retains) the whole mesh state.
         guard mesh != nil else { return config.region }
-        if !mesh!.config.pinnedHomes.isEmpty, let ns = TopicName.namespace(of: topic), let pinned = mesh!.config.pinnedHomes[String(ns)] { return pinned }
-        // Regions unreachable for longer than failover_after are passed over; the next by rendezvous order takes over.
-        return Rendezvous.first(topic: topic, regions: mesh!.config.graph.regions, excluding: mesh!.failed) ?? config.region
+        return Self.home(of: topic, in: mesh!.config, excluding: mesh!.failed) ?? config.region
     }
 
     mutating func isHome(_ topic: String) -> Bool { mesh == nil || currentHome(of: topic) == config.region }
@@ -215,8 +212,14 @@ extension RelayCore {
     /// The region that sequences `topic` when every region is alive: a failover home is any other.
     func canonicalHome(of topic: String) -> String {
         guard mesh != nil else { return config.region }
-        if !mesh!.config.pinnedHomes.isEmpty, let ns = TopicName.namespace(of: topic), let pinned = mesh!.config.pinnedHomes[String(ns)] { return pinned }
-        return Rendezvous.first(topic: topic, regions: mesh!.config.graph.regions) ?? config.region
+        return Self.home(of: topic, in: mesh!.config, excluding: []) ?? config.region
+    }
+
+    /// The home of `topic` in a mesh: pinned by its namespace, else the first region by rendezvous
+    /// order that is not `excluded`.
+    static func home(of topic: String, in config: MeshConfig, excluding excluded: Set<String>) -> String? {
+        if !config.pinnedHomes.isEmpty, let ns = TopicName.namespace(of: topic), let pinned = config.pinnedHomes[String(ns)] { return pinned }
+        return Rendezvous.first(topic: topic, regions: config.graph.regions, excluding: excluded)
     }
 
     // MARK: Link events

@@ -471,7 +471,7 @@ public struct RelayCore: Sendable {
     }
 
     mutating func authenticated(_ client: ClientID, ref: UInt64?, _ identity: ClientIdentity, now: TernInstant) {
-        guard clients[client] != nil, clients[client]?.closing == false else { return }
+        guard let (closing, transport) = clients.reading(client, { ($0.closing, $0.transport) }), !closing else { return }
         if let expiry = identity.expiresAt, expiry <= now {
             authenticationFailed(client, ref: ref, .expired)
             return
@@ -479,13 +479,13 @@ public struct RelayCore: Sendable {
         clients.update(client) { $0.authenticating = false }
         clients.update(client) { $0.identity = identity }
         if let expiry = identity.expiresAt { schedule(expiry, .tokenExpiry(client)) }
-        if clients[client]?.transport == .websocket {
+        if transport == .websocket {
             send(client, .reply(ref: ref, .connected(client: client, user: identity.user, region: config.region)))
         }
     }
 
     mutating func authenticationFailed(_ client: ClientID, ref: UInt64?, _ failure: AuthFailure) {
-        guard clients[client] != nil else { return }
+        guard clients.contains(client) else { return }
         clients.update(client) { $0.authenticating = false }
         let (error, code): (TernError, CloseCode) = switch failure {
         case .expired: (TernError(.tokenExpired, "the token has expired; connect with a fresh one"), .tokenExpired)
@@ -1087,18 +1087,19 @@ public struct RelayCore: Sendable {
             _ = deadlines.removeMin()
             switch next.kind {
             case .connectTimeout(let client):
-                if let state = clients[client], state.identity == nil, !state.authenticating {
+                // Fields read in place: a copy of the client state would retain everything it holds.
+                if clients.reading(client, { $0.identity == nil && !$0.authenticating }) == true {
                     beginClose(client, .connectTimeout)
                 }
             case .tokenExpiry(let client):
-                if let expiry = clients[client]?.identity?.expiresAt, expiry <= now {
+                if let expiry = clients.reading(client, { $0.identity?.expiresAt }) ?? nil, expiry <= now {
                     send(client, .error(ref: nil, TernError(.tokenExpired, "the token has expired; reconnect with a fresh one")))
                     beginClose(client, .tokenExpired)
                 }
             case .pollTimeout(let client):
-                if clients[client]?.transport == .poll { completePoll(client) }
+                if clients.reading(client, { $0.transport }) == .poll { completePoll(client) }
             case .topicSweep(let topic):
-                if topics[topic]?.sweepAt == next.at { topics.update(topic) { $0.sweepAt = nil } }
+                if topics.reading(topic, { $0.sweepAt }) == next.at { topics.update(topic) { $0.sweepAt = nil } }
                 sweepIfIdle(topic, now: now)
             case .interestLinger(let topic):
                 interestLingerEnded(topic, now: now)
