@@ -90,7 +90,11 @@ let package = Package(
                 .product(name: "HeapModule", package: "swift-collections"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Yams", package: "Yams"),
-            ]
+            ],
+            // The simulator runs on one thread; every class property access is checked for
+            // overlapping access at run time. Debug builds (and so the tests) keep those checks;
+            // release builds, which measure speed and run the swarm, leave them out.
+            swiftSettings: [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
         ),
         /// Swift WebSocket client with reconnect, backoff and recovery by position.
         .target(

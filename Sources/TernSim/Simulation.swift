@@ -37,6 +37,12 @@ public struct Percentiles: Sendable, Codable {
     /// Each rank is selected in place rather than sorting all, since a run keeps one sample per delivery.
     init(_ samples: [Int64]) {
         var values = samples
+        self.init(selectingIn: &values)
+    }
+
+    /// The percentiles of `values`, selected in the caller's array (which is left in another order),
+    /// so a run's large arrays of samples are not copied.
+    init(selectingIn values: inout [Int64]) {
         count = values.count
         guard !values.isEmpty else {
             p50Ms = 0; p90Ms = 0; p99Ms = 0; maxMs = 0
@@ -268,12 +274,15 @@ public final class Simulation {
 
     /// One publication a client received: its position (the epoch by its number in `epochNames`) and
     /// its publish number (`p<n>` is `n`). Small and without references, since every delivery keeps one.
+    /// 16 bytes: a run keeps one per delivery, and writing fresh memory is a large part of its cost.
     struct Delivery {
         var epoch: Int32
         var publish: Int32
-        var offset: UInt64
         /// The client's index in `clients`.
         var client: Int32
+        /// The offset in `epoch`. Offsets count a run's publishes, which are numbered in 32 bits too
+        /// (`publish`); `deliver` reports an offset that does not fit as a violation.
+        var offset: UInt32
     }
 
     /// Every publication a subscriber received, with its publish → deliver latency and the count per
@@ -1137,7 +1146,11 @@ public final class Simulation {
             epoch = epochNumber(p.position.epoch)
             c.deliveryEpoch = (p.position.epoch, epoch)
         }
-        record.add(Delivery(epoch: epoch, publish: Int32(published.number), offset: p.position.offset, client: Int32(c.key.index)),
+        guard let offset = UInt32(exactly: p.position.offset) else {
+            violations.append("\(c.key.region)#\(c.key.index) got \(p.id) on \(p.topic) at offset \(p.position.offset), past any this run can reach")
+            return
+        }
+        record.add(Delivery(epoch: epoch, publish: Int32(published.number), client: Int32(c.key.index), offset: offset),
                      region: c.regionIndex, latency: now.nanoseconds - published.at.nanoseconds,
                      second: Int(now.nanoseconds / 1_000_000_000))
         var h = Self.fnv(trace, UInt8(ascii: "P"))
@@ -1229,27 +1242,29 @@ public final class Simulation {
         var starts = [Int](repeating: 0, count: clients.count + 1)
         for d in record.log { starts[Int(d.client) + 1] += 1 }
         for i in clients.indices { starts[i + 1] += starts[i] }
+        // Positions in the log rather than copies of its entries: a quarter of the memory.
         var next = starts
-        let byClient = [Delivery](unsafeUninitializedCapacity: record.log.count) { buffer, initialized in
-            for d in record.log {
-                (buffer.baseAddress! + next[Int(d.client)]).initialize(to: d)
+        let byClient = [Int32](unsafeUninitializedCapacity: record.log.count) { buffer, initialized in
+            for (i, d) in record.log.enumerated() {
+                buffer[next[Int(d.client)]] = Int32(i)
                 next[Int(d.client)] += 1
             }
             initialized = record.log.count
         }
+        let log = record.log
         for c in clients {
             guard case .subscriber(let topic) = c.role else { continue }
             var last: Delivery?
             var table: OffsetTable?
-            func position(_ d: Delivery) -> StreamPosition { StreamPosition(epoch: epochNames[Int(d.epoch)], offset: d.offset) }
-            let deliveries = byClient[starts[c.key.index]..<starts[c.key.index + 1]]
+            func position(_ d: Delivery) -> StreamPosition { StreamPosition(epoch: epochNames[Int(d.epoch)], offset: UInt64(d.offset)) }
+            let deliveries = byClient[starts[c.key.index]..<starts[c.key.index + 1]].lazy.map { log[Int($0)] }
             for d in deliveries {
                 let publish = Int(d.publish)
                 if table == nil || last?.epoch != d.epoch {
                     let key = EpochKey(topic: topic, epoch: epochNames[Int(d.epoch)])
                     if let t = tables[key] { table = t } else { let t = OffsetTable(); tables[key] = t; table = t }
                 }
-                let known = table!.record(d.offset, publish)
+                let known = table!.record(UInt64(d.offset), publish)
                 if known != publish {
                     violations.append("order differs within epoch: \(topic) \(position(d)) is p\(known) for one client and p\(publish) for \(c.key.region)#\(c.key.index)")
                 }
@@ -1275,17 +1290,23 @@ public final class Simulation {
             if violations.count > 50 { return }
         }
         if let max = scenario.invariants.maxP99Latency {
-            let p99 = Percentiles(record.latencies.flatMap { $0 }).p99Ms
+            let p99 = latencySummary().all.p99Ms
             if p99 > Double(max.ternNanoseconds) / 1e6 { violations.append("p99 latency \(p99) ms is over the \(max) threshold") }
         }
     }
 
     private func seconds(_ t: TernInstant) -> Double { Double(t.nanoseconds) / 1e9 }
 
-    private func result() -> SimulationResult {
-        let all = record.latencies.flatMap { $0 }
-        var latencyByRegion: [String: Percentiles] = [:]
-        for (i, samples) in record.latencies.enumerated() where !samples.isEmpty { latencyByRegion[regionNames[i]] = Percentiles(samples) }
+    /// Publish → deliver percentiles per region and overall, and the histogram, worked out once at the
+    /// end of the run. The per-region samples are selected where they lie (their order is not kept),
+    /// and only the overall array is new.
+    private func latencySummary() -> LatencySummary {
+        if let summary = latencies { return summary }
+        var byRegion: [String: Percentiles] = [:]
+        for i in record.latencies.indices where !record.latencies[i].isEmpty {
+            byRegion[regionNames[i]] = Percentiles(selectingIn: &record.latencies[i])
+        }
+        var all = record.latencies.flatMap { $0 }
         let bounds: [Double] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, SimulationResult.overflowBucket]
         var counts = Array(repeating: 0, count: bounds.count)
         for ns in all {
@@ -1294,6 +1315,21 @@ public final class Simulation {
         }
         var histogram: [Double: Int] = [:]
         for (i, n) in counts.enumerated() where n > 0 { histogram[bounds[i]] = n }
+        let summary = LatencySummary(byRegion: byRegion, all: Percentiles(selectingIn: &all), histogram: histogram)
+        latencies = summary
+        return summary
+    }
+
+    struct LatencySummary {
+        var byRegion: [String: Percentiles]
+        var all: Percentiles
+        var histogram: [Double: Int]
+    }
+
+    private var latencies: LatencySummary?
+
+    private func result() -> SimulationResult {
+        let latencies = latencySummary()
         let published = max(1, publishCount)
         return SimulationResult(
             scenario: scenario.name, seed: seed, traceHash: String(trace, radix: 16), violations: violations,
@@ -1303,9 +1339,9 @@ public final class Simulation {
             linkMessagesPerPublish: Double(linkEntries) / Double(published),
             linkBytesPerPublish: Double(linkWire) / Double(published),
             linkEntriesByKind: entryKinds,
-            latencyByRegion: latencyByRegion, latency: Percentiles(all),
+            latencyByRegion: latencies.byRegion, latency: latencies.all,
             ackLatency: Percentiles(acks.map { n, ack in (ack.at - sent[n - 1].at).ternNanoseconds }),
-            histogram: histogram, timeline: timeline.sorted { $0.seconds < $1.seconds }, deliveriesPerSecond: record.perSecond)
+            histogram: latencies.histogram, timeline: timeline.sorted { $0.seconds < $1.seconds }, deliveriesPerSecond: record.perSecond)
     }
 }
 
