@@ -852,10 +852,13 @@ public struct RelayCore: Sendable {
         // each client gets one frame here, so only the order of different clients' writes changes.
         var plainRun: [ClientID] = []
         var tracedRun: [ClientID] = []
+        // A Bool, not `traced != nil` inside the loop: that comparison copied the whole publication,
+        // with a retain of each of its references, once per subscriber.
+        let anyTracing = traced != nil
         for client in subscribers where waiting.isEmpty || !waiting.contains(client) {
             guard let i = clients.index(forKey: client) else { continue }
             let (transport, wantsTrace, direct) = clients.reading(i) {
-                ($0.transport, traced != nil && !$0.traced.isEmpty && $0.traced.contains(topic), $0.takesFramesDirectly)
+                ($0.transport, anyTracing && !$0.traced.isEmpty && $0.traced.contains(topic), $0.takesFramesDirectly)
             }
             if direct {
                 if wantsTrace { tracedRun.append(client) } else { plainRun.append(client) }
