@@ -34,6 +34,25 @@ public struct IndexedMap<Key: Hashable & Sendable, Value: Sendable>: Sendable {
         }
     }
 
+    /// Sets the value for `key`, returning the one it replaces: one hash of the key, where reading and
+    /// then setting through the subscript hash it two or three times.
+    @discardableResult
+    public mutating func updateValue(_ value: Value, forKey key: Key) -> Value? {
+        let next = keys.count
+        let i = Self.slot(&index[key, default: next])
+        guard i < next else {
+            keys.append(key)
+            values.append(value)
+            return nil
+        }
+        let old = values[i]
+        values[i] = value
+        return old
+    }
+
+    @inline(__always)
+    private static func slot(_ i: inout Int) -> Int { i }
+
     /// Whether `key` is present.
     public func contains(_ key: Key) -> Bool { index[key] != nil }
 

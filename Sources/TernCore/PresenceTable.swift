@@ -39,11 +39,10 @@ public struct PresenceTable: Sendable {
     @discardableResult
     public mutating func insert(_ entry: PresenceEntry) -> Bool {
         let key = PresenceKey(region: entry.region, client: entry.client)
-        let old = entries[key]
+        let old = entries.updateValue(entry, forKey: key)
         // A snapshot repeats entries the table already holds: leave those as they are.
         if let old, old == entry { return false }
         if let old { release(old) }
-        entries[key] = entry
         connectionsPerUser[entry.user, default: 0] += 1
         Self.add(&perRegion[entry.region, default: (0, 0)], Self.hash(entry))
         return old == nil

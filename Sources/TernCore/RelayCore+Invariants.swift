@@ -177,7 +177,9 @@ extension RelayCore {
                 continue
             }
         }
-        let home = isHome(name)
+        // Working out the home hashes the name once per region: only a stream without one of its
+        // own needs to know.
+        let home = topics.reading(ti, { $0.stream.problemDependsOnHome }) ? isHome(name) : false
         if let problem = topics.reading(ti, { $0.stream.problem(isHome: home) }) { problems.append("\(name) \(problem)") }
         return problems
     }

@@ -120,8 +120,10 @@ extension RelayCore {
             dropPresence(topic, owner: owner)
         }
         mesh!.presenceSeen[topic, default: [:]][owner] = (incarnation, sequence)
-        mesh!.stalePresence.update(topic) { $0[owner] = nil }
-        if mesh!.stalePresence[topic]?.isEmpty == true { mesh!.stalePresence.removeValue(forKey: topic) }
+        if !mesh!.stalePresence.isEmpty {
+            mesh!.stalePresence.update(topic) { $0[owner] = nil }
+            if mesh!.stalePresence[topic]?.isEmpty == true { mesh!.stalePresence.removeValue(forKey: topic) }
+        }
         guard topics.contains(topic) else { return false }
         switch change {
         case .join(let entry):

@@ -492,10 +492,14 @@ extension TopicStream {
 }
 
 extension TopicStream {
+    /// Whether `problem(isHome:)` depends on `isHome`: only for a stream with no epoch of its own
+    /// (or not synced) and not recovering one.
+    var problemDependsOnHome: Bool { recovery == nil && (epoch.isEmpty || !synced) }
+
     /// What is inconsistent in this stream, if anything, as a phrase that follows the topic's name.
     /// `isHome` says whether this region is the topic's home now.
     func problem(isHome: Bool) -> String? {
-        if isHome, recovery == nil, epoch.isEmpty || !synced { return "is homed here but has no stream of its own (\(sync))" }
+        if isHome, problemDependsOnHome { return "is homed here but has no stream of its own (\(sync))" }
         if !history.isOrdered { return "has a history not in increasing offsets of one epoch" }
         if history.count > history.capacity { return "has a history holding \(history.count) of \(history.capacity)" }
         if synced, let last = history.newest, last.position.epoch == epoch, last.position.offset > offset {

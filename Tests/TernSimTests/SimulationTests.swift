@@ -25,6 +25,25 @@ func small(_ name: String, seconds: Int64 = 20) throws -> Scenario {
 
 @Suite("The deterministic simulator")
 struct SimulationTests {
+    @Test("the trace hashes a number as the FNV-1a of its decimal text")
+    func traceHashesDecimalText() {
+        func text(_ h: UInt64, _ s: String) -> UInt64 { s.utf8.reduce(h) { Simulation.fnv($0, $1) } }
+        var rng = SplitMix64(seed: 11)
+        var values: [Int64] = [0, 1, 9, 10, 11, 99, 100, 101, 999, 1000, -1, -9, -10, -100, Int64.max, Int64.min, Int64.min + 1]
+        for digits in 1...18 {
+            let p = (0..<digits).reduce(Int64(1)) { a, _ in a * 10 }
+            values += [p - 1, p, p + 1, -p, -(p - 1)]
+        }
+        for _ in 0..<2000 { values.append(Int64(bitPattern: rng.next()) >> Int64(rng.next() % 63)) }
+        let seed: UInt64 = 0xcbf2_9ce4_8422_2325
+        for v in values {
+            #expect(Simulation.fnv(seed, decimal: v) == text(seed, "\(v)"), "\(v)")
+        }
+        for v: UInt64 in [0, 7, UInt64(Int64.max), UInt64(Int64.max) + 1, UInt64.max, rng.next() | 1 << 63] {
+            #expect(Simulation.fnv(seed, decimal: v) == text(seed, "\(v)"), "\(v)")
+        }
+    }
+
     @Test("percentiles are the values at the same ranks as in the sorted samples")
     func percentilesMatchSorting() {
         var rng = SplitMix64(seed: 7)
