@@ -154,6 +154,8 @@ public final class Simulation {
         case clientFrames(Int, Int, [ServerMessage])
         /// One frame, the usual case, without an array to hold it.
         case clientFrame(Int, Int, ServerMessage)
+        /// A publication frame, read once for all the clients one `write` sends it to.
+        case clientPublication(Int, Int, SharedPublication)
         case clientSend(Int, Int, UInt64, ClientCommand)
         case clientClosedByRelay(Int, Int, CloseCode)
         case clientReconnect(Int)
@@ -213,6 +215,18 @@ public final class Simulation {
     }
 
     struct ClientKey: Hashable { var region: String; var index: Int }
+
+    /// A publication as the clients of one `write` receive it. Held by reference, so that each
+    /// client's event carries a pointer instead of a copy of the publication's fields, each of
+    /// which would be retained and released per client.
+    final class SharedPublication {
+        let message: ServerMessage
+        let publication: Publication
+        init(_ message: ServerMessage, _ publication: Publication) {
+            self.message = message
+            self.publication = publication
+        }
+    }
 
     /// A relay's simulated clients by connection id. The simulator numbers connections from 1, so an
     /// array indexed by id serves, with no hashing on the delivery path.
@@ -592,6 +606,15 @@ public final class Simulation {
             let client = clients[index]
             guard client.generation == generation else { return }
             clientReceived(client, message)
+        case .clientPublication(let index, let generation, let shared):
+            let client = clients[index]
+            guard client.generation == generation else { return }
+            if Self.traceClient != nil {
+                clientReceived(client, shared.message)
+            } else {
+                checkHops(client, shared.publication)
+                deliver(client, shared.publication)
+            }
         case .clientSend(let index, let generation, let ref, let command):
             let client = clients[index]
             let key = client.key
@@ -717,6 +740,8 @@ public final class Simulation {
             switch action {
             case .write(let frame, let ids):
                 let message = r.encoder.decode(frame)
+                var shared: SharedPublication?
+                if case .publication(let p) = message { shared = SharedPublication(message, p) }
                 for id in ids {
                     guard let c = r.clientsByConnection[id] else { continue }
                     if stamp != 0, c.gatheredBy == stamp {
@@ -726,7 +751,11 @@ public final class Simulation {
                             sendFrames(c, messages)
                         }
                     } else if c.written.isEmpty {
-                        sendFrame(c, message)
+                        if let shared {
+                            schedule(arrival(c), .clientPublication(c.key.index, c.generation, shared))
+                        } else {
+                            sendFrame(c, message)
+                        }
                     } else {
                         // An event handled inside another (a token check answered at once) writes
                         // after frames the outer event gathered and has not sent yet: they go first.
@@ -1046,9 +1075,15 @@ public final class Simulation {
 
     /// Sends a client one frame, as `sendFrames` does.
     private func sendFrame(_ c: SimClient, _ message: ServerMessage) {
+        schedule(arrival(c), .clientFrame(c.key.index, c.generation, message))
+    }
+
+    /// When a frame sent to `c` now arrives: after the client latency, and not before the frame
+    /// sent before it (a connection delivers in order).
+    private func arrival(_ c: SimClient) -> TernInstant {
         let at = max(now + sample(scenario.network.clientLatency, scenario.network.clientLatencyDistribution), c.lastArrival)
         c.lastArrival = at
-        schedule(at, .clientFrame(c.key.index, c.generation, message))
+        return at
     }
 
     private func clientReceived(_ c: SimClient, _ message: ServerMessage) {
