@@ -586,7 +586,7 @@ extension RelayCore {
     /// and fed by its parent in the home's tree. A cache whose upstream lapsed or is no longer the
     /// way to the home may be stale (the home moved meanwhile) and must not serve children.
     mutating func isCurrent(_ topic: String) -> Bool {
-        guard let t = topics[topic], t.stream.synced, !t.stream.resyncing, let up = mesh?.upstream[topic] else { return false }
+        guard topics.reading(topic, { $0.stream.synced && !$0.stream.resyncing }) == true, let up = mesh?.upstream[topic] else { return false }
         return up == parent(of: topic)
     }
 

@@ -235,8 +235,10 @@ extension RelayCore {
     /// entries travel up separately and may be in flight; if the upstream holds something else for
     /// this region, it sends its own snapshot towards the home again (repeating one is harmless).
     mutating func receivePresenceDigest(_ topic: String, _ owners: [PresenceDigestEntry], from peer: String) {
-        guard mesh != nil, let t = topics[topic], t.options.presence else { return }
-        let table = t.presence
+        // Read in place: `topics[topic]` copies the whole topic state.
+        guard mesh != nil, let (presence, table, synced, resyncing) = topics.reading(topic, {
+            ($0.options.presence, $0.presence, $0.stream.synced, $0.stream.resyncing)
+        }), presence else { return }
         var listed = Set<String>()
         var diverged = false
         var ownDiffers = false
@@ -253,7 +255,7 @@ extension RelayCore {
                                        sequence: mesh!.presenceSequence[topic] ?? mesh!.presenceClock,
                                        change: .snapshot(table.entries(of: config.region)), towardsHome: true))
         }
-        if diverged, t.stream.synced, !t.stream.resyncing {
+        if diverged, synced, !resyncing {
             stats.presenceResyncs += 1
             askAgain(topic, from: peer)
         }

@@ -87,27 +87,34 @@ extension RelayCore {
     /// Answers a publish the home has sequenced: at once when nothing needs to wait, else once
     /// the replica reports that it holds the publication (or an error at `home_timeout`).
     mutating func answerOnceHeld(_ topic: String, _ origin: PublishOrigin, _ result: Result<ReplyBody, TernError>) {
+        // Read and changed in place, once per publish: `topics[topic]` copies the whole topic state.
         guard case .success(.published(_, let position?, let duplicate)) = result, needsReplication(topic),
-              let t = topics[topic], isHome(topic), position.epoch == t.stream.epoch,
-              !(t.stream.replication.epoch == position.epoch && position.offset <= t.stream.replication.through) else {
+              let (epoch, replicated, through) = topics.reading(topic, { ($0.stream.epoch, $0.stream.replication.epoch, $0.stream.replication.through) }),
+              isHome(topic), position.epoch == epoch,
+              !(replicated == position.epoch && position.offset <= through) else {
             answer(origin, result)
             return
         }
         let expires = clock + mesh!.config.homeTimeout
-        topics.update(topic) { $0.stream.replication.pending.append(PendingAck(position: position, origin: origin, duplicate: duplicate, expires: expires)) }
-        if topics[topic]?.stream.replication.timeoutAt == nil {
-            topics.update(topic) { $0.stream.replication.timeoutAt = expires }
-            schedule(expires, .ackTimeout(topic))
-        }
-        if topics[topic]?.stream.replication.replica == nil { updateReplica(topic) }
+        let timerNeeded = topics.update(topic) { t -> Bool in
+            t.stream.replication.pending.append(PendingAck(position: position, origin: origin, duplicate: duplicate, expires: expires))
+            guard case .none = t.stream.replication.timeoutAt else { return false }
+            t.stream.replication.timeoutAt = expires
+            return true
+        } ?? false
+        if timerNeeded { schedule(expires, .ackTimeout(topic)) }
+        if topics.reading(topic, { if case .none = $0.stream.replication.replica { true } else { false } }) == true { updateReplica(topic) }
     }
 
     /// Called by the home as it sequences in `epoch`: the first publication of an epoch starts
     /// its replicated count at the offset before it.
     mutating func replicationWillSequence(_ topic: String) {
-        guard let t = topics[topic], t.stream.replication.epoch != t.stream.epoch else { return }
-        topics.update(topic) { $0.stream.replication.epoch = t.stream.epoch }
-        topics.update(topic) { $0.stream.replication.through = t.stream.offset }
+        // Read and changed in place, once per publication sequenced: `topics[topic]` copies the whole topic state.
+        guard topics.reading(topic, { $0.stream.replication.epoch != $0.stream.epoch }) == true else { return }
+        topics.update(topic) { t in
+            t.stream.replication.epoch = t.stream.epoch
+            t.stream.replication.through = t.stream.offset
+        }
     }
 
     /// A replica's report, on its way to the home or arrived there.
@@ -116,17 +123,18 @@ extension RelayCore {
             route(.replicated(topic: topic, epoch: epoch, from: from, to: to, home: home), to: home)
             return
         }
-        guard let t = topics[topic], isHome(topic), t.stream.replication.epoch == epoch else { return }
-        var r = t.stream.replication
-        if from <= r.through.saturatingAdd(1), to > r.through { r.through = t.stream.epoch == epoch ? min(to, t.stream.offset) : to }
-        topics.update(topic) { $0.stream.replication = r }
+        // Read and changed in place: `topics[topic]` copies the whole topic state.
+        guard topics.reading(topic, { $0.stream.replication.epoch == epoch }) == true, isHome(topic) else { return }
+        topics.update(topic) { t in
+            let through = t.stream.replication.through
+            if from <= through.saturatingAdd(1), to > through { t.stream.replication.through = t.stream.epoch == epoch ? min(to, t.stream.offset) : to }
+        }
         releaseAcknowledgments(topic)
     }
 
     /// Answers every pending publish the replica now holds.
     mutating func releaseAcknowledgments(_ topic: String) {
-        guard let t = topics[topic], !t.stream.replication.pending.isEmpty else { return }
-        let r = t.stream.replication
+        guard let r = topics.reading(topic, { $0.stream.replication }), !r.pending.isEmpty else { return }
         let held = r.pending.prefix { $0.position.epoch == r.epoch && $0.position.offset <= r.through }
         guard !held.isEmpty else { return }
         topics.update(topic) { $0.stream.replication.pending.removeFirst(held.count) }
@@ -137,8 +145,8 @@ extension RelayCore {
 
     /// Fails every pending acknowledgment of `topic` with `reason` (the home moved, or time ran out).
     mutating func failAcknowledgments(_ topic: String, where expired: (PendingAck) -> Bool, _ reason: String) {
-        guard let t = topics[topic], !t.stream.replication.pending.isEmpty else { return }
-        let failing = t.stream.replication.pending.filter(expired)
+        guard let pending = topics.reading(topic, { $0.stream.replication.pending }), !pending.isEmpty else { return }
+        let failing = pending.filter(expired)
         guard !failing.isEmpty else { return }
         topics.update(topic) { $0.stream.replication.pending.removeAll(where: expired) }
         for ack in failing { answer(ack.origin, .failure(TernError(.internalError, reason))) }
@@ -195,17 +203,18 @@ extension RelayCore {
     /// asked) it can tell the home exactly what it holds.
     mutating func replicaReceived(_ publication: Publication) {
         let topic = publication.topic
-        guard mesh != nil, let t = topics[topic] else { return }
+        // Read in place: `topics[topic]` copies the whole topic state, once per replicated publication.
+        guard mesh != nil, let (replicaRun, following) = topics.reading(topic, { ($0.stream.replicaRun, $0.stream.replicaOf != nil) }) else { return }
         let p = publication.position
-        if var run = t.stream.replicaRun, run.epoch == p.epoch, p.offset.follows(run.to) {
+        if var run = replicaRun, run.epoch == p.epoch, p.offset.follows(run.to) {
             run.to = p.offset
             topics.update(topic) { $0.stream.replicaRun = run }
-        } else if let run = t.stream.replicaRun, run.epoch == p.epoch, p.offset >= run.from, p.offset <= run.to {
+        } else if let run = replicaRun, run.epoch == p.epoch, p.offset >= run.from, p.offset <= run.to {
             return
         } else {
             topics.update(topic) { $0.stream.replicaRun = ReplicaRun(epoch: p.epoch, from: p.offset, to: p.offset) }
         }
-        if t.stream.replicaOf != nil { mesh!.replicaReports.insert(topic) }
+        if following { mesh!.replicaReports.insert(topic) }
     }
 
     /// After a batch: each replica tells its home what it now holds, once per topic.
@@ -214,7 +223,8 @@ extension RelayCore {
         let reports = mesh!.replicaReports.sorted()
         mesh!.replicaReports.removeAll()
         for topic in reports {
-            guard let t = topics[topic], let home = t.stream.replicaOf, let run = t.stream.replicaRun else { continue }
+            guard let (replicaOf, replicaRun) = topics.reading(topic, { ($0.stream.replicaOf, $0.stream.replicaRun) }),
+                  let home = replicaOf, let run = replicaRun else { continue }
             route(.replicated(topic: topic, epoch: run.epoch, from: run.from, to: run.to, home: home), to: home)
         }
     }

@@ -55,12 +55,13 @@ extension RelayCore {
     /// come back), a region that is no longer the home forgets them all, and every region with traced
     /// subscribers asks the topic's current home again.
     mutating func refreshTrace(_ topic: String) {
-        guard let t = topics[topic] else { return }
-        if !t.tracedBy.isEmpty {
-            let kept: Set<String> = isHome(topic) ? t.tracedBy.filter { canReach($0) } : []
+        // Read in place: `topics[topic]` copies the whole topic state.
+        guard let (tracedBy, traceSubscribers) = topics.reading(topic, { ($0.tracedBy, $0.traceSubscribers) }) else { return }
+        if !tracedBy.isEmpty {
+            let kept: Set<String> = isHome(topic) ? tracedBy.filter { canReach($0) } : []
             topics.update(topic) { $0.tracedBy = kept }
         }
-        if t.traceSubscribers > 0 { tellHomeAboutTrace(topic, on: true) }
+        if traceSubscribers > 0 { tellHomeAboutTrace(topic, on: true) }
     }
 
     /// `reply` as `client` may see it: recovered publications carry hops only for a traced subscription.

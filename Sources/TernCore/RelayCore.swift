@@ -122,6 +122,9 @@ public struct RelayCore: Sendable {
         var transport: Transport
         var identity: ClientIdentity?
         var authenticating = false
+        /// Whether `identity` is set. `identity != nil` compiles to Equatable's `!=` on two optionals
+        /// here, which copies the identity (and retains its fields) to compare it.
+        var hasIdentity: Bool { if case .some = identity { true } else { false } }
         /// Its subscriptions, changed only with `addSubscription` and `removeSubscription`.
         private(set) var subscriptions = IndexedMap<String, Void>()
         /// The number of subscriptions and the sum of their topics' checksums (`RelayCore.checksum`),
@@ -417,7 +420,7 @@ public struct RelayCore: Sendable {
         guard let (closing, identity, authenticating) = clients.reading(client, { ($0.closing, $0.identity, $0.authenticating) }),
               !closing else { return }
         if case .connect(let token) = command {
-            if identity != nil || authenticating {
+            if authenticating || clients.reading(client, { $0.hasIdentity }) == true {
                 send(client, .error(ref: ref, TernError(.alreadyConnected, "this connection is already connected")))
             } else if let token, !token.isEmpty {
                 clients.update(client) { $0.authenticating = true }
@@ -1091,7 +1094,7 @@ public struct RelayCore: Sendable {
             switch next.kind {
             case .connectTimeout(let client):
                 // Fields read in place: a copy of the client state would retain everything it holds.
-                if clients.reading(client, { $0.identity == nil && !$0.authenticating }) == true {
+                if clients.reading(client, { !$0.hasIdentity && !$0.authenticating }) == true {
                     beginClose(client, .connectTimeout)
                 }
             case .tokenExpiry(let client):

@@ -1145,7 +1145,7 @@ public final class Simulation {
     private func checkHops(_ c: SimClient, _ p: Publication) {
         guard case .subscriber = c.role else { return }
         guard c.traces else {
-            if p.trace != nil { violations.append("hops sent to \(c.key.region)#\(c.key.index), which did not ask for them, on \(p.topic) \(p.position)") }
+            if case .some = p.trace { violations.append("hops sent to \(c.key.region)#\(c.key.index), which did not ask for them, on \(p.topic) \(p.position)") }
             return
         }
         guard let hops = p.trace, let last = hops.last, last.step == .delivered, last.region == c.key.region else {
