@@ -31,8 +31,8 @@ extension RelayCore {
         // A (client, topic) pair's term is the client's weight times the topic's checksum, so a client's
         // terms sum to its weight times the sum it keeps of its topics' checksums (`subscriptionSum`).
         // The sweep reads that, and the count and traced sum beside it, rather than each client's
-        // collections: they are kept by the only methods that change the collections. That what a
-        // client traces it is subscribed to is checked after every event that changes either.
+        // collections: they are kept by the only methods that change the collections. Whether a client
+        // traces only topics it subscribes to is checked after every event that changes either.
         var subscriptions = 0
         var counted = 0
         var queued = 0

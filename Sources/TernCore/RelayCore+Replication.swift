@@ -98,12 +98,12 @@ extension RelayCore {
         let expires = clock + mesh!.config.homeTimeout
         let timerNeeded = topics.update(topic) { t -> Bool in
             t.stream.replication.pending.append(PendingAck(position: position, origin: origin, duplicate: duplicate, expires: expires))
-            guard case .none = t.stream.replication.timeoutAt else { return false }
+            guard t.stream.replication.timeoutAt == nil else { return false }
             t.stream.replication.timeoutAt = expires
             return true
         } ?? false
         if timerNeeded { schedule(expires, .ackTimeout(topic)) }
-        if topics.reading(topic, { if case .none = $0.stream.replication.replica { true } else { false } }) == true { updateReplica(topic) }
+        if topics.reading(topic, { $0.stream.replication.replica == nil }) == true { updateReplica(topic) }
     }
 
     /// Called by the home as it sequences in `epoch`: the first publication of an epoch starts

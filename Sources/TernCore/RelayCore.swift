@@ -122,8 +122,8 @@ public struct RelayCore: Sendable {
         var transport: Transport
         var identity: ClientIdentity?
         var authenticating = false
-        /// Whether `identity` is set. `identity != nil` compiles to Equatable's `!=` on two optionals
-        /// here, which copies the identity (and retains its fields) to compare it.
+        /// Whether `identity` is set, read in place. `identity != nil` compiles to Equatable's `!=` on
+        /// two optionals, which copies the identity (and retains its fields) to compare it.
         var hasIdentity: Bool { if case .some = identity { true } else { false } }
         /// Its subscriptions, changed only with `addSubscription` and `removeSubscription`.
         private(set) var subscriptions = IndexedMap<String, Void>()
@@ -420,7 +420,7 @@ public struct RelayCore: Sendable {
         guard let (closing, identity, authenticating) = clients.reading(client, { ($0.closing, $0.identity, $0.authenticating) }),
               !closing else { return }
         if case .connect(let token) = command {
-            if authenticating || clients.reading(client, { $0.hasIdentity }) == true {
+            if identity != nil || authenticating {
                 send(client, .error(ref: ref, TernError(.alreadyConnected, "this connection is already connected")))
             } else if let token, !token.isEmpty {
                 clients.update(client) { $0.authenticating = true }

@@ -173,7 +173,8 @@ public final class Simulation {
 
     /// The events to come: a heap of small entries ordered by time and then by the order of scheduling,
     /// with each event's kind in a slot table. One value, so that scheduling or taking an event is one
-    /// access to the simulation's state (each is checked for exclusivity) rather than one per field.
+    /// access to the simulation's state (each checked for exclusivity in debug builds) rather than one
+    /// per field.
     struct Agenda {
         private var queue = Heap<Event>()
         /// The kinds of queued events, by `Event.slot`; freed slots are used again.
@@ -287,8 +288,8 @@ public final class Simulation {
     }
 
     /// One publication a client received: its position (the epoch by its number in `epochNames`) and
-    /// its publish number (`p<n>` is `n`). Small and without references, since every delivery keeps one.
-    /// 16 bytes: a run keeps one per delivery, and writing fresh memory is a large part of its cost.
+    /// its publish number (`p<n>` is `n`). 16 bytes and without references: a run keeps one per
+    /// delivery, and writing fresh memory is a large part of its cost.
     struct Delivery {
         var epoch: Int32
         var publish: Int32
@@ -301,7 +302,7 @@ public final class Simulation {
 
     /// Every publication a subscriber received, with its publish → deliver latency and the count per
     /// simulated second. One value, so that recording a delivery is one access to the simulation's
-    /// state (each is checked for exclusivity) rather than one per field; and one log for all clients
+    /// state (each checked for exclusivity in debug builds) rather than one per field; and one log for all clients
     /// rather than an array per client, so that appending touches memory already in cache.
     struct DeliveryRecord {
         /// In the order received.
@@ -376,7 +377,7 @@ public final class Simulation {
     /// Numbers the `handle` calls that gather a client's frames (`SimClient.gatheredBy`).
     private var writeStamp = 0
     // The regions and links never change after `init`: as constants they are read without the
-    // exclusive-access check that every read of a class's variable costs.
+    // exclusive-access check that every read of a class's variable costs in debug builds.
     private let regions: [String: Region]
     /// The regions in `regionNames` order.
     private let regionList: [Region]
@@ -464,7 +465,8 @@ public final class Simulation {
     }
 
     /// One byte of FNV-1a. The trace is mixed through these pure functions and stored once per
-    /// item, because every write to a property of this class is checked for exclusive access.
+    /// item, because every write to a property of this class is checked for exclusive access in
+    /// debug builds.
     @inline(__always)
     static func fnv(_ h: UInt64, _ b: UInt8) -> UInt64 { (h ^ UInt64(b)) &* 0x100_0000_01b3 }
 
@@ -1334,7 +1336,7 @@ public final class Simulation {
     /// end of the run. The per-region samples are selected where they lie (their order is not kept),
     /// and only the overall array is new.
     private func latencySummary() -> LatencySummary {
-        if let summary = latencies { return summary }
+        if let summary = latencySummaryKept { return summary }
         var byRegion: [String: Percentiles] = [:]
         for i in record.latencies.indices where !record.latencies[i].isEmpty {
             byRegion[regionNames[i]] = Percentiles(selectingIn: &record.latencies[i])
@@ -1349,7 +1351,7 @@ public final class Simulation {
         var histogram: [Double: Int] = [:]
         for (i, n) in counts.enumerated() where n > 0 { histogram[bounds[i]] = n }
         let summary = LatencySummary(byRegion: byRegion, all: Percentiles(selectingIn: &all), histogram: histogram)
-        latencies = summary
+        latencySummaryKept = summary
         return summary
     }
 
@@ -1359,7 +1361,8 @@ public final class Simulation {
         var histogram: [Double: Int]
     }
 
-    private var latencies: LatencySummary?
+    /// `latencySummary()` once worked out (the check and the result both ask for it).
+    private var latencySummaryKept: LatencySummary?
 
     private func result() -> SimulationResult {
         let latencies = latencySummary()
