@@ -5,7 +5,7 @@ import uuid
 
 from playwright.sync_api import expect
 
-from demo_page import expect_once, join, message, send
+from demo_page import expect_once, join, member, message, send
 
 
 def room_not_homed_in(mesh, region):
@@ -21,6 +21,11 @@ def test_page_reconnects_after_its_relay_is_killed_and_shows_what_it_missed_once
     room = room_not_homed_in(split_mesh, "us-east")
     alice = join(pages, split_mesh, "eu-west", "alice", room)
     bob = join(pages, split_mesh, "us-east", "bob", room)
+    # "connected" is the connection; the subscription is settled once each page lists the other.
+    # A relay announces a member only after the home has placed its subscription in the stream,
+    # so a message sent after that reaches bob; one sent before may be before his stream starts.
+    expect(member(alice, "bob", "us-east")).to_have_count(1)
+    expect(member(bob, "alice", "eu-west")).to_have_count(1)
     before = "before the crash"
     send(alice, before)
     expect_once(bob, before)
