@@ -4,7 +4,7 @@ import signal
 
 from playwright.sync_api import expect
 
-from demo_page import join, message
+from demo_page import join, member, message
 from mesh import REGIONS
 
 
@@ -19,6 +19,11 @@ def node(page, region):
 def test_status_page_lists_every_region_and_link_and_shows_a_stopped_peers_link_down(split_mesh, pages, screenshots):
     # Readers in two regions and a backend publishing in the third, so publications cross the links.
     readers = [join(pages, split_mesh, "eu-west", "erin", "status"), join(pages, split_mesh, "ap-south", "arjun", "status")]
+    # Publish only once both subscriptions are settled (each page lists the other): a page shows
+    # "connected" before its subscription reaches the room's home, and a fresh subscription starts
+    # its stream there, so updates sent before it would not be part of the reader's stream.
+    expect(member(readers[0], "arjun", "ap-south")).to_have_count(1)
+    expect(member(readers[1], "erin", "eu-west")).to_have_count(1)
     for i in range(1, 21):
         split_mesh.api_publish("us-east", "room:status", {"type": "chat", "name": "backend", "region": "us-east",
                                                           "text": f"update {i} of the same story"}, id=f"s{i}")
