@@ -50,6 +50,8 @@ public struct IndexedMap<Key: Hashable & Sendable, Value: Sendable>: Sendable {
         return old
     }
 
+    /// Reads a slot through `inout`: accessing `index[key, default: next]` for modification inserts
+    /// `next` when `key` is new and otherwise yields its slot, so the key is looked up once either way.
     @inline(__always)
     private static func slot(_ i: inout Int) -> Int { i }
 

@@ -1,0 +1,42 @@
+import Testing
+@testable import TernCore
+
+@Suite("IndexedMap")
+struct IndexedMapTests {
+    @Test("updateValue appends a new key, replaces an existing one in place, and agrees with the subscript after removals")
+    func updateValueMatchesSubscript() {
+        var map = IndexedMap<String, Int>()
+        #expect(map.updateValue(1, forKey: "a") == nil)
+        #expect(map.updateValue(2, forKey: "b") == nil)
+        #expect(map.updateValue(3, forKey: "c") == nil)
+        #expect(map.updateValue(20, forKey: "b") == 2)
+        #expect(map.orderedKeys == ["a", "b", "c"])
+        #expect(map["b"] == 20)
+        #expect(map.count == 3)
+
+        // A removal moves the last entry into the gap; updates after it find the moved slot.
+        #expect(map.removeValue(forKey: "a") == 1)
+        #expect(map.orderedKeys == ["c", "b"])
+        #expect(map.updateValue(30, forKey: "c") == 3)
+        #expect(map.updateValue(4, forKey: "d") == nil)
+        #expect(map.orderedKeys == ["c", "b", "d"])
+        #expect(map["c"] == 30 && map["b"] == 20 && map["d"] == 4 && map["a"] == nil)
+
+        // Against a reference built with the subscript, over a long mixed sequence.
+        var reference = IndexedMap<Int, Int>()
+        var updated = IndexedMap<Int, Int>()
+        var rng = SplitMix64(seed: 3)
+        for step in 0..<5_000 {
+            let key = Int(rng.next() % 64)
+            if rng.next() % 4 == 0 {
+                #expect(reference.removeValue(forKey: key) == updated.removeValue(forKey: key))
+            } else {
+                let old = reference[key]
+                reference[key] = step
+                #expect(updated.updateValue(step, forKey: key) == old)
+            }
+        }
+        #expect(updated.orderedKeys == reference.orderedKeys)
+        for key in reference.orderedKeys { #expect(updated[key] == reference[key]) }
+    }
+}
