@@ -148,7 +148,7 @@ public final class Simulation {
     // MARK: State
 
     enum Kind {
-        case linkDeliver(from: String, to: String, generation: Int, batch: [LinkMessage])
+        case linkDeliver(Direction, generation: Int, batch: [LinkMessage])
         case linkReconnect(String, String)
         // Clients are named by their index in `clients` (`ClientKey.index`), which never changes.
         case clientFrames(Int, Int, [ServerMessage])
@@ -161,7 +161,8 @@ public final class Simulation {
         case clientReconnect(Int)
         /// A subscriber's subscribe failed with a retryable error: it tries again on the same connection.
         case clientResubscribe(Int, Int)
-        case tick(String)
+        /// A region's next deadline, by its index in `regionNames`.
+        case tick(Int)
         case publish
         case celebrityPublish
         case churn(String)
@@ -330,6 +331,10 @@ public final class Simulation {
 
     final class Region {
         let name: String
+        /// Its index in `regionNames`.
+        let index: Int
+        /// The directions of its links, by peer: few enough to search in order.
+        var out: [(peer: String, direction: Direction)] = []
         var core: RelayCore?
         /// Whether `core` is running. Kept beside it because testing `core != nil` copies the whole
         /// core (and retains everything it holds) on every event.
@@ -342,20 +347,49 @@ public final class Simulation {
         var restarts: UInt64 = 0
         /// The last `debugSummary` printed for the traced topic.
         var lastSummary = ""
-        init(name: String) { self.name = name }
+        init(name: String, index: Int) { self.name = name; self.index = index }
     }
 
     final class Connection {
         var generation = 0
         var up = false
-        var lastDelivery: [String: TernInstant] = [:]
-        var codecs: [String: LinkCodec] = [:]
+        /// When the last batch each way arrives, by `Direction.side`.
+        var lastDelivery: [TernInstant] = [.zero, .zero]
+        /// Each way's codec, by `Direction.side`.
+        var codecs: [LinkCodec] = []
         var clogUntil: TernInstant?
         var clogDelay: Duration = .zero
         var reconnectScheduled = false
         /// Batches sent into a blackhole: TCP keeps retransmitting them, so they arrive, in order,
         /// once the path heals, unless the connection is reset first.
-        var blackholed: [(from: String, to: String, generation: Int, batch: [LinkMessage])] = []
+        var blackholed: [(direction: Direction, generation: Int, batch: [LinkMessage])] = []
+    }
+
+    /// One way along a link, with what sending on it reads, worked out once: the link, its
+    /// connection, and the keys of `cuts` and `blackholes` that name it.
+    final class Direction {
+        let from: String
+        let to: String
+        /// The index of `to` in `regionNames`.
+        let toIndex: Int
+        /// 0 from the link's first region, 1 from its second.
+        let side: Int
+        let link: Link
+        let connection: Connection
+        /// `from>to`, as `cuts` holds it.
+        let cutKey: String
+        /// The link's key in `connections` and `blackholes`.
+        let pairKey: String
+        init(from: String, to: String, toIndex: Int, link: Link, connection: Connection) {
+            self.from = from
+            self.to = to
+            self.toIndex = toIndex
+            self.side = link.between.0 == from ? 0 : 1
+            self.link = link
+            self.connection = connection
+            self.cutKey = "\(from)>\(to)"
+            self.pairKey = Simulation.pairKey(from, to)
+        }
     }
 
     /// A topic whose link traffic is printed as it is delivered (`TERN_SIM_TRACE_TOPIC`), for debugging.
@@ -423,10 +457,17 @@ public final class Simulation {
         self.regionNames = scenario.topology.regions.map(\.name)
         self.end = TernInstant.zero + scenario.duration
         self.record = DeliveryRecord(regions: regionNames.count, expected: Self.expectedDeliveries(scenario))
-        regionList = regionNames.map { Region(name: $0) }
+        regionList = regionNames.enumerated().map { Region(name: $0.element, index: $0.offset) }
         regions = Dictionary(uniqueKeysWithValues: regionList.map { ($0.name, $0) })
         var connections: [String: Connection] = [:]
-        for l in scenario.topology.links { connections[Self.pairKey(l.between.0, l.between.1)] = Connection() }
+        for l in scenario.topology.links {
+            let c = Connection()
+            connections[Self.pairKey(l.between.0, l.between.1)] = c
+            for (a, b) in [(l.between.0, l.between.1), (l.between.1, l.between.0)] {
+                guard let from = regions[a], let to = regions[b] else { continue }
+                from.out.append((b, Direction(from: a, to: b, toIndex: to.index, link: l, connection: c)))
+            }
+        }
         self.connections = connections
     }
 
@@ -441,7 +482,7 @@ public final class Simulation {
     }
 
     private func pairKey(_ a: String, _ b: String) -> String { Self.pairKey(a, b) }
-    private static func pairKey(_ a: String, _ b: String) -> String { a < b ? "\(a)|\(b)" : "\(b)|\(a)" }
+    fileprivate static func pairKey(_ a: String, _ b: String) -> String { a < b ? "\(a)|\(b)" : "\(b)|\(a)" }
 
     private func mix(_ text: String) {
         var h = trace
@@ -579,14 +620,15 @@ public final class Simulation {
 
     private func process(_ kind: Kind) {
         switch kind {
-        case .linkDeliver(let from, let to, let generation, let batch):
-            guard let c = connections[pairKey(from, to)], c.up, c.generation == generation, !cuts.contains("\(from)>\(to)") else { return }
+        case .linkDeliver(let direction, let generation, let batch):
+            let c = direction.connection, from = direction.from, to = direction.to
+            guard c.up, c.generation == generation, cuts.isEmpty || !cuts.contains(direction.cutKey) else { return }
             if let topic = Self.traceTopic {
                 let shown = batch.filter { "\($0)".contains("\"\(topic)\"") }
                 if !shown.isEmpty { print("t=\(String(format: "%.3f", seconds(now))) \(from)->\(to): \(shown)") }
             }
-            if blackholes.contains(pairKey(from, to)) {
-                c.blackholed.append((from, to, generation, batch))
+            if !blackholes.isEmpty, blackholes.contains(direction.pairKey) {
+                c.blackholed.append((direction, generation, batch))
                 return
             }
             var batch = batch
@@ -597,7 +639,7 @@ public final class Simulation {
             }
             mix(byte: UInt8(ascii: "L")); mix(decimal: now.nanoseconds); mix(from); mix(to); mix(decimal: batch.count)
             onLinkDelivery?(now, from, to)
-            handle(to, .linkBatch(from, batch))
+            handle(regionList[direction.toIndex], .linkBatch(from, batch))
         case .linkReconnect(let a, let b):
             connectLink(a, b)
         case .clientFrames(let index, let generation, let messages):
@@ -623,7 +665,7 @@ public final class Simulation {
             guard client.generation == generation, client.connected, let id = client.connection,
                   regionList[client.regionIndex].running else { return }
             mix(byte: UInt8(ascii: "C")); mix(decimal: now.nanoseconds); mix(key.region); mix(decimal: key.index)
-            handle(key.region, .command(id, ref: ref, command))
+            handle(regionList[client.regionIndex], .command(id, ref: ref, command))
         case .clientClosedByRelay(let index, let generation, let code):
             let client = clients[index]
             guard client.generation == generation else { return }
@@ -637,10 +679,11 @@ public final class Simulation {
             let client = clients[index]
             guard !client.connected else { return }
             connectClient(client)
-        case .tick(let region):
-            guard let r = regions[region], r.running, let at = r.tickAt, at <= now else { return }
+        case .tick(let index):
+            let r = regionList[index]
+            guard r.running, let at = r.tickAt, at <= now else { return }
             r.tickAt = nil
-            handle(region, .tick)
+            handle(r, .tick)
         case .publish:
             publishOrdinary()
             if quiet == false { schedule(now + exponential(rate: scenario.workload.publishRate), .publish) }
@@ -700,10 +743,12 @@ public final class Simulation {
         mix("R\(now.nanoseconds)\(name)")
     }
 
-    private func handle(_ region: String, _ event: RelayEvent) {
-        let r = regions[region]!
+    private func handle(_ region: String, _ event: RelayEvent) { handle(regions[region]!, event) }
+
+    private func handle(_ r: Region, _ event: RelayEvent) {
         guard r.running else { return }
-        let actions = r.core!.handle(event, now: regionNow(region))
+        let region = r.name
+        let actions = r.core!.handle(event, now: now + r.skew)
         if let topic = Self.traceTopic, case let summary = r.core!.debugSummary(of: topic), summary != r.lastSummary {
             r.lastSummary = summary
             print("t=\(String(format: "%.3f", seconds(now))) [\(region)] \(summary)")
@@ -775,14 +820,14 @@ public final class Simulation {
                              .clientClosedByRelay(c.key.index, c.generation, code))
                 }
             case .verifyToken(let id, let ref, _):
-                handle(region, .authenticated(id, ref: ref, ClientIdentity(
+                handle(r, .authenticated(id, ref: ref, ClientIdentity(
                     user: r.clientsByConnection[id].map { "u\($0.key.index)" } ?? "u", expiresAt: nil,
                     subscribe: [TopicPattern("*")], publish: [TopicPattern("*")], presence: [TopicPattern("*")])))
                 // The inner event may have gathered frames for some of the same clients: those this
                 // event gathers are its own again (what the inner one sent is no longer in `written`).
                 for c in gathered { c.gatheredBy = stamp }
             case .sendLink(let peer, let batch):
-                sendLink(region, peer, batch)
+                if let direction = r.out.first(where: { $0.peer == peer })?.direction { sendLink(direction, batch) }
             case .resetLink(let peer, _):
                 mix("X\(now.nanoseconds)\(region)\(peer)")
                 breakLink(region, peer)
@@ -794,7 +839,7 @@ public final class Simulation {
             let at = next - r.skew
             if r.tickAt == nil || at < r.tickAt! {
                 r.tickAt = at
-                schedule(max(at, now), .tick(region))
+                schedule(max(at, now), .tick(r.index))
             }
         }
     }
@@ -832,8 +877,8 @@ public final class Simulation {
         }
         c.up = true
         c.generation += 1
-        c.lastDelivery = [:]
-        c.codecs = [a: LinkCodec(), b: LinkCodec()]
+        c.lastDelivery = [.zero, .zero]
+        c.codecs = [LinkCodec(), LinkCodec()]
         mix("U\(now.nanoseconds)\(a)\(b)")
         handle(a, .linkUp(b))
         handle(b, .linkUp(a))
@@ -857,21 +902,22 @@ public final class Simulation {
         if reconnect { scheduleReconnect(a, b) } else { scheduleReconnect(a, b) }
     }
 
-    private func sendLink(_ from: String, _ to: String, _ batch: [LinkMessage]) {
-        guard let c = connections[pairKey(from, to)], c.up else { return }
+    private func sendLink(_ direction: Direction, _ batch: [LinkMessage]) {
+        let c = direction.connection, from = direction.from, to = direction.to
+        guard c.up else { return }
         // A blackholed path swallows the batch for now: no error, no reset; the peer's read deadline must
         // notice. TCP retransmits it once the path heals, if the connection is still there.
-        if blackholes.contains(pairKey(from, to)) {
-            c.blackholed.append((from, to, c.generation, batch))
+        if !blackholes.isEmpty, blackholes.contains(direction.pairKey) {
+            c.blackholed.append((direction, c.generation, batch))
             return
         }
-        if cuts.contains("\(from)>\(to)") {
+        if !cuts.isEmpty, cuts.contains(direction.cutKey) {
             // A one-way cut: the sender's writes go nowhere; TCP notices and breaks the connection.
             breakLink(from, to)
             return
         }
         var frame = ByteBuffer()
-        let codec = c.codecs[from]!
+        let codec = c.codecs[direction.side]
         let raw = codec.rawBytesSent, wire = codec.wireBytesSent
         codec.encode(.batch(batch), into: &frame)
         linkRaw += codec.rawBytesSent - raw
@@ -879,7 +925,7 @@ public final class Simulation {
         linkBatches += 1
         linkEntries += batch.count { switch $0 { case .credit, .linkState, .heartbeat, .heartbeatReply: false; default: true } }
         for m in batch { entryKinds[m.kindName, default: 0] += 1 }
-        let link = scenario.topology.links.first { $0.joins(from, to) }!
+        let link = direction.link
         var delay = sample(link.latency, scenario.network.latency)
         let bandwidth = link.bandwidthMbps ?? scenario.network.bandwidthMbps
         if bandwidth > 0 { delay += .nanoseconds(Int64(Double(frame.readableBytes * 8) / (bandwidth * 1e6) * 1e9)) }
@@ -898,9 +944,9 @@ public final class Simulation {
         }
         if let until = c.clogUntil, until > now { delay += c.clogDelay }
         // TCP delivers in order: a batch never overtakes the one before it.
-        let at = max(now + delay, c.lastDelivery[from] ?? .zero)
-        c.lastDelivery[from] = at
-        schedule(at, .linkDeliver(from: from, to: to, generation: c.generation, batch: batch))
+        let at = max(now + delay, c.lastDelivery[direction.side])
+        c.lastDelivery[direction.side] = at
+        schedule(at, .linkDeliver(direction, generation: c.generation, batch: batch))
     }
 
     // MARK: Faults
@@ -938,10 +984,10 @@ public final class Simulation {
                 let held = c.blackholed
                 c.blackholed = []
                 for h in held where c.up && c.generation == h.generation {
-                    let link = scenario.topology.links.first { $0.joins(h.from, h.to) }!
-                    let at = max(now + sample(link.latency, scenario.network.latency), c.lastDelivery[h.from] ?? .zero)
-                    c.lastDelivery[h.from] = at
-                    schedule(at, .linkDeliver(from: h.from, to: h.to, generation: h.generation, batch: h.batch))
+                    let side = h.direction.side
+                    let at = max(now + sample(h.direction.link.latency, scenario.network.latency), c.lastDelivery[side])
+                    c.lastDelivery[side] = at
+                    schedule(at, .linkDeliver(h.direction, generation: h.generation, batch: h.batch))
                 }
             }
             lastHeal = now
