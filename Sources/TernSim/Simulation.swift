@@ -224,10 +224,21 @@ public final class Simulation {
     final class SharedPublication {
         let message: ServerMessage
         let publication: Publication
-        init(_ message: ServerMessage, _ publication: Publication) {
+        let facts: PublicationFacts
+        init(_ message: ServerMessage, _ publication: Publication, _ facts: PublicationFacts) {
             self.message = message
             self.publication = publication
+            self.facts = facts
         }
+    }
+
+    /// What the checks of a delivery read of the publication alone, whichever client gets it: worked
+    /// out once for all the clients of a `write` rather than once per client.
+    struct PublicationFacts {
+        /// The publish it came from (`sentPublish`), if the simulation sent it.
+        var published: (number: Int, topic: String, at: TernInstant)?
+        /// Its hops name a region it was sequenced in that its epoch does not belong to.
+        var sequencedElsewhere: Bool
     }
 
     /// A relay's simulated clients by connection id. The simulator numbers connections from 1, so an
@@ -656,8 +667,8 @@ public final class Simulation {
             if Self.traceClient != nil {
                 clientReceived(client, shared.message)
             } else {
-                checkHops(client, shared.publication)
-                deliver(client, shared.publication)
+                checkHops(client, shared.publication, shared.facts)
+                deliver(client, shared.publication, shared.facts)
             }
         case .clientSend(let index, let generation, let ref, let command):
             let client = clients[index]
@@ -788,7 +799,7 @@ public final class Simulation {
             case .write(let frame, let ids):
                 let message = r.encoder.decode(frame)
                 var shared: SharedPublication?
-                if case .publication(let p) = message { shared = SharedPublication(message, p) }
+                if case .publication(let p) = message { shared = SharedPublication(message, p, facts(p)) }
                 for id in ids {
                     guard let c = r.clientsByConnection[id] else { continue }
                     if stamp != 0, c.gatheredBy == stamp {
@@ -1151,7 +1162,7 @@ public final class Simulation {
             if c.subscribedAt == nil { c.subscribedAt = now }
             if r.recovered == false { c.noticeCount += 1 }
             if r.recovered == true {
-                for p in r.publications { deliver(c, p) }
+                for p in r.publications { deliver(c, p, facts(p)) }
             }
             c.position = r.recovered == true ? (r.publications.last?.position ?? r.position) : r.position
         case .reply(_, .unsubscribed):
@@ -1163,8 +1174,9 @@ public final class Simulation {
                 acks[n] = (sentTo, position, now)
             }
         case .publication(let p):
-            checkHops(c, p)
-            deliver(c, p)
+            let facts = facts(p)
+            checkHops(c, p, facts)
+            deliver(c, p, facts)
         case .gap(_, let position, _):
             c.noticeCount += 1
             c.position = position
@@ -1190,7 +1202,15 @@ public final class Simulation {
 
     /// A traced subscriber's live publication ends with its own relay's delivery, and any sequencing hop
     /// names the region whose epoch it is; an untraced subscriber never receives hops.
-    private func checkHops(_ c: SimClient, _ p: Publication) {
+    private func facts(_ p: Publication) -> PublicationFacts {
+        var sequencedElsewhere = false
+        if let sequenced = p.trace?.first(where: { $0.step == .sequenced }) {
+            sequencedElsewhere = !p.position.epoch.hasPrefix(sequenced.region + ".")
+        }
+        return PublicationFacts(published: sentPublish(p.id), sequencedElsewhere: sequencedElsewhere)
+    }
+
+    private func checkHops(_ c: SimClient, _ p: Publication, _ facts: PublicationFacts) {
         guard case .subscriber = c.role else { return }
         guard c.traces else {
             if case .some = p.trace { violations.append("hops sent to \(c.key.region)#\(c.key.index), which did not ask for them, on \(p.topic) \(p.position)") }
@@ -1200,14 +1220,14 @@ public final class Simulation {
             violations.append("traced subscriber \(c.key.region)#\(c.key.index) got \(p.topic) \(p.position) without its delivery hop: \(p.trace ?? [])")
             return
         }
-        if let sequenced = hops.first(where: { $0.step == .sequenced }), !p.position.epoch.hasPrefix(sequenced.region + ".") {
+        if facts.sequencedElsewhere, let sequenced = hops.first(where: { $0.step == .sequenced }) {
             violations.append("\(p.topic) \(p.position) says it was sequenced in \(sequenced.region)")
         }
     }
 
-    private func deliver(_ c: SimClient, _ p: Publication) {
+    private func deliver(_ c: SimClient, _ p: Publication, _ facts: PublicationFacts) {
         guard case .subscriber = c.role else { return }
-        let published = sentPublish(p.id)
+        let published = facts.published
         if scenario.debug.dropOneDelivery, !debugDropped, published != nil, p.position.offset > 2 {
             debugDropped = true
             c.position = p.position
