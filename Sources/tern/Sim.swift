@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Synchronization
 import TernCore
 import TernSim
 
@@ -36,6 +37,11 @@ struct SimCommand: ParsableCommand {
     var checkDeterminism = false
 
     @Option(name: .long, help: ArgumentHelp(
+        "Runs to do at once (default: one per CPU core).",
+        discussion: "Each run is single-threaded and depends only on its scenario and seed, so running several at once changes no result; they are reported in seed order. The sim/wall column is each run's own, measured while it shared the machine with the others: measure speed with --jobs 1."))
+    var jobs: Int?
+
+    @Option(name: .long, help: ArgumentHelp(
         "Items each relay's full invariant sweep may visit per event on average (default 8).",
         discussion: "After every event, each relay checks every client and topic that event changed. It also sweeps its whole state: after every event when it holds fewer than 64 clients, topics and queued link messages (or fewer than this budget), otherwise after every size/budget events. Use a large value to sweep after every event."))
     var invariantBudget: Int?
@@ -46,6 +52,7 @@ struct SimCommand: ParsableCommand {
     func validate() throws {
         if seeds != nil, parseSeeds() == nil { throw ValidationError("--seeds takes a range like 1..20") }
         if let swarm, swarm < 1 { throw ValidationError("--swarm takes a positive number of runs") }
+        if let jobs, jobs < 1 { throw ValidationError("--jobs takes a positive number of runs to do at once") }
         if let ack, AckMode(rawValue: ack) == nil { throw ValidationError("--ack takes 'replicated' or 'leader'") }
     }
 
@@ -73,17 +80,12 @@ struct SimCommand: ParsableCommand {
             for s in parseSeeds() ?? [seed ?? base.seed] { runs.append((s, base)) }
         }
         let tty = isatty(2) == 1 && !json
-        var results: [SimulationResult] = []
-        var walls: [Double] = []
-        var failed = false
-        for (s, scenario) in runs {
+        let jobs = max(1, min(self.jobs ?? ProcessInfo.processInfo.activeProcessorCount, runs.count))
+        let file = self.file, swarm = self.swarm, checkDeterminism = self.checkDeterminism
+        /// One seed's run, its wall time, and the failure report printed for it.
+        @Sendable func runOne(_ s: UInt64, _ scenario: Scenario, progress: ((Double) -> Void)?) -> (SimulationResult, Double) {
             let began = Date()
-            var r = Simulation(scenario: scenario, seed: s).run(progress: tty ? { p in
-                let width = 30
-                let done = Int(p * Double(width))
-                FileHandle.standardError.write(Data("\r\(scenario.name) seed \(s) [\(String(repeating: "#", count: done))\(String(repeating: ".", count: width - done))] \(Int(p * 100))%".utf8))
-            } : nil)
-            if tty { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+            var r = Simulation(scenario: scenario, seed: s).run(progress: progress)
             let wall = Date().timeIntervalSince(began)
             if checkDeterminism {
                 let again = Simulation(scenario: scenario, seed: s).run()
@@ -91,15 +93,58 @@ struct SimCommand: ParsableCommand {
                     r.violations.append("not deterministic: trace \(r.traceHash) then \(again.traceHash) for the same seed")
                 }
             }
-            results.append(r)
-            walls.append(wall)
-            if !r.passed {
-                failed = true
-                var replay = "tern sim \(file) --seed \(s)"
-                if swarm != nil { replay = "tern sim \(file) --swarm 1 --seed \(s)" }
-                FileHandle.standardError.write(Data("FAILED \(scenario.name) seed \(s):\n\(r.violations.prefix(20).map { "  - \($0)" }.joined(separator: "\n"))\n  replay: \(replay)\n".utf8))
-            }
+            return (r, wall)
         }
+        @Sendable func failure(_ s: UInt64, _ scenario: Scenario, _ r: SimulationResult) -> String {
+            let replay = swarm != nil ? "tern sim \(file) --swarm 1 --seed \(s)" : "tern sim \(file) --seed \(s)"
+            return "FAILED \(scenario.name) seed \(s):\n\(r.violations.prefix(20).map { "  - \($0)" }.joined(separator: "\n"))\n  replay: \(replay)\n"
+        }
+        var outcomes: [(SimulationResult, Double)] = []
+        if jobs == 1 {
+            for (s, scenario) in runs {
+                let outcome = runOne(s, scenario, progress: tty ? { p in
+                    let width = 30
+                    let done = Int(p * Double(width))
+                    FileHandle.standardError.write(Data("\r\(scenario.name) seed \(s) [\(String(repeating: "#", count: done))\(String(repeating: ".", count: width - done))] \(Int(p * 100))%".utf8))
+                } : nil)
+                if tty { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+                if !outcome.0.passed { FileHandle.standardError.write(Data(failure(s, scenario, outcome.0).utf8)) }
+                outcomes.append(outcome)
+            }
+        } else {
+            // Each run is one thread and depends only on its scenario and seed: `jobs` threads take
+            // the runs in turn, and the results are reported in seed order whichever ends first.
+            let state = Mutex(ParallelRuns(outcomes: Array(repeating: nil, count: runs.count)))
+            let total = runs.count, all = runs
+            let group = DispatchGroup()
+            for _ in 0..<jobs {
+                group.enter()
+                let thread = Thread {
+                    while let i = state.withLock({ $0.take(total) }) {
+                        let (s, scenario) = all[i]
+                        let outcome = runOne(s, scenario, progress: nil)
+                        state.withLock { shared in
+                            shared.outcomes[i] = outcome
+                            shared.finished += 1
+                            if !outcome.0.passed { shared.failed += 1 }
+                            if tty { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+                            if !outcome.0.passed { FileHandle.standardError.write(Data(failure(s, scenario, outcome.0).utf8)) }
+                            if tty {
+                                FileHandle.standardError.write(Data("\r\(scenario.name): \(shared.finished) of \(total) runs done, \(shared.failed) failed, \(jobs) at a time".utf8))
+                            }
+                        }
+                    }
+                    group.leave()
+                }
+                thread.stackSize = 8 << 20
+                thread.start()
+            }
+            group.wait()
+            if tty { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+            outcomes = state.withLock { $0.outcomes.map { $0! } }
+        }
+        let results = outcomes.map(\.0), walls = outcomes.map(\.1)
+        let failed = results.contains { !$0.passed }
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -199,5 +244,20 @@ struct SimCommand: ParsableCommand {
             """
         }
         return "<!doctype html><meta charset='utf-8'><title>tern sim</title><body style='font-family:sans-serif;max-width:900px;margin:auto'><h1>tern sim report</h1>\(body)</body>"
+    }
+}
+
+/// The runs `tern sim --jobs` shares among its threads: which to take next, and what each gave.
+struct ParallelRuns: Sendable {
+    var next = 0
+    var finished = 0
+    var failed = 0
+    var outcomes: [(SimulationResult, Double)?]
+
+    /// The index of the next run to do, if any is left.
+    mutating func take(_ total: Int) -> Int? {
+        guard next < total else { return nil }
+        next += 1
+        return next - 1
     }
 }

@@ -114,6 +114,48 @@ struct SimulationTests {
         #expect(out.contains("replay: tern sim \(file.path) --seed 3"), "\(out)")
     }
 
+    @Test("tern sim --jobs runs seeds at once with the results, in seed order, of running them one at a time")
+    func cliJobs() throws {
+        let binary = repoRoot.appendingPathComponent(".build/debug/tern")
+        guard FileManager.default.isExecutableFile(atPath: binary.path) else {
+            Issue.record("build the tern binary first")
+            return
+        }
+        func scenarioFile(_ name: String, debug: String) throws -> URL {
+            let file = FileManager.default.temporaryDirectory.appendingPathComponent("tern-sim-\(UUID()).yaml")
+            try """
+                name: \(name)
+                topology: \(repoRoot.path)/Topology/local.yaml
+                duration: 8s
+                workload: {topics: 2, namespace: room, subscribers_per_region: 4, publish_rate: 8}
+                \(debug)
+                """.write(to: file, atomically: true, encoding: .utf8)
+            return file
+        }
+        /// The summary's rows: seed, result and trace hash (the sim/wall column differs from run to run).
+        func rows(_ out: String, _ name: String) -> [String] {
+            out.split(separator: "\n").filter { $0.hasPrefix(name) }.map { line in
+                let f = line.split(separator: " ")
+                return "\(f[1]) \(f[2]) \(f[f.count - 1])"
+            }
+        }
+        let healthy = try scenarioFile("jobs-healthy", debug: "")
+        defer { try? FileManager.default.removeItem(at: healthy) }
+        let (oneStatus, one) = try runToCompletion(binary.path, ["sim", healthy.path, "--swarm", "5", "--jobs", "1"])
+        let (threeStatus, three) = try runToCompletion(binary.path, ["sim", healthy.path, "--swarm", "5", "--jobs", "3"])
+        #expect(oneStatus == 0 && threeStatus == 0, "\(one)\n\(three)")
+        #expect(rows(one, "jobs-healthy").count == 5)
+        #expect(rows(three, "jobs-healthy") == rows(one, "jobs-healthy"), "\(one)\n\(three)")
+        #expect(rows(three, "jobs-healthy").map { $0.split(separator: " ")[0] } == ["1", "2", "3", "4", "5"])
+
+        let broken = try scenarioFile("jobs-broken", debug: "debug: {drop_one_delivery: true}")
+        defer { try? FileManager.default.removeItem(at: broken) }
+        let (status, out) = try runToCompletion(binary.path, ["sim", broken.path, "--seeds", "1..3", "--jobs", "2"])
+        #expect(status != 0)
+        for seed in 1...3 { #expect(out.contains("replay: tern sim \(broken.path) --seed \(seed)\n"), "\(out)") }
+        #expect(rows(out, "jobs-broken").map { $0.split(separator: " ")[0] } == ["1", "2", "3"], "\(out)")
+    }
+
     @Test("a lost presence message is repaired by the periodic digests, and without them presence stays diverged")
     func presenceDigestsRepair() throws {
         func run(digestEvery: Duration, seed: UInt64) throws -> SimulationResult {
