@@ -1321,11 +1321,25 @@ public final class Simulation {
     /// Which publish each subscriber saw at each offset of one topic's epoch, to check that all saw the same.
     /// Keyed by offset: offsets in an epoch need not be contiguous (a restarted home continues past a jump).
     final class OffsetTable {
-        var publishes: [UInt64: Int] = [:]
+        /// Publish numbers by offset from `base` (0 where none is known yet): an epoch's offsets
+        /// are dense, so an array serves; those far from the first one seen go to `sparse`.
+        private var dense: [Int32] = []
+        private var base: UInt64?
+        private var sparse: [UInt64: Int] = [:]
+        private static let denseSpan: UInt64 = 1 << 20
+
         /// The publish number already seen at `offset`, after recording `publish` there if none was.
         func record(_ offset: UInt64, _ publish: Int) -> Int {
-            if let known = publishes[offset] { return known }
-            publishes[offset] = publish
+            if base == nil { base = offset }
+            if offset >= base!, offset - base! < Self.denseSpan, let p = Int32(exactly: publish), p > 0 {
+                let i = Int(offset - base!)
+                if i >= dense.count { dense.append(contentsOf: repeatElement(0, count: max(i + 1 - dense.count, dense.count))) }
+                if dense[i] != 0 { return Int(dense[i]) }
+                dense[i] = p
+                return publish
+            }
+            if let known = sparse[offset] { return known }
+            sparse[offset] = publish
             return publish
         }
     }
