@@ -106,10 +106,10 @@ public final class LinkCodec {
             writeString(reason, &out)
         case .batch(let messages):
             out.writeInteger(FrameType.batch.rawValue)
-            var body = ByteBuffer()
+            var body = BodyWriter(capacity: 64 + 192 * messages.count)
             body.writeInteger(UInt32(messages.count))
             for m in messages { encodeMessage(m, into: &body) }
-            let raw = Array(body.readableBytesView)
+            let raw = body.bytes
             rawBytesSent += raw.count
             if compress, let packed = compressor.compress(raw) {
                 out.writeInteger(UInt8(1))
@@ -125,7 +125,7 @@ public final class LinkCodec {
         if case .batch = frame { wireBytesSent += length + 4 }
     }
 
-    private func topicID(_ topic: String, _ out: inout ByteBuffer) -> UInt32 {
+    private func topicID(_ topic: String, _ out: inout BodyWriter) -> UInt32 {
         if let id = sentTopics[topic] { return id }
         if sentTopics.count >= maxInternedTopics {
             // Start the table over rather than let it grow for the life of the connection.
@@ -140,7 +140,7 @@ public final class LinkCodec {
         return id
     }
 
-    private func encodeMessage(_ message: LinkMessage, into out: inout ByteBuffer) {
+    private func encodeMessage(_ message: LinkMessage, into out: inout BodyWriter) {
         switch message {
         case .linkState(let origin, let incarnation, let sequence, let neighbours):
             out.writeInteger(Kind.linkState.rawValue)
@@ -324,7 +324,12 @@ public final class LinkCodec {
         out.writeString(s)
     }
 
-    private func writeEntry(_ e: PresenceEntry, _ out: inout ByteBuffer) {
+    private func writeString(_ s: String, _ out: inout BodyWriter) {
+        out.writeInteger(UInt32(s.utf8.count))
+        out.writeString(s)
+    }
+
+    private func writeEntry(_ e: PresenceEntry, _ out: inout BodyWriter) {
         out.writeInteger(e.client.raw)
         writeString(e.user, &out)
         writeString(e.region, &out)
@@ -335,7 +340,7 @@ public final class LinkCodec {
         return PresenceEntry(client: ClientID(client), user: try readString(&b), region: try readString(&b))
     }
 
-    private func writeOptional(_ s: String?, _ out: inout ByteBuffer) {
+    private func writeOptional(_ s: String?, _ out: inout BodyWriter) {
         if let s {
             out.writeInteger(UInt8(1))
             writeString(s, &out)
@@ -344,7 +349,7 @@ public final class LinkCodec {
         }
     }
 
-    private func writePosition(_ p: StreamPosition?, _ out: inout ByteBuffer) {
+    private func writePosition(_ p: StreamPosition?, _ out: inout BodyWriter) {
         guard let p else {
             out.writeInteger(UInt8(0))
             return
@@ -354,7 +359,7 @@ public final class LinkCodec {
         out.writeInteger(p.offset)
     }
 
-    private func writePosition(_ p: StreamPosition, _ out: inout ByteBuffer) {
+    private func writePosition(_ p: StreamPosition, _ out: inout BodyWriter) {
         writeString(p.epoch, &out)
         out.writeInteger(p.offset)
     }
@@ -620,5 +625,24 @@ public final class LinkCodec {
         let id: UInt32 = try read(&b)
         guard let topic = receivedTopics[id] else { throw LinkProtocolError("topic id \(id) was never defined on this link") }
         return topic
+    }
+}
+
+/// A batch body as it is written: bytes in an array, integers big-endian as `ByteBuffer` writes them.
+/// An append to a local array is cheaper per field than a `ByteBuffer` write (each of which checks
+/// exclusive access to the buffer's storage), and the compressor reads the array as it is.
+struct BodyWriter {
+    private(set) var bytes: [UInt8] = []
+
+    init(capacity: Int) { bytes.reserveCapacity(capacity) }
+
+    @inline(__always)
+    mutating func writeInteger<T: FixedWidthInteger>(_ value: T) {
+        withUnsafeBytes(of: value.bigEndian) { bytes.append(contentsOf: $0) }
+    }
+
+    mutating func writeString(_ s: String) {
+        var s = s
+        s.withUTF8 { bytes.append(contentsOf: $0) }
     }
 }
