@@ -445,7 +445,8 @@ public final class Simulation {
     private var record: DeliveryRecord
     private var linkBatches = 0
     /// Link entries by kind, for the report.
-    private var entryKinds: [String: Int] = [:]
+    /// By `LinkMessage.kindIndex`.
+    private var entryKinds = [Int](repeating: 0, count: LinkMessage.kindNames.count)
     private var linkEntries = 0
     private var linkWire = 0
     private var linkRaw = 0
@@ -935,7 +936,7 @@ public final class Simulation {
         linkWire += codec.wireBytesSent - wire
         linkBatches += 1
         linkEntries += batch.count { switch $0 { case .credit, .linkState, .heartbeat, .heartbeatReply: false; default: true } }
-        for m in batch { entryKinds[m.kindName, default: 0] += 1 }
+        for m in batch { entryKinds[m.kindIndex] += 1 }
         let link = direction.link
         var delay = sample(link.latency, scenario.network.latency)
         let bandwidth = link.bandwidthMbps ?? scenario.network.bandwidthMbps
@@ -1454,7 +1455,7 @@ public final class Simulation {
             linkBatches: linkBatches, linkEntries: linkEntries, linkWireBytes: linkWire, linkRawBytes: linkRaw,
             linkMessagesPerPublish: Double(linkEntries) / Double(published),
             linkBytesPerPublish: Double(linkWire) / Double(published),
-            linkEntriesByKind: entryKinds,
+            linkEntriesByKind: Dictionary(uniqueKeysWithValues: entryKinds.indices.filter { entryKinds[$0] > 0 }.map { (LinkMessage.kindNames[$0], entryKinds[$0]) }),
             latencyByRegion: latencies.byRegion, latency: latencies.all,
             ackLatency: Percentiles(acks.map { n, ack in (ack.at - sent[n - 1].at).ternNanoseconds }),
             histogram: latencies.histogram, timeline: timeline.sorted { $0.seconds < $1.seconds }, deliveriesPerSecond: record.perSecond)
@@ -1462,30 +1463,35 @@ public final class Simulation {
 }
 
 extension LinkMessage {
-    /// The case's name, for counting entries by kind.
-    var kindName: String {
+    /// The cases' names, for counting entries by kind, in `kindIndex` order.
+    static let kindNames = ["linkState", "interest", "epochSwitch", "uninterest", "data", "caughtUp", "gap", "resync", "publish",
+                            "trace", "ack", "credit", "follow", "unfollow", "replicated", "heartbeat", "heartbeatReply",
+                            "presence", "presenceDigest", "recover", "recovered"]
+
+    /// The case's index in `kindNames`.
+    var kindIndex: Int {
         switch self {
-        case .linkState: "linkState"
-        case .interest: "interest"
-        case .epochSwitch: "epochSwitch"
-        case .uninterest: "uninterest"
-        case .data: "data"
-        case .caughtUp: "caughtUp"
-        case .gap: "gap"
-        case .resync: "resync"
-        case .publish: "publish"
-        case .trace: "trace"
-        case .ack: "ack"
-        case .credit: "credit"
-        case .follow: "follow"
-        case .unfollow: "unfollow"
-        case .replicated: "replicated"
-        case .heartbeat: "heartbeat"
-        case .heartbeatReply: "heartbeatReply"
-        case .presence: "presence"
-        case .presenceDigest: "presenceDigest"
-        case .recover: "recover"
-        case .recovered: "recovered"
+        case .linkState: 0
+        case .interest: 1
+        case .epochSwitch: 2
+        case .uninterest: 3
+        case .data: 4
+        case .caughtUp: 5
+        case .gap: 6
+        case .resync: 7
+        case .publish: 8
+        case .trace: 9
+        case .ack: 10
+        case .credit: 11
+        case .follow: 12
+        case .unfollow: 13
+        case .replicated: 14
+        case .heartbeat: 15
+        case .heartbeatReply: 16
+        case .presence: 17
+        case .presenceDigest: 18
+        case .recover: 19
+        case .recovered: 20
         }
     }
 }
