@@ -288,7 +288,7 @@ extension RelayCore {
             }
         }
 
-        if tracesMoved { changedTopics = changedTopics.sortedUnique() }
+        if tracesMoved { changedTopics = changedTopics.uniqued() }
         for name in changedTopics {
             if let old = seen.topicSubscribers.removeValue(forKey: name) { seen.topicSubscriptions -= old }
             guard let ti = topics.index(forKey: name) else {
@@ -495,6 +495,6 @@ extension MeshState {
         add(presencePending.takeChanged())
         add(lingering.takeChanged())
         add(replicaReports.takeChanged())
-        return (merged ? changed.sortedUnique() : changed, changedUpstreams)
+        return (merged ? changed.uniqued() : changed, changedUpstreams)
     }
 }

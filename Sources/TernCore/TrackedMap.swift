@@ -129,7 +129,7 @@ struct TrackedMap<Key: Hashable & Comparable & Sendable, Value: Sendable>: Senda
     /// Whether `key` has a value.
     func contains(_ key: Key) -> Bool { storage.index(forKey: key) != nil }
 
-    /// The keys changed since the last call, each once and in order, and forgets them.
+    /// The keys changed since the last call, each once, in the order first changed, and forgets them.
     mutating func takeChanged() -> [Key] { changes.take() }
 }
 
@@ -179,7 +179,7 @@ struct TrackedSet<Element: Hashable & Comparable & Sendable>: Sendable, Sequence
         storage.removeAll()
     }
 
-    /// The members inserted or removed since the last call, each once and in order, and forgets them.
+    /// The members inserted or removed since the last call, each once, in the order first changed, and forgets them.
     mutating func takeChanged() -> [Element] { changes.take() }
 }
 
@@ -192,8 +192,9 @@ extension TrackedSet: ExpressibleByArrayLiteral {
 
 /// The keys a `TrackedMap` or `TrackedSet` changed since it was last asked, recorded while `on`.
 ///
-/// A change appends its key (a key changed twice is listed twice); `take` sorts and removes the
-/// repeats once per check, which costs less than hashing every change into a set.
+/// A change appends its key (a key changed twice is listed twice); `take` removes the repeats once
+/// per check, which costs less than hashing every change into a set. An event changes a few keys
+/// of each map, so the repeats are found by comparing them, without sorting or allocating.
 struct ChangeLog<Key: Hashable & Comparable & Sendable>: Sendable {
     var on = false
     private var keys: [Key] = []
@@ -203,24 +204,35 @@ struct ChangeLog<Key: Hashable & Comparable & Sendable>: Sendable {
         if on { keys.append(key) }
     }
 
-    /// The keys noted since the last call, each once and in order, and forgets them.
+    /// The keys noted since the last call, each once, in the order first noted, and forgets them.
     mutating func take() -> [Key] {
         guard !keys.isEmpty else { return [] }
         var taken: [Key] = []
         swap(&taken, &keys)
-        keys.reserveCapacity(taken.count)
-        return taken.sortedUnique()
+        return taken.uniqued()
     }
 }
 
-extension Array where Element: Comparable {
-    /// The elements sorted, each once.
-    func sortedUnique() -> [Element] {
+extension Array where Element: Hashable {
+    /// The elements in the order first seen, each once. The array itself when it has no repeats.
+    func uniqued() -> [Element] {
         guard count > 1 else { return self }
-        let sorted = self.sorted()
-        var unique: [Element] = []
-        unique.reserveCapacity(sorted.count)
-        for element in sorted where unique.last != element { unique.append(element) }
-        return unique
+        if count <= 16 {
+            // Few elements (what one event changed): compare them rather than hash them.
+            var repeated = false
+            outer: for i in 1..<count {
+                for j in 0..<i where self[j] == self[i] {
+                    repeated = true
+                    break outer
+                }
+            }
+            guard repeated else { return self }
+            var unique: [Element] = []
+            unique.reserveCapacity(count)
+            for element in self where !unique.contains(element) { unique.append(element) }
+            return unique
+        }
+        var seen = Set<Element>(minimumCapacity: count)
+        return filter { seen.insert($0).inserted }
     }
 }

@@ -40,3 +40,38 @@ struct IndexedMapTests {
         for key in reference.orderedKeys { #expect(updated[key] == reference[key]) }
     }
 }
+
+@Suite("Tracked changes")
+struct TrackedChangesTests {
+    @Test("a tracked map lists each changed key once, in the order first changed, and then forgets them")
+    func changedKeysOnceInOrder() {
+        var map = TrackedMap<String, Int>()
+        map.tracking = true
+        map.updateValue(1, forKey: "b")
+        map.updateValue(2, forKey: "a")
+        map.update("b") { $0 += 1 }
+        _ = map.removeValue(forKey: "a")
+        map.updateValue(3, forKey: "c")
+        #expect(map.takeChanged() == ["b", "a", "c"])
+        #expect(map.takeChanged() == [])
+        map.update("c") { $0 += 1 }
+        #expect(map.takeChanged() == ["c"])
+    }
+
+    @Test("uniqued keeps the first of each element in order, for short lists and long ones")
+    func uniquedMatchesFirstOccurrences() {
+        func reference(_ a: [Int]) -> [Int] {
+            var out: [Int] = []
+            for x in a where !out.contains(x) { out.append(x) }
+            return out
+        }
+        var rng = SplitMix64(seed: 3)
+        var inputs: [[Int]] = [[], [7], [1, 1], [1, 2], [2, 1, 2], Array(0..<16), Array(0..<17), Array(repeating: 5, count: 40)]
+        for i in 0..<300 {
+            let size = Int(rng.next() % 40)
+            let spread = UInt64([2, 5, 100][i % 3])
+            inputs.append((0..<size).map { _ in Int(rng.next() % spread) })
+        }
+        for a in inputs { #expect(a.uniqued() == reference(a), "\(a)") }
+    }
+}
