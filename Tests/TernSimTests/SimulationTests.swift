@@ -94,8 +94,7 @@ struct SimulationTests {
 
     @Test("tern sim exits non-zero on a failing checker and prints the replay command")
     func cliFails() throws {
-        let binary = repoRoot.appendingPathComponent(".build/debug/tern")
-        guard FileManager.default.isExecutableFile(atPath: binary.path) else {
+        guard let binary = builtTern(in: repoRoot) else {
             Issue.record("build the tern binary first")
             return
         }
@@ -116,8 +115,7 @@ struct SimulationTests {
 
     @Test("tern sim --jobs runs seeds at once with the results, in seed order, of running them one at a time")
     func cliJobs() throws {
-        let binary = repoRoot.appendingPathComponent(".build/debug/tern")
-        guard FileManager.default.isExecutableFile(atPath: binary.path) else {
+        guard let binary = builtTern(in: repoRoot) else {
             Issue.record("build the tern binary first")
             return
         }

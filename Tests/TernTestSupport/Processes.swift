@@ -28,3 +28,9 @@ public func runToCompletion(_ path: String, _ args: [String]) throws -> (Int32, 
     let exit = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
     return (exit, text)
 }
+
+/// The `tern` binary of the last debug build under `repoRoot`, if there is one.
+public func builtTern(in repoRoot: URL) -> URL? {
+    let binary = repoRoot.appendingPathComponent(".build/debug/tern")
+    return FileManager.default.isExecutableFile(atPath: binary.path) ? binary : nil
+}

@@ -167,8 +167,7 @@ struct TopologyTests {
 
     @Test("the check command fails with file and line on a broken file")
     func checkCommand() throws {
-        let binary = repoRoot.appendingPathComponent(".build/debug/tern")
-        guard FileManager.default.isExecutableFile(atPath: binary.path) else {
+        guard let binary = builtTern(in: repoRoot) else {
             Issue.record("build the tern binary first (swift build)")
             return
         }
