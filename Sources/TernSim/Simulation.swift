@@ -1322,25 +1322,27 @@ public final class Simulation {
     /// Which publish each subscriber saw at each offset of one topic's epoch, to check that all saw the same.
     /// Keyed by offset: offsets in an epoch need not be contiguous (a restarted home continues past a jump).
     final class OffsetTable {
-        /// Publish numbers by offset from `base` (0 where none is known yet): an epoch's offsets
-        /// are dense, so an array serves; those far from the first one seen go to `sparse`.
+        /// Publish numbers by offset from `base` (0 where none is known yet; publish numbers start
+        /// at 1): an epoch's offsets are dense, so an array serves; those far from the first one
+        /// seen go to `sparse`.
         private var dense: [Int32] = []
         private var base: UInt64?
-        private var sparse: [UInt64: Int] = [:]
+        private var sparse: [UInt64: Int32] = [:]
         private static let denseSpan: UInt64 = 1 << 20
 
-        /// The publish number already seen at `offset`, after recording `publish` there if none was.
-        func record(_ offset: UInt64, _ publish: Int) -> Int {
-            if base == nil { base = offset }
-            if offset >= base!, offset - base! < Self.denseSpan, let p = Int32(exactly: publish), p > 0 {
-                let i = Int(offset - base!)
-                if i >= dense.count { dense.append(contentsOf: repeatElement(0, count: max(i + 1 - dense.count, dense.count))) }
-                if dense[i] != 0 { return Int(dense[i]) }
-                dense[i] = p
+        /// The publish number already seen at `offset`, after recording `publish` (1 or more) there if none was.
+        func record(_ offset: UInt64, _ publish: Int32) -> Int32 {
+            let base = self.base ?? offset
+            self.base = base
+            guard offset >= base, offset - base < Self.denseSpan else {
+                if let known = sparse[offset] { return known }
+                sparse[offset] = publish
                 return publish
             }
-            if let known = sparse[offset] { return known }
-            sparse[offset] = publish
+            let i = Int(offset - base)
+            if i >= dense.count { dense.append(contentsOf: repeatElement(0, count: max(i + 1 - dense.count, dense.count))) }
+            if dense[i] != 0 { return dense[i] }
+            dense[i] = publish
             return publish
         }
     }
@@ -1380,7 +1382,7 @@ public final class Simulation {
                     let key = EpochKey(topic: topic, epoch: epochNames[Int(d.epoch)])
                     if let t = tables[key] { table = t } else { let t = OffsetTable(); tables[key] = t; table = t }
                 }
-                let known = table!.record(UInt64(d.offset), publish)
+                let known = Int(table!.record(UInt64(d.offset), d.publish))
                 if known != publish {
                     violations.append("order differs within epoch: \(topic) \(position(d)) is p\(known) for one client and p\(publish) for \(c.key.region)#\(c.key.index)")
                 }

@@ -82,7 +82,7 @@ struct SimCommand: ParsableCommand {
         let tty = isatty(2) == 1 && !json
         let jobs = max(1, min(self.jobs ?? ProcessInfo.processInfo.activeProcessorCount, runs.count))
         let file = self.file, swarm = self.swarm, checkDeterminism = self.checkDeterminism
-        /// One seed's run, its wall time, and the failure report printed for it.
+        /// One seed's run and its wall time.
         @Sendable func runOne(_ s: UInt64, _ scenario: Scenario, progress: ((Double) -> Void)?) -> (SimulationResult, Double) {
             let began = Date()
             var r = Simulation(scenario: scenario, seed: s).run(progress: progress)

@@ -44,6 +44,39 @@ struct SimulationTests {
         }
     }
 
+    @Test("link entries are counted under their own kind's name, one index per kind")
+    func linkKindNames() {
+        let at = StreamPosition(epoch: "eu-west.1", offset: 3)
+        let p = Publication(topic: "room:x", position: at, id: "p1", data: "{}", user: nil, acceptedAt: .zero, sequencedAtWall: 1)
+        let messages: [LinkMessage] = [
+            .linkState(origin: "a", incarnation: 1, sequence: 1, neighbours: []),
+            .interest(topic: "room:x", since: nil, fork: nil),
+            .epochSwitch(topic: "room:x", from: at, to: at),
+            .uninterest(topic: "room:x"),
+            .data(p),
+            .caughtUp(topic: "room:x", position: at),
+            .gap(topic: "room:x", position: at, reason: .evicted),
+            .resync(topic: "room:x"),
+            .publish(topic: "room:x", id: "q", data: "1", user: nil, origin: "a", ref: 1, receivedAtWall: 1, firstAt: nil),
+            .trace(topic: "room:x", region: "a", home: "b", on: true),
+            .ack(origin: "a", ref: 1, topic: "room:x", result: .accepted(position: at, duplicate: false)),
+            .credit(batches: 1),
+            .follow(topic: "room:x", replica: "a", home: "b", from: at),
+            .unfollow(topic: "room:x", replica: "a"),
+            .replicated(topic: "room:x", epoch: "eu-west.1", from: 1, to: 2, home: "b"),
+            .heartbeat(sentAt: 1),
+            .heartbeatReply(sentAt: 1),
+            .presence(topic: "room:x", owner: "a", incarnation: 1, sequence: 1, change: .leave(ClientID(1)), towardsHome: false),
+            .presenceDigest(topic: "room:x", owners: []),
+            .recover(topic: "room:x", home: "b", replica: "a", after: at),
+            .recovered(topic: "room:x", home: "b", replica: "a", publication: nil, position: at),
+        ]
+        #expect(Set(messages.map(\.kindIndex)) == Set(LinkMessage.kindNames.indices))
+        for m in messages {
+            #expect("\(m)".hasPrefix(LinkMessage.kindNames[m.kindIndex] + "("), "\(m)")
+        }
+    }
+
     @Test("percentiles are the values at the same ranks as in the sorted samples")
     func percentilesMatchSorting() {
         var rng = SplitMix64(seed: 7)
