@@ -82,23 +82,49 @@ final class LinkSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = LinkFrame
     typealias OutboundOut = LinkFrame
 
+    /// Where the connection is in the handshake (see `LinkFrame`).
+    enum Phase {
+        /// Waiting for the peer's hello: the dialling side has sent its own, the accepting side has not.
+        case awaitingHello
+        /// The accepting side checked the dialler's hello and answered; waiting for `ready`.
+        case awaitingReady(peer: String)
+        /// Both hellos were accepted and the link is attached to the relay core.
+        case up(peer: String)
+        /// The connection is closing, refused or reset by either side; nothing more is read.
+        /// `attached` is the peer when the link had come up, so closing detaches it.
+        case closing(attached: String?)
+    }
+
     let links: LinkService
     let expectedPeer: String?
     let encoder: LinkFrameEncoder
     let connection: UInt64
-    var peer: String?
+    private(set) var phase = Phase.awaitingHello
+    /// Called once if the link comes up, so the dialler can start its backoff over.
+    let onUp: (@Sendable () -> Void)?
 
-    init(links: LinkService, expectedPeer: String?, encoder: LinkFrameEncoder, connection: UInt64) {
+    /// The peer the link is attached for, once it is up (and while it closes after that).
+    var peer: String? {
+        switch phase {
+        case .up(let peer), .closing(attached: let peer?): peer
+        case .awaitingHello, .awaitingReady, .closing(attached: nil): nil
+        }
+    }
+
+    private var dialling: Bool { expectedPeer != nil }
+
+    init(links: LinkService, expectedPeer: String?, encoder: LinkFrameEncoder, connection: UInt64, onUp: (@Sendable () -> Void)? = nil) {
         self.links = links
         self.expectedPeer = expectedPeer
         self.encoder = encoder
         self.connection = connection
+        self.onUp = onUp
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        context.writeAndFlush(wrapOutboundOut(.hello(links.hello)), promise: nil)
-        // A peer that accepts the connection but never says hello (a silent path, a stuck process)
-        // must not hold the dial forever: give it the read timeout, then close and dial again.
+        if dialling { context.writeAndFlush(wrapOutboundOut(.hello(links.hello)), promise: nil) }
+        // A peer that accepts the connection but never finishes the handshake (a silent path, a stuck
+        // process) must not hold the dial forever: give it the read timeout, then close and dial again.
         let channel = context.channel
         let timeout = links.topology.tuning.linkReadTimeout
         let logger = links.logger
@@ -113,22 +139,48 @@ final class LinkSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
-        case .hello(let hello):
-            guard peer == nil else { return reject(context, "a second hello on an open link") }
+        let frame = unwrapInboundIn(data)
+        if case .reject(let reason) = frame {
+            links.logger.error("link refused by peer", metadata: ["peer": "\(peer ?? expectedPeer ?? "?")", "reason": "\(reason)"])
+            phase = .closing(attached: peer)
+            context.close(promise: nil)
+            return
+        }
+        switch (phase, frame) {
+        case (.awaitingHello, .hello(let hello)):
             if let problem = links.problem(with: hello, expectedPeer: expectedPeer, certificateNames: certificateNames(context)) {
                 return reject(context, problem, claimed: hello.region)
             }
-            peer = hello.region
-            encoder.metrics = links.metrics(for: hello.region)
-            links.attach(hello.region, connection: connection, channel: context.channel)
-        case .reject(let reason):
-            links.logger.error("link refused by peer", metadata: ["peer": "\(peer ?? expectedPeer ?? "?")", "reason": "\(reason)"])
-            context.close(promise: nil)
-        case .batch(let messages):
-            guard let peer else { return reject(context, "a batch before the hello") }
+            if dialling {
+                // The accepting side answers only a hello it accepted: the link is up on both sides.
+                context.writeAndFlush(wrapOutboundOut(.ready), promise: nil)
+                up(hello.region, context)
+            } else {
+                phase = .awaitingReady(peer: hello.region)
+                context.writeAndFlush(wrapOutboundOut(.hello(links.hello)), promise: nil)
+            }
+        case (.awaitingReady(let peer), .ready):
+            up(peer, context)
+        case (.up(let peer), .batch(let messages)):
             links.received(messages, from: peer)
+        case (.closing, _):
+            return
+        case (_, .hello):
+            reject(context, "a hello out of turn")
+        case (_, .ready):
+            reject(context, "a ready out of turn")
+        case (_, .batch):
+            reject(context, "a batch before the handshake finished")
+        case (_, .reject):
+            return
         }
+    }
+
+    private func up(_ peer: String, _ context: ChannelHandlerContext) {
+        phase = .up(peer: peer)
+        encoder.metrics = links.metrics(for: peer)
+        links.attach(peer, connection: connection, channel: context.channel)
+        onUp?()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -146,6 +198,7 @@ final class LinkSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     private func reject(_ context: ChannelHandlerContext, _ reason: String, claimed: String? = nil) {
+        phase = .closing(attached: peer)
         links.logger.error("link refused", metadata: ["peer": "\(claimed ?? expectedPeer ?? "?")", "reason": "\(reason)"])
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(.reject(reason: reason))).whenComplete { _ in channel.close(promise: nil) }
@@ -319,7 +372,8 @@ final class LinkService: Service, Sendable {
         }
     }
 
-    private func initialize(_ channel: any Channel, expectedPeer: String?, tls: NIOSSLContext?, server: Bool) -> EventLoopFuture<Void> {
+    private func initialize(_ channel: any Channel, expectedPeer: String?, tls: NIOSSLContext?, server: Bool,
+                            onUp: (@Sendable () -> Void)? = nil) -> EventLoopFuture<Void> {
         channel.eventLoop.makeCompletedFuture {
             let ops = channel.pipeline.syncOperations
             if let tls {
@@ -333,7 +387,7 @@ final class LinkService: Service, Sendable {
             let encoder = LinkFrameEncoder(codec: LinkCodec(maxFrameBytes: maxFrame))
             try ops.addHandler(ByteToMessageHandler(LinkFrameDecoder(codec: LinkCodec(maxFrameBytes: maxFrame))))
             try ops.addHandler(MessageToByteHandler(encoder))
-            try ops.addHandler(LinkSessionHandler(links: self, expectedPeer: expectedPeer, encoder: encoder, connection: nextConnection()))
+            try ops.addHandler(LinkSessionHandler(links: self, expectedPeer: expectedPeer, encoder: encoder, connection: nextConnection(), onUp: onUp))
         }
     }
 
@@ -382,11 +436,15 @@ final class LinkService: Service, Sendable {
         return (Int(min(idle, 32_767)), Int(min(interval, 32_767)), 3)
     }
 
-    /// Dials `peer` until cancelled, waiting a jittered, growing delay after each failure.
+    /// Dials `peer` until cancelled, waiting a jittered, growing delay after each failure. A connection
+    /// that closes before the link came up (refused, or a handshake that timed out) counts as a failure,
+    /// so a peer that keeps refusing is dialled less and less often.
     private func dialLoop(_ peer: Region, plaintext: Bool) async {
         var attempt = 0
         var rng = SystemRandomNumberGenerator()
         while !Task.isCancelled {
+            let cameUp = Mutex(false)
+            let onUp: @Sendable () -> Void = { cameUp.withLock { $0 = true } }
             do {
                 let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                     .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -395,9 +453,8 @@ final class LinkService: Service, Sendable {
                     .channelOption(Self.keepInterval, value: keepAlive.interval)
                     .channelOption(Self.keepCount, value: keepAlive.count)
                     .connectTimeout(.seconds(5))
-                    .channelInitializer { [self] channel in initialize(channel, expectedPeer: peer.name, tls: plaintext ? nil : clientTLS, server: false) }
+                    .channelInitializer { [self] channel in initialize(channel, expectedPeer: peer.name, tls: plaintext ? nil : clientTLS, server: false, onUp: onUp) }
                     .connect(host: peer.link.host, port: peer.link.port).get()
-                attempt = 0
                 try? await withTaskCancellationHandler {
                     try await channel.closeFuture.get()
                 } onCancel: {
@@ -406,6 +463,7 @@ final class LinkService: Service, Sendable {
             } catch {
                 logger.debug("link dial failed", metadata: ["peer": "\(peer.name)", "error": "\(error)"])
             }
+            if cameUp.withLock({ $0 }) { attempt = 0 }
             attempt += 1
             let cap = min(topology.tuning.reconnectMax.ternNanoseconds,
                           topology.tuning.reconnectMin.ternNanoseconds << min(attempt, 16))

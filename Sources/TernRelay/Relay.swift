@@ -39,7 +39,7 @@ public final class Relay: Service, Sendable {
     private let listening = BoundPort()
     let links: LinkService?
     /// The topology this relay was started with.
-    let topology: Topology
+    public let topology: Topology
     /// Browser-facing settings.
     let web: RelayWebOptions
     /// The JavaScript client and pages, read at startup.

@@ -3,12 +3,18 @@ import TernCore
 
 /// One frame on an inter-region link.
 ///
-/// Every frame is `u32 length | u8 type | payload`, big-endian. Both sides
-/// send `hello` first; everything after is `batch` frames (or a `reject`
-/// that explains why the link is being closed).
+/// Every frame is `u32 length | u8 type | payload`, big-endian. The handshake
+/// takes three frames: the dialling side sends `hello`; the accepting side
+/// checks it and answers with its own `hello`; the dialling side checks that
+/// and sends `ready`. Each side counts the link as up only once it has checked
+/// the other's hello and knows its own was accepted, so a refused side never
+/// sees the link up. Everything after is `batch` frames (or a `reject` that
+/// explains why the link is being closed).
 public enum LinkFrame: Sendable, Equatable {
     /// Who is speaking, in which protocol version and topology.
     case hello(LinkHello)
+    /// The dialling side accepted the answering hello; the link is up on both sides.
+    case ready
     /// The peer refuses the link; the reason is for both sides' logs.
     case reject(reason: String)
     /// A batch of link messages.
@@ -45,7 +51,7 @@ public struct LinkProtocolError: Error, Equatable, CustomStringConvertible {
 /// connection's lifetime, so each connection needs a fresh codec.
 public final class LinkCodec {
     /// The link protocol version this build speaks.
-    public static let version: UInt16 = 5
+    public static let version: UInt16 = 6
     /// Topic names interned per direction before the sender starts the table over.
     public static let defaultMaxInternedTopics = 65_536
 
@@ -53,6 +59,7 @@ public final class LinkCodec {
         case hello = 1
         case reject = 2
         case batch = 3
+        case ready = 4
     }
 
     enum Kind: UInt8 {
@@ -101,6 +108,8 @@ public final class LinkCodec {
             writeString(h.mesh, &out)
             writeString(h.region, &out)
             writeString(h.topologyHash, &out)
+        case .ready:
+            out.writeInteger(FrameType.ready.rawValue)
         case .reject(let reason):
             out.writeInteger(FrameType.reject.rawValue)
             writeString(reason, &out)
@@ -382,6 +391,8 @@ public final class LinkCodec {
         case .hello:
             let version: UInt16 = try read(&frame)
             result = .hello(LinkHello(version: version, mesh: try readString(&frame), region: try readString(&frame), topologyHash: try readString(&frame)))
+        case .ready:
+            result = .ready
         case .reject:
             result = .reject(reason: try readString(&frame))
         case .batch:

@@ -53,6 +53,7 @@ struct LinkCodecTests {
 
     static let frames: [LinkFrame] = [
         .hello(LinkHello(mesh: "m", region: "eu-west", topologyHash: "0123456789abcdef")),
+        .ready,
         .batch(Array(messages.prefix(6))),
         .batch(Array(messages.dropFirst(6))),
         .batch(Array(repeating: messages[3], count: 20)),

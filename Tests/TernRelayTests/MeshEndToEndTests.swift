@@ -3,6 +3,8 @@ import Testing
 import TernClient
 import TernCore
 import TernRelay
+import TernWire
+import NIOCore
 
 @Suite("Three relays on loopback joined by links", .serialized)
 struct MeshEndToEndTests {
@@ -193,14 +195,24 @@ struct LinkTLSTests {
         try await withMesh(tls: good, topologyFor: { region, base in
             region == "a" ? base.replacingOccurrences(of: good, with: bad) : base
         }) { mesh in
+            // The refused side must never count the link as up, not even for a moment: a checks
+            // b's hello and finds it good, but b answers only a hello it accepted.
+            var aSawUp: [String] = []
             let deadline = ContinuousClock.now + .seconds(10)
             while ContinuousClock.now < deadline, !mesh.capture.contains("certificate names b, not region a") {
-                try await Task.sleep(for: .milliseconds(20))
+                aSawUp += mesh.relays["a"]!.upLinks
+                try await Task.sleep(for: .milliseconds(5))
             }
             #expect(mesh.capture.contains("certificate names b, not region a"), "\(mesh.capture.lines.withLock { $0.filter { $0.contains("link") }.prefix(6) })")
-            try await Task.sleep(for: .milliseconds(300))
+            let settle = ContinuousClock.now + .milliseconds(500)
+            while ContinuousClock.now < settle {
+                aSawUp += mesh.relays["a"]!.upLinks
+                try await Task.sleep(for: .milliseconds(5))
+            }
             #expect(mesh.capture.contains("link refused by peer"))
-            #expect(mesh.relays["a"]!.upLinks.isEmpty)
+            #expect(aSawUp.isEmpty)
+            let linkUpLines = mesh.capture.lines.withLock { $0.filter { $0.contains("link up") } }
+            #expect(linkUpLines.allSatisfy { !$0.contains("peer=a") && !$0.contains("region=a") }, "\(linkUpLines)")
             #expect(mesh.relays["b"]!.upLinks == ["c"])
         }
     }
@@ -358,6 +370,38 @@ struct LinkGarbageTests {
             try await sub.client.subscribe(topic)
             _ = try await mesh.fixture("b").apiPublish(topic, "1")
             try await sub.waitPublications(1)
+        }
+    }
+
+    @Test("frames out of the handshake's order are refused with a reason, and the real links stay up")
+    func outOfOrder() async throws {
+        try await withMesh { mesh in
+            try await mesh.waitForLinks()
+            let linkPort = await mesh.relays["b"]!.waitUntilLinksListening()!
+            let codec = LinkCodec()
+            let topology = mesh.relays["b"]!.topology
+            let cases: [([LinkFrame], String)] = [
+                ([.ready], "a ready out of turn"),
+                ([.batch([.heartbeat(sentAt: 1)])], "a batch before the handshake finished"),
+                // A good hello from a configured peer, then a batch without waiting for b's answer and ready.
+                ([.hello(LinkHello(mesh: topology.mesh, region: "a", topologyHash: topology.hash)), .batch([.heartbeat(sentAt: 2)])],
+                 "a batch before the handshake finished"),
+            ]
+            for (frames, reason) in cases {
+                var bytes = ByteBuffer()
+                for f in frames { codec.encode(f, into: &bytes) }
+                let file = FileManager.default.temporaryDirectory.appendingPathComponent("tern-frames-\(UUID())")
+                try Data(bytes.readableBytesView).write(to: file)
+                defer { try? FileManager.default.removeItem(at: file) }
+                _ = try await runProcess("/bin/bash", ["-c", "cat \(file.path) > /dev/tcp/127.0.0.1/\(linkPort); sleep 0.2"])
+                let deadline = ContinuousClock.now + .seconds(5)
+                while ContinuousClock.now < deadline, !mesh.capture.contains(reason) {
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+                #expect(mesh.capture.contains(reason))
+            }
+            #expect(mesh.relays["b"]!.upLinks == ["a", "c"])
+            #expect(mesh.relays["a"]!.upLinks == ["b", "c"])
         }
     }
 }
