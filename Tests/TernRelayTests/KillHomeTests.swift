@@ -119,7 +119,8 @@ struct KillHomeTests {
                 if let before = last[p.position.epoch] { #expect(p.position.offset > before, "\(region): \(p.position) after offset \(before)") }
                 last[p.position.epoch] = p.position.offset
             }
-            #expect(!s.events.contains { if case .resyncRequired = $0 { true } else { false } }, "\(region) was told to resync")
+            let resyncs = s.events.compactMap { e -> String? in if case .resyncRequired(let t, let reason) = e { "\(t): \(reason)" } else { nil } }
+            #expect(resyncs.isEmpty, "\(region) was told to resync: \(resyncs); publications \(got.map { "\($0.id)@\($0.position)" })")
         }
     }
 }
