@@ -137,7 +137,7 @@ let package = Package(
         .testTarget(
             name: "TernRelayTests",
             dependencies: [
-                "TernRelay", "TernClient", "TernWire", "TernTopology", "TernBench",
+                "TernRelay", "TernClient", "TernWire", "TernTopology", "TernBench", "TernTestSupport",
                 .product(name: "JWTKit", package: "jwt-kit"),
                 .product(name: "WSClient", package: "swift-websocket"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -192,6 +192,9 @@ extension RelayCore {
     /// The neighbours whose links are up.
     public var upLinks: [String] { mesh?.up.sorted() ?? [] }
 
+    /// The regions no route reaches now (each fails over `failover_after` after it became unreachable).
+    public var unreachableRegions: [String] { mesh?.unreachableSince.keys.sorted() ?? [] }
+
     /// The region that sequences `topic`: pinned by namespace, else first by rendezvous order among
     /// the regions not unreachable for longer than failover_after. For drivers and tests; the core's
     /// own code, which changes state, asks `currentHome(of:)`.

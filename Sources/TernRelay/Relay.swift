@@ -107,6 +107,9 @@ public final class Relay: Service, Sendable {
     /// Neighbours whose links are up.
     public var upLinks: [String] { runtime.upLinks }
 
+    /// Regions no route reaches now, as this relay sees it.
+    public var unreachableRegions: [String] { runtime.unreachableRegions }
+
     /// The home region of `topic` as this relay sees it.
     public func home(of topic: String) -> String { runtime.home(of: topic) }
 

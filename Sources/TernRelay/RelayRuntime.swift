@@ -307,6 +307,9 @@ final class RelayRuntime: Sendable {
     /// Neighbours with an up link.
     var upLinks: [String] { state.withLock { $0.core.upLinks } }
 
+    /// Regions no route reaches now.
+    var unreachableRegions: [String] { state.withLock { $0.core.unreachableRegions } }
+
     /// Sends a signal to one connection's task.
     func signal(_ client: ClientID, _ signal: ClientSignal) {
         state.withLock { _ = $0.sinks[client]?.yield(signal) }

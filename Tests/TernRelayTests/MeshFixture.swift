@@ -9,11 +9,17 @@ import TernTopology
 import Glibc
 #endif
 
+/// Ports `freePort` has handed out in this test process; none is handed out twice.
+private let handedOutPorts = Mutex<Set<Int>>([])
+
 /// A free loopback port below the kernel's ephemeral range, so relays that bind port 0 in
-/// other tests never take it between this check and the relay's own bind.
+/// other tests never take it between this check and the relay's own bind. A port is handed out
+/// once per test process: the check closes its socket at once, so without the record two calls
+/// (two regions of one mesh, or two meshes of tests running side by side) could both get it.
 func freePort() -> Int {
-    for _ in 0..<100 {
+    for _ in 0..<1000 {
         let port = Int.random(in: 20_000..<30_000)
+        guard handedOutPorts.withLock({ $0.insert(port).inserted }) else { continue }
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
@@ -23,7 +29,7 @@ func freePort() -> Int {
         close(fd)
         if rc == 0 { return port }
     }
-    return Int.random(in: 20_000..<30_000)
+    preconditionFailure("no free loopback port left in 20000..<30000 for this test process")
 }
 
 /// Log lines captured from relays, for asserting on errors both sides log.
@@ -217,14 +223,16 @@ extension MeshFixture {
 
     func fixture(_ region: String) -> RelayFixture { RelayFixture(port: clientPorts[region]!) }
 
-    /// Waits until every relay has all its links up.
+    /// Waits until every relay has all its links up and reaches every region. (A link is up before
+    /// the peers' route advertisements have crossed it; until they have, a region that started late
+    /// may still count as unreachable, and one unreachable for `failover_after` has its topics failed over.)
     func waitForLinks(timeout: Duration = .seconds(15)) async throws {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
-            if regions.allSatisfy({ relays[$0]!.upLinks.count == 2 }) { return }
+            if regions.allSatisfy({ relays[$0]!.upLinks.count == 2 && relays[$0]!.unreachableRegions.isEmpty }) { return }
             try await Task.sleep(for: .milliseconds(20))
         }
-        Issue.record("links did not come up: \(regions.map { "\($0): \(relays[$0]!.upLinks)" })")
+        Issue.record("links did not come up: \(regions.map { "\($0): up \(relays[$0]!.upLinks), unreachable \(relays[$0]!.unreachableRegions)" })")
         throw CancellationError()
     }
 

@@ -3,8 +3,16 @@ import Foundation
 import Glibc
 #endif
 
+/// The exit code of a child that Foundation reaped itself (our `waitpid` saw `ECHILD`): waits
+/// until Foundation has recorded the end, then gives its status, or 128 + the signal that ended it.
+private func exitCodeRecordedByFoundation(_ process: Process) -> Int32 {
+    while process.isRunning { usleep(1_000) }
+    return process.terminationReason == .exit ? process.terminationStatus : 128 + process.terminationStatus
+}
+
 /// Runs a process to completion, polling `waitpid` (Foundation's termination notification can be
-/// missed when several tests start processes at once).
+/// missed when several tests start processes at once). When Foundation reaps the child first,
+/// its status is taken from Foundation once it has recorded it.
 public func runToCompletion(_ path: String, _ args: [String]) throws -> (Int32, String) {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: path)
@@ -16,17 +24,20 @@ public func runToCompletion(_ path: String, _ args: [String]) throws -> (Int32, 
     p.standardError = handle
     try p.run()
     var status: Int32 = 0
+    var exit: Int32?
     while true {
         let r = waitpid(p.processIdentifier, &status, WNOHANG)
         if r == p.processIdentifier { break }
-        if r == -1 && errno == ECHILD { status = p.isRunning ? 0 : p.terminationStatus << 8; break }
+        if r == -1 && errno == ECHILD {
+            exit = exitCodeRecordedByFoundation(p)
+            break
+        }
         usleep(10_000)
     }
     try handle.close()
     let text = (try? String(contentsOf: out, encoding: .utf8)) ?? ""
     try? FileManager.default.removeItem(at: out)
-    let exit = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-    return (exit, text)
+    return (exit ?? ((status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)), text)
 }
 
 /// The `tern` binary of the last debug build under `repoRoot`, if there is one.
