@@ -214,6 +214,15 @@ struct LinkTLSTests {
             let linkUpLines = mesh.capture.lines.withLock { $0.filter { $0.contains("link up") } }
             #expect(linkUpLines.allSatisfy { !$0.contains("peer=a") && !$0.contains("region=a") }, "\(linkUpLines)")
             #expect(mesh.relays["b"]!.upLinks == ["c"])
+            // A refused dial backs off like a failed one. reconnect_max is 300 ms here, so once grown each
+            // wait is at least 150 ms: b refuses a at most 14 times in 2 s. Dialled again at reconnect_min
+            // (50 ms, waits of 50-100 ms) there would be about 26.
+            let refusals = { mesh.capture.lines.withLock { $0.filter { $0.contains("link refused peer=a") && $0.hasSuffix("region=b") }.count } }
+            try await Task.sleep(for: .milliseconds(500))
+            let before = refusals()
+            try await Task.sleep(for: .seconds(2))
+            let refused = refusals() - before
+            #expect(refused >= 1 && refused <= 14, "b refused a \(refused) times in 2 s")
         }
     }
 }
