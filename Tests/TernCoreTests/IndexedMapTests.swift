@@ -75,3 +75,37 @@ struct TrackedChangesTests {
         for a in inputs { #expect(a.uniqued() == reference(a), "\(a)") }
     }
 }
+
+@Suite("Client id hashing")
+struct ClientIDHashTests {
+    /// Ids as the relay makes them: a counter shifted past the event-loop slot bits, or-ed with the slot.
+    static func relayIDs(_ n: Int, slotBits: Int = 6) -> [ClientID] {
+        (0..<n).map { ClientID(UInt64($0 / 4) << UInt64(slotBits) | UInt64($0 % 4)) }
+    }
+
+    @Test("a dictionary keyed by client ids finds every id, and only those, after growth and removals")
+    func dictionaryStaysCorrect() {
+        let ids = Self.relayIDs(50_000)
+        var map: [ClientID: Int] = [:]
+        for (i, id) in ids.enumerated() { map[id] = i }
+        #expect(map.count == ids.count)
+        for (i, id) in ids.enumerated() where i % 3 == 0 { map[id] = nil }
+        for (i, id) in ids.enumerated() { #expect(map[id] == (i % 3 == 0 ? nil : i)) }
+        #expect(map[ClientID(UInt64.max)] == nil)
+        #expect(Set(ids).count == ids.count)
+    }
+
+    @Test("ids that differ only in their high counter bits or their slot bits land in different buckets")
+    func hashesSpread() {
+        // 4,096 ids into 4,096 buckets by the low 12 bits of the hash: a random function fills about 63%.
+        // A hash that passed the raw number through (low bits = slot and the counter's lowest bits) fills
+        // far fewer for these ids, since every id here has 0 in bits 2...5.
+        for seed in [0, 1, 0x5EED, -7] {
+            let buckets = Set(Self.relayIDs(4_096).map { $0._rawHashValue(seed: seed) & 4_095 })
+            #expect(buckets.count > 2_400, "seed \(seed): \(buckets.count) of 4096 buckets used")
+        }
+        // The seed changes the hash.
+        let id = ClientID(42)
+        #expect(id._rawHashValue(seed: 1) != id._rawHashValue(seed: 2))
+    }
+}
