@@ -11,8 +11,9 @@ public struct ClientID: Hashable, Comparable, Sendable, CustomStringConvertible 
 
     /// The hash sets and dictionaries keyed by client id use: a lookup per subscriber per publication
     /// is on the fan-out path, and SipHash (what `Hasher` runs) was a fifth of that lookup's cost.
-    /// Ids are numbers the relay assigns, never chosen by a peer, so nobody can aim collisions at
-    /// them and a fast mix of the number with the table's seed (SplitMix64's finalizer) is enough.
+    /// Ids are numbers relays assign (this one, or a peer relay over an authenticated link), never
+    /// chosen by a client, so no client can aim collisions at them, and a fast mix of the number with
+    /// the table's seed (SplitMix64's finalizer) is enough.
     /// The order of a dictionary's keys was never stable (Swift seeds hashing per process), so
     /// nothing depends on it.
     public func _rawHashValue(seed: Int) -> Int {
