@@ -460,7 +460,7 @@ final class RelayRuntime: Sendable {
             handle.write(data)
             try? handle.close()
         } else {
-            FileManager.default.createFile(atPath: path, contents: data)
+            _ = FileManager.default.createFile(atPath: path, contents: data)
         }
     }
 

@@ -77,7 +77,7 @@ struct WebAsset: Sendable {
 
     /// The response to a GET: 304 when the client's copy is current.
     func response(for request: Request) -> Response {
-        var headers: HTTPFields = [
+        let headers: HTTPFields = [
             .contentType: contentType,
             .eTag: etag,
             .cacheControl: cacheControl,

@@ -229,8 +229,9 @@ final class RelayWebSocketHandler: ChannelInboundHandler, ConnectionWriter, @unc
             let code = data.readInteger(as: UInt16.self) ?? 1000
             var payload = context.channel.allocator.buffer(capacity: 2)
             payload.writeInteger(code)
+            let channel = context.channel
             context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: payload))).whenComplete { _ in
-                context.close(promise: nil)
+                channel.close(promise: nil)
             }
         default:
             break
