@@ -757,6 +757,9 @@ public final class Simulation {
 
     private func handle(_ region: String, _ event: RelayEvent) { handle(regions[region]!, event) }
 
+    /// What a simulated client's token allows: every topic (parsed once, not per token check).
+    private static let everyTopic = [TopicPattern("*")]
+
     private func handle(_ r: Region, _ event: RelayEvent) {
         guard r.running else { return }
         let region = r.name
@@ -834,7 +837,7 @@ public final class Simulation {
             case .verifyToken(let id, let ref, _):
                 handle(r, .authenticated(id, ref: ref, ClientIdentity(
                     user: r.clientsByConnection[id].map { "u\($0.key.index)" } ?? "u", expiresAt: nil,
-                    subscribe: [TopicPattern("*")], publish: [TopicPattern("*")], presence: [TopicPattern("*")])))
+                    subscribe: Self.everyTopic, publish: Self.everyTopic, presence: Self.everyTopic)))
                 // The inner event may have gathered frames for some of the same clients: those this
                 // event gathers are its own again (what the inner one sent is no longer in `written`).
                 for c in gathered { c.gatheredBy = stamp }
