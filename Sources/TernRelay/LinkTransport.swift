@@ -77,58 +77,38 @@ final class LinkFrameEncoder: MessageToByteEncoder {
     }
 }
 
-/// One link connection: the handshake, then batches to and from the relay core.
+/// One link connection: drives its `LinkHandshake` with the frames read and carries out what it
+/// returns (writes, attaching to the relay core, refusals), then passes batches to and from the core.
 final class LinkSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = LinkFrame
     typealias OutboundOut = LinkFrame
 
-    /// Where the connection is in the handshake (see `LinkFrame`).
-    enum Phase {
-        /// Waiting for the peer's hello: the dialling side has sent its own, the accepting side has not.
-        case awaitingHello
-        /// The accepting side checked the dialler's hello and answered; waiting for `ready`.
-        case awaitingReady(peer: String)
-        /// Both hellos were accepted and the link is attached to the relay core.
-        case up(peer: String)
-        /// The connection is closing, refused or reset by either side; nothing more is read.
-        /// `attached` is the peer when the link had come up, so closing detaches it.
-        case closing(attached: String?)
-    }
-
     let links: LinkService
-    let expectedPeer: String?
     let encoder: LinkFrameEncoder
     let connection: UInt64
-    private(set) var phase = Phase.awaitingHello
+    private var handshake: LinkHandshake
     /// Called once if the link comes up, so the dialler can start its backoff over.
     let onUp: (@Sendable () -> Void)?
 
     /// The peer the link is attached for, once it is up (and while it closes after that).
-    var peer: String? {
-        switch phase {
-        case .up(let peer), .closing(attached: let peer?): peer
-        case .awaitingHello, .awaitingReady, .closing(attached: nil): nil
-        }
-    }
-
-    private var dialling: Bool { expectedPeer != nil }
+    var peer: String? { handshake.attachedPeer }
 
     init(links: LinkService, expectedPeer: String?, encoder: LinkFrameEncoder, connection: UInt64, onUp: (@Sendable () -> Void)? = nil) {
         self.links = links
-        self.expectedPeer = expectedPeer
         self.encoder = encoder
         self.connection = connection
         self.onUp = onUp
+        handshake = LinkHandshake(role: expectedPeer.map { .dialling(expectedPeer: $0) } ?? .accepting, hello: links.hello)
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        if dialling { context.writeAndFlush(wrapOutboundOut(.hello(links.hello)), promise: nil) }
+        perform(handshake.opened(), context)
         // A peer that accepts the connection but never finishes the handshake (a silent path, a stuck
         // process) must not hold the dial forever: give it the read timeout, then close and dial again.
         let channel = context.channel
         let timeout = links.topology.tuning.linkReadTimeout
         let logger = links.logger
-        let expected = expectedPeer
+        let expected = handshake.expectedPeer
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
         context.eventLoop.scheduleTask(in: .nanoseconds(timeout.ternNanoseconds)) {
             guard handler.value.peer == nil, channel.isActive else { return }
@@ -139,48 +119,36 @@ final class LinkSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let frame = unwrapInboundIn(data)
-        if case .reject(let reason) = frame {
-            links.logger.error("link refused by peer", metadata: ["peer": "\(peer ?? expectedPeer ?? "?")", "reason": "\(reason)"])
-            phase = .closing(attached: peer)
-            context.close(promise: nil)
-            return
+        // Read before the handshake changes: the check runs while `received` is under way.
+        let expectedPeer = handshake.expectedPeer
+        let links = self.links
+        let actions = handshake.received(unwrapInboundIn(data)) { [self] hello in
+            // Only a hello is checked, so the certificate is read only then.
+            links.problem(with: hello, expectedPeer: expectedPeer, certificateNames: certificateNames(context))
         }
-        switch (phase, frame) {
-        case (.awaitingHello, .hello(let hello)):
-            if let problem = links.problem(with: hello, expectedPeer: expectedPeer, certificateNames: certificateNames(context)) {
-                return reject(context, problem, claimed: hello.region)
-            }
-            if dialling {
-                // The accepting side answers only a hello it accepted: the link is up on both sides.
-                context.writeAndFlush(wrapOutboundOut(.ready), promise: nil)
-                up(hello.region, context)
-            } else {
-                phase = .awaitingReady(peer: hello.region)
-                context.writeAndFlush(wrapOutboundOut(.hello(links.hello)), promise: nil)
-            }
-        case (.awaitingReady(let peer), .ready):
-            up(peer, context)
-        case (.up(let peer), .batch(let messages)):
-            links.received(messages, from: peer)
-        case (.closing, _):
-            return
-        case (_, .hello):
-            reject(context, "a hello out of turn")
-        case (_, .ready):
-            reject(context, "a ready out of turn")
-        case (_, .batch):
-            reject(context, "a batch before the handshake finished")
-        case (_, .reject):
-            return
-        }
+        perform(actions, context)
     }
 
-    private func up(_ peer: String, _ context: ChannelHandlerContext) {
-        phase = .up(peer: peer)
-        encoder.metrics = links.metrics(for: peer)
-        links.attach(peer, connection: connection, channel: context.channel)
-        onUp?()
+    private func perform(_ actions: [LinkHandshake.Action], _ context: ChannelHandlerContext) {
+        for action in actions {
+            switch action {
+            case .send(let frame):
+                context.writeAndFlush(wrapOutboundOut(frame), promise: nil)
+            case .attach(let peer):
+                encoder.metrics = links.metrics(for: peer)
+                links.attach(peer, connection: connection, channel: context.channel)
+                onUp?()
+            case .deliver(let messages, let peer):
+                links.received(messages, from: peer)
+            case .refuse(let reason, let claimed):
+                links.logger.error("link refused", metadata: ["peer": "\(claimed ?? "?")", "reason": "\(reason)"])
+                let channel = context.channel
+                context.writeAndFlush(wrapOutboundOut(.reject(reason: reason))).whenComplete { _ in channel.close(promise: nil) }
+            case .refusedByPeer(let reason):
+                links.logger.error("link refused by peer", metadata: ["peer": "\(peer ?? handshake.expectedPeer ?? "?")", "reason": "\(reason)"])
+                context.close(promise: nil)
+            }
+        }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -190,18 +158,12 @@ final class LinkSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         let reason = (error as? LinkProtocolError)?.description ?? "\(error)"
-        links.logger.warning("link reset", metadata: ["peer": "\(peer ?? expectedPeer ?? "?")", "reason": "\(reason)"])
+        links.logger.warning("link reset", metadata: ["peer": "\(peer ?? handshake.expectedPeer ?? "?")", "reason": "\(reason)"])
+        handshake.reset()
         if error is LinkProtocolError {
             context.writeAndFlush(wrapOutboundOut(.reject(reason: reason)), promise: nil)
         }
         context.close(promise: nil)
-    }
-
-    private func reject(_ context: ChannelHandlerContext, _ reason: String, claimed: String? = nil) {
-        phase = .closing(attached: peer)
-        links.logger.error("link refused", metadata: ["peer": "\(claimed ?? expectedPeer ?? "?")", "reason": "\(reason)"])
-        let channel = context.channel
-        context.writeAndFlush(wrapOutboundOut(.reject(reason: reason))).whenComplete { _ in channel.close(promise: nil) }
     }
 
     /// The DNS names in the peer's verified certificate, or nil on a plaintext link.
