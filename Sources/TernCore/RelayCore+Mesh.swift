@@ -646,6 +646,14 @@ extension RelayCore {
             // the regions that missed it get it (`resequenceUnrecovered`).
             route(.recover(topic: topic, home: config.region, replica: child, after: adopted), to: child)
         }
+        if let left = topics[topic]?.stream.fork, left.epoch != current.epoch,
+           [since, fork].contains(where: { $0.map { $0.epoch == left.epoch && $0.offset > left.offset } ?? false }) {
+            // This region left the old home's epoch at `left` (it took over, or followed the region that
+            // did), but the child went further in it: it followed the old home's replica, which held what
+            // the old home acknowledged last. Ask the child for those publications; the home sequences
+            // each one it has not sequenced yet again, under its id (`resequenceUnrecovered`).
+            route(.recover(topic: topic, home: currentHome(of: topic), replica: child, after: left), to: child)
+        }
         if !isHome(topic), let since, since.epoch == current.epoch, since.offset > current.offset {
             // The child is further on than this region (it followed a parent that was ahead): sending
             // it back with a gap would repeat what its subscribers have. Serve it once this region is there.
@@ -708,11 +716,15 @@ extension RelayCore {
             hops.append(TraceHop(region: config.region, step: .relayed, at: wallNow))
             publication.trace = hops
         }
-        withTopic(topic) { $0.stream.append(relayed: publication) }
+        let waiting = withTopic(topic) { t -> Bool in
+            t.stream.append(relayed: publication)
+            return !t.pendingSubscribes.isEmpty
+        } ?? false
         replicaReceived(publication)
         stats.relayedPublications += 1
         deliver(publication)
         serveChildrenCaughtUp(topic, now: clock)
+        if waiting { answerSubscribersReached(topic, now: clock) }
     }
 
     mutating func receiveCaughtUp(_ topic: String, _ position: StreamPosition, now: TernInstant) {
@@ -763,21 +775,28 @@ extension RelayCore {
             serveChild(child, topic: topic, since: since, fork: fork, now: now)
         }
         // Serving children never removes the topic; should it be gone, nobody here waits for it.
-        guard let waiting = topics[topic]?.pendingSubscribes, let current = topics[topic]?.stream.position,
-              let catchingUp = topics[topic]?.stream.resyncing else { return }
+        answerSubscribersReached(topic, now: now)
+        for client in topics[topic]?.pollWaiters.orderedKeys ?? [] where clients[client]?.pollNeedsSync.contains(topic) == true {
+            completePoll(client)
+        }
+    }
+
+    /// Answers the subscribes that waited for this region's stream, except those of clients that stand
+    /// further on in the same epoch than the region: they are answered once the region reaches them
+    /// (`receiveData`), or when the subscribe times out, rather than sent backwards. A region can be
+    /// behind a client while catching up, and also while current, when its upstream is itself behind
+    /// (this region restarted, and its clients had publications its new upstream has yet to receive).
+    mutating func answerSubscribersReached(_ topic: String, now: TernInstant) {
+        guard let waiting = topics[topic]?.pendingSubscribes, !waiting.isEmpty, let current = topics[topic]?.stream.position,
+              topics[topic]?.stream.synced == true else { return }
         topics.update(topic) { $0.pendingSubscribes = [] }
         for pending in waiting where clients[pending.client]?.subscriptions.contains(topic) == true {
-            if catchingUp, let since = pending.since, since.epoch == current.epoch, since.offset > current.offset {
-                // The client already stands further on than this region, which is still catching up:
-                // answer once the region has reached it, rather than send the client backwards.
+            if let since = pending.since, since.epoch == current.epoch, since.offset > current.offset {
                 topics.update(topic) { $0.pendingSubscribes.append(pending) }
                 continue
             }
             let reply = subscribeReply(topic, since: pending.since, now: now)
             sendSubscribed(pending.client, ref: pending.ref, reply, now: now)
-        }
-        for client in topics[topic]?.pollWaiters.orderedKeys ?? [] where clients[client]?.pollNeedsSync.contains(topic) == true {
-            completePoll(client)
         }
     }
 
@@ -818,8 +837,14 @@ extension RelayCore {
             // A failover made this region the home while the publish was on its way.
             mesh!.pending.removeValue(forKey: ref)
             let received = TraceHop(region: origin, step: .received, at: p.receivedAtWall)
-            answerOnceHeld(p.topic, p.origin, publish(topic: p.topic, id: p.id, data: p.data, user: p.user, volatile: false,
-                                                      received: received, firstAt: p.firstAt, now: clock))
+            let result = publish(topic: p.topic, id: p.id, data: p.data, user: p.user, volatile: false,
+                                 received: received, firstAt: p.firstAt, now: clock)
+            if case .resequence = p.origin, case .failure = result {
+                // Not taken here (see `publish`): back into this region's log.
+                resequenceFailed(p, now: clock)
+                return
+            }
+            answerOnceHeld(p.topic, p.origin, result)
             return
         }
         guard let hop = mesh!.routes.firstHop(to: home) else {

@@ -300,7 +300,10 @@ extension RelayCore {
     /// it before skip their subscribers that have it (region-level id memory); the others deliver it.
     mutating func resequenceUnrecovered(_ p: Publication, now: TernInstant) {
         guard isHome(p.topic), topics[p.topic]?.stream.isUnrecovered(p) == true else { return }
-        _ = publish(topic: p.topic, id: p.id, data: p.data, user: p.user, volatile: false, now: now)
+        // Sequenced again in another epoch (at a failover home), it carries where it was first sequenced,
+        // for regions that delivered it there and no longer remember it by id.
+        let firstAt = topics[p.topic]?.stream.adoptedFrom == nil ? p.firstPosition ?? p.position : nil
+        _ = publish(topic: p.topic, id: p.id, data: p.data, user: p.user, volatile: false, firstAt: firstAt, now: now)
     }
 
     /// A region that starts following a topic inside a failover epoch, from a position a client gave,

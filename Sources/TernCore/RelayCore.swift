@@ -763,6 +763,14 @@ public struct RelayCore: Sendable {
         }
         let failoverHome = mesh != nil && canonicalHome(of: topic) != config.region
         if !id.isEmpty, let earlier = topics.update(topic, { $0.stream.idempotency.lookup(id, now: now) }) ?? nil {
+            if firstAt != nil, failoverHome, let current = topics.reading(topic, { $0.stream.epoch }), earlier.epoch != current,
+               case let canonical = canonicalHome(of: topic), !earlier.epoch.hasPrefix(canonical + ".") {
+                // A failover log's publication on its way to the canonical home, which this region sequenced in
+                // an earlier failover epoch: no log here holds it any more, so taking it as a duplicate would
+                // drop it. The sender keeps it in its log, for when the canonical home is reachable again.
+                return .failure(TernError(.internalError,
+                    "'\(topic)' has a failover home; \(id) waits for the canonical home \(canonical)"))
+            }
             stats.duplicatePublishes += 1
             return .success(.published(topic: topic, position: earlier, duplicate: true))
         }

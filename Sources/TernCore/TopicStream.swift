@@ -137,6 +137,15 @@ extension TopicStream {
                case .recovered(let publications) = history.publications(after: start, current: current, now: now) {
                 return .serve(replay: old, switchFrom: myFork, switchTo: start, then: publications, at: current)
             }
+            if let myFork = self.fork, since.epoch == myFork.epoch, since.offset > myFork.offset,
+               case let start = StreamPosition(epoch: current.epoch, offset: 0),
+               case .recovered(let publications) = history.publications(after: start, current: current, now: now) {
+                // The child went further in the epoch this region left than this region did (it was the
+                // old home's replica, or followed it): it keeps what it has and moves across to this epoch.
+                // What only it held is sequenced again in this epoch under its ids (`RelayCore.serveChild`
+                // asks it for them), and regions that delivered it before skip the subscribers that have it.
+                return .serve(replay: [], switchFrom: since, switchTo: start, then: publications, at: current)
+            }
         }
         guard let since else { return .serve(replay: [], switchFrom: nil, switchTo: nil, then: [], at: current) }
         switch history.publications(after: since, current: current, now: now) {
@@ -587,10 +596,16 @@ extension TopicStream {
 
     /// Whether `p`, which a child still held, falls between where this home continued its recovered
     /// epoch and the adoption jump: acknowledged, but never recovered here, so it is sequenced again.
+    /// At a failover home, likewise: `p` is of the epoch this home left, past where it left it. The old
+    /// home acknowledged it once its replica held it, and that replica went further than this home.
     func isUnrecovered(_ p: Publication) -> Bool {
-        guard let adopted = adoptedFrom, !p.id.isEmpty else { return false }
-        return p.position.epoch == adopted.epoch && p.position.offset > adopted.offset
-            && p.position.offset < adopted.offset.saturatingAdd(RelayCore.adoptionJump)
+        guard !p.id.isEmpty else { return false }
+        if let adopted = adoptedFrom {
+            return p.position.epoch == adopted.epoch && p.position.offset > adopted.offset
+                && p.position.offset < adopted.offset.saturatingAdd(RelayCore.adoptionJump)
+        }
+        guard let fork, epoch != fork.epoch else { return false }
+        return p.position.epoch == fork.epoch && p.position.offset > fork.offset
     }
 
     /// The answer to `learnEpochBefore`: a publication of this region's epoch at or before where it

@@ -51,8 +51,23 @@ struct TopicStreamTests {
         #expect(t.catchUpPlan(since: Self.at("a.1", 5), fork: nil, isHome: true, now: Self.now)
             == .serve(replay: [Self.pub("a.1", 6), Self.pub("a.1", 7)], switchFrom: Self.at("a.1", 7), switchTo: Self.at("b.2", 0),
                       then: [Self.pub("b.2", 1), Self.pub("b.2", 2)], at: Self.at("b.2", 2)))
-        // Past the fork it holds what this region never had: no switch is possible from here.
-        #expect(t.catchUpPlan(since: Self.at("a.1", 9), fork: nil, isHome: true, now: Self.now) == .gap(at: Self.at("b.2", 2), reason: .epochChanged))
+        // Past the fork it holds what this region never had (it followed a.1's replica further): it keeps that
+        // and moves across to this epoch from where it stands; the home sequences what it lacks again by id.
+        #expect(t.catchUpPlan(since: Self.at("a.1", 9), fork: nil, isHome: true, now: Self.now)
+            == .serve(replay: [], switchFrom: Self.at("a.1", 9), switchTo: Self.at("b.2", 0),
+                      then: [Self.pub("b.2", 1), Self.pub("b.2", 2)], at: Self.at("b.2", 2)))
+        #expect(t.catchUpPlan(since: Self.at("a.1", 9), fork: nil, isHome: false, now: Self.now)
+            == .serve(replay: [], switchFrom: Self.at("a.1", 9), switchTo: Self.at("b.2", 0),
+                      then: [Self.pub("b.2", 1), Self.pub("b.2", 2)], at: Self.at("b.2", 2)))
+        // Those publications past the fork are what this failover home sequences again; the rest it has.
+        #expect(t.isUnrecovered(Self.pub("a.1", 8)))
+        #expect(!t.isUnrecovered(Self.pub("a.1", 7)))
+        #expect(!t.isUnrecovered(Self.pub("b.2", 3)))
+        // When the ring of this epoch no longer starts at its beginning, the child cannot be moved across.
+        var evicted = Self.stream("b.2", holding: [2])
+        evicted.lineage = .forked(at: Self.at("a.1", 7), delivered: [:])
+        #expect(evicted.catchUpPlan(since: Self.at("a.1", 9), fork: nil, isHome: true, now: Self.now)
+            == .gap(at: Self.at("b.2", 2), reason: .epochChanged))
     }
 
     @Test("a restarted home moves children across the adoption jump: behind it after what it recovered, at it directly, past it from where they stand")
