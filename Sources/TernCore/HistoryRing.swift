@@ -68,7 +68,8 @@ public struct TraceHop: Sendable, Hashable {
         self.at = at
     }
 
-    /// Hops kept on one publication at most; a longer path keeps its first hops (a mesh path is far shorter).
+    /// Hops kept on one publication at most; a longer path keeps its first hops and the `delivered` one
+    /// (a mesh path is usually far shorter, but a grid with links down can reach it).
     public static let maxHops = 16
 }
 

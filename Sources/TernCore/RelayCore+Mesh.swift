@@ -493,7 +493,21 @@ extension RelayCore {
 
     /// The upstream moved this region's stream to another epoch (a failover, or the merge after a heal).
     mutating func receiveEpochSwitch(_ topic: String, from: StreamPosition, to: StreamPosition, from peer: String, now: TernInstant) {
-        guard var t = topics[topic], t.stream.synced, mesh!.upstream[topic] == peer else { return }
+        guard var t = topics[topic], mesh!.upstream[topic] == peer else { return }
+        if !t.stream.synced {
+            // This region asked to start at `from`, and the upstream moves it across to another epoch from
+            // there (it took over, or followed the region that did): it stands at `from` first, as when the
+            // first publication after `from` arrives, so that what follows the switch is kept and delivered.
+            guard t.stream.awaitingFrom == from else { return }
+            withTopic(topic) { t in
+                t.stream.adopt(from)
+                t.stream.sync = .catchingUp
+            }
+            learnEpochBefore(topic, from: from, upstream: peer)
+            becameSynced(topic, now: clock)
+            guard let positioned = topics[topic], positioned.stream.synced else { return }
+            t = positioned
+        }
         guard t.stream.position == from else {
             if !t.stream.resyncing {
                 topics.update(topic) { $0.stream.catchUp() }
@@ -712,7 +726,8 @@ extension RelayCore {
         case .next?: break
         }
         var publication = publication
-        if var hops = publication.trace, hops.count < TraceHop.maxHops {
+        // The last place is kept for the `delivered` hop, so that a subscriber always sees where it was delivered.
+        if var hops = publication.trace, hops.count < TraceHop.maxHops - 1 {
             hops.append(TraceHop(region: config.region, step: .relayed, at: wallNow))
             publication.trace = hops
         }
