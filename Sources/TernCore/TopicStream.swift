@@ -404,7 +404,11 @@ extension TopicStream {
         guard !id.isEmpty else { return .everyone }
         var delivery = Delivery.everyone
         if let mark = mergeMark(of: id, now: now) {
-            delivery = .again(toSubscribersAfter: mark, firstAt: nil)
+            // Subscribers that joined since the failover epoch delivered it here, but whose stream starts at or
+            // past where it was first sequenced (or, for a publisher's retry, where this region delivered it),
+            // had it too: in their subscribe reply.
+            let first = publication.firstPosition ?? (inMesh ? idempotency.entry(of: id, now: now)?.position : nil)
+            delivery = .again(toSubscribersAfter: mark, firstAt: first)
         } else if inMesh, !sequencedHere {
             if let earlier = idempotency.entry(of: id, now: now) {
                 delivery = .again(toSubscribersAfter: earlier.mark, firstAt: earlier.position)

@@ -197,6 +197,32 @@ struct DeliveryDecisionTests {
             == .again(toSubscribersAfter: 0, firstAt: TopicStreamTests.at("b.2", 3)))
     }
 
+    @Test("within the merge window, a re-sequenced publication skips the subscribers whose stream starts at or past where it was first sequenced")
+    func mergeWindowFirstAt() {
+        var t = TopicStreamTests.stream("b.2", holding: [3, 4])
+        t.canonicalHome = "a"
+        // Delivered here in the failover epoch b.2 (this region restarted inside it: no fork).
+        t.noteEpochSwitch(from: TopicStreamTests.at("b.2", 4), to: TopicStreamTests.at("a.1", 9), canonical: "a.", serial: 5,
+                          mergeUntil: Self.now + .seconds(60))
+        var p = TopicStreamTests.pub("a.1", 10)
+        p.id = "b.2/4"
+        p.firstPosition = TopicStreamTests.at("b.2", 4)
+        // A subscriber that joined after serial 5 but was put at b.2/4 by its subscribe reply has it.
+        #expect(t.delivery(of: p, sequencedHere: false, inMesh: true, serial: 7, now: Self.now)
+            == .again(toSubscribersAfter: 5, firstAt: TopicStreamTests.at("b.2", 4)))
+        // A publisher's retry carries no first position: where this region delivered the id stands in for it.
+        var u = TopicStreamTests.stream("b.2", holding: [3])
+        u.canonicalHome = "a"
+        let first = TopicStreamTests.pub("b.2", 3)
+        #expect(u.delivery(of: first, sequencedHere: false, inMesh: true, serial: 2, now: Self.now) == .everyone)
+        u.noteEpochSwitch(from: TopicStreamTests.at("b.2", 3), to: TopicStreamTests.at("a.1", 9), canonical: "a.", serial: 5,
+                          mergeUntil: Self.now + .seconds(60))
+        var retry = TopicStreamTests.pub("a.1", 10)
+        retry.id = first.id
+        #expect(u.delivery(of: retry, sequencedHere: false, inMesh: true, serial: 7, now: Self.now)
+            == .again(toSubscribersAfter: 2, firstAt: TopicStreamTests.at("b.2", 3)))
+    }
+
     @Test("publications without an id, and a home's own, go to everyone")
     func plain() {
         var t = TopicStreamTests.stream("a.1", holding: [1])

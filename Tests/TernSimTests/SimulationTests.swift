@@ -303,6 +303,11 @@ struct SimulationTests {
               ("blackhole-home", 30301),
               // Around a grid with links down, a path of 14 relays filled the trace before the delivered hop.
               ("broadcast-25", 30086),
+              // A region restarted inside a failover epoch; a client's subscribe reply gave it a publication of
+              // that epoch, which the merge after the heal delivered to it again.
+              ("five-regions-10k", 30188),
+              // The same, where a publisher's retry reached the canonical home before the failover log did.
+              ("five-regions-10k", 30019),
           ] as [(String, UInt64)])
     func swarmRegressions(name: String, seed: UInt64) throws {
         let s = Swarm.scenario(try scenario(name), seed: seed)
