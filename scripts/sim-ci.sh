@@ -34,6 +34,21 @@ done
 #   catch-up was still in flight when the run ended (the swarm's schedule, not the relay).
 # five-regions-10k seeds 7084 and 7198: after a failover and the merge back, a region delivered
 #   again publications from before the position a fresh subscriber started at, going back in its epoch.
+# failover-home-crash seed 20024: the home crashed while its usual successor was cut off; the failover
+#   home's fork was behind the region that had replicated the home last, which was told of a gap and
+#   dropped what only it held.
+# home-crash and partition-heal seed 20029: a failover log on its way to the canonical home was taken as
+#   a duplicate by a region that had sequenced it in an earlier failover epoch and became a failover
+#   home again, so it left every log.
+# five-regions-10k seed 20036: a restarted region whose upstream was current but behind its clients
+#   answered their subscribes at its own position and then gave them earlier offsets.
+# blackhole-home seed 30301 (also failover-home-crash, home-crash and link-flap-storm 30301): a region
+#   that asked to start at the fork ignored the epoch switch its upstream answered with, dropped the
+#   failover epoch's first publications and, as the failover home's replica, had confirmed them.
+# broadcast-25 seed 30086: a 14-relay path around a grid with links down filled the trace before the
+#   delivered hop.
+# five-regions-10k seeds 30188 and 30019: a region that restarted inside a failover epoch gave a client
+#   a publication in its subscribe reply and delivered it to that client again at the merge.
 for replay in "Simulations/broadcast-25.yaml --swarm 1 --seed 35" \
               "Simulations/five-regions-10k.yaml --swarm 1 --seed 2" \
               "Simulations/five-regions-10k.yaml --swarm 1 --seed 28" \
@@ -46,7 +61,15 @@ for replay in "Simulations/broadcast-25.yaml --swarm 1 --seed 35" \
               "Simulations/five-regions-10k.yaml --swarm 1 --seed 491" \
               "Simulations/celebrity-burst.yaml --swarm 1 --seed 5008" \
               "Simulations/five-regions-10k.yaml --swarm 1 --seed 7084" \
-              "Simulations/five-regions-10k.yaml --swarm 1 --seed 7198"; do
+              "Simulations/five-regions-10k.yaml --swarm 1 --seed 7198" \
+              "Simulations/failover-home-crash.yaml --swarm 1 --seed 20024" \
+              "Simulations/home-crash.yaml --swarm 1 --seed 20029" \
+              "Simulations/partition-heal.yaml --swarm 1 --seed 20029" \
+              "Simulations/five-regions-10k.yaml --swarm 1 --seed 20036" \
+              "Simulations/blackhole-home.yaml --swarm 1 --seed 30301" \
+              "Simulations/broadcast-25.yaml --swarm 1 --seed 30086" \
+              "Simulations/five-regions-10k.yaml --swarm 1 --seed 30188" \
+              "Simulations/five-regions-10k.yaml --swarm 1 --seed 30019"; do
   echo "== regression: $replay"
   # shellcheck disable=SC2086
   if ! "$tern" sim $replay; then status=1; fi

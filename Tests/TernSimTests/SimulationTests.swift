@@ -286,36 +286,6 @@ struct SimulationTests {
         #expect(r.acknowledged > 300)
     }
 
-    @Test("swarm runs that once lost an acknowledged publication or sent subscribers backwards pass",
-          arguments: [
-              // The home crashed while its usual successor was cut off; the region that then replicated it went
-              // further in its epoch than the region that took over, which dropped what only the replica held.
-              ("failover-home-crash", 20024),
-              // A failover home's log was on its way to the canonical home when a second failover made a
-              // region that had sequenced it before the home again: taken as a duplicate, it left every log.
-              ("home-crash", 20029), ("partition-heal", 20029),
-              // A restarted region's clients stood further on than its new upstream, which was current but
-              // itself behind: they were answered at the region's position and then given earlier offsets.
-              ("five-regions-10k", 20036),
-              // A region that asked to start at the fork was moved across to the failover epoch by an epoch
-              // switch it ignored, not being positioned yet: it dropped the failover epoch's first
-              // publications, though as the failover home's replica it had confirmed holding them.
-              ("blackhole-home", 30301),
-              // Around a grid with links down, a path of 14 relays filled the trace before the delivered hop.
-              ("broadcast-25", 30086),
-              // A region restarted inside a failover epoch; a client's subscribe reply gave it a publication of
-              // that epoch, which the merge after the heal delivered to it again.
-              ("five-regions-10k", 30188),
-              // The same, where a publisher's retry reached the canonical home before the failover log did.
-              ("five-regions-10k", 30019),
-          ] as [(String, UInt64)])
-    func swarmRegressions(name: String, seed: UInt64) throws {
-        let s = Swarm.scenario(try scenario(name), seed: seed)
-        let r = Simulation(scenario: s, seed: seed).run()
-        #expect(r.passed, "\(r.violations.prefix(5))")
-        #expect(r.acknowledged > 100)
-    }
-
     @Test("scenario errors name the file and the line")
     func scenarioErrors() throws {
         let file = FileManager.default.temporaryDirectory.appendingPathComponent("tern-bad-\(UUID()).yaml")
