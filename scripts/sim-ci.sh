@@ -45,6 +45,8 @@ done
 # blackhole-home seed 30301 (also failover-home-crash, home-crash and link-flap-storm 30301): a region
 #   that asked to start at the fork ignored the epoch switch its upstream answered with, dropped the
 #   failover epoch's first publications and, as the failover home's replica, had confirmed them.
+# blackhole-home seed 40111: the same switch taken by a restarted region from a failover epoch it never
+#   held back to the canonical one delivered a publisher's retry again to a subscriber that had it.
 # broadcast-25 seed 30086: a 14-relay path around a grid with links down filled the trace before the
 #   delivered hop.
 # five-regions-10k seeds 30188 and 30019: a region that restarted inside a failover epoch gave a client
@@ -67,6 +69,7 @@ for replay in "Simulations/broadcast-25.yaml --swarm 1 --seed 35" \
               "Simulations/partition-heal.yaml --swarm 1 --seed 20029" \
               "Simulations/five-regions-10k.yaml --swarm 1 --seed 20036" \
               "Simulations/blackhole-home.yaml --swarm 1 --seed 30301" \
+              "Simulations/blackhole-home.yaml --swarm 1 --seed 40111" \
               "Simulations/broadcast-25.yaml --swarm 1 --seed 30086" \
               "Simulations/five-regions-10k.yaml --swarm 1 --seed 30188" \
               "Simulations/five-regions-10k.yaml --swarm 1 --seed 30019"; do

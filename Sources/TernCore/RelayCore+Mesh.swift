@@ -495,10 +495,15 @@ extension RelayCore {
     mutating func receiveEpochSwitch(_ topic: String, from: StreamPosition, to: StreamPosition, from peer: String, now: TernInstant) {
         guard var t = topics[topic], mesh!.upstream[topic] == peer else { return }
         if !t.stream.synced {
-            // This region asked to start at `from`, and the upstream moves it across to another epoch from
-            // there (it took over, or followed the region that did): it stands at `from` first, as when the
-            // first publication after `from` arrives, so that what follows the switch is kept and delivered.
-            guard t.stream.awaitingFrom == from else { return }
+            // This region asked to start at `from` in the canonical epoch, and the upstream moves it across to
+            // a failover epoch from there: it stands at `from` first, as when the first publication after
+            // `from` arrives, so that the failover epoch's publications are kept (as that home's replica, it
+            // confirms them) and delivered. From a failover epoch this region never held (it restarted),
+            // the switch back is not taken: it does not know which of that epoch's publications its resumed
+            // subscribers have (`learnEpochBefore` has not answered), and publishers' retries of them come
+            // without a first position. It is positioned where the upstream has caught it up to, and those
+            // subscribers are told.
+            guard t.stream.awaitingFrom == from, from.epoch.hasPrefix(canonicalHome(of: topic) + ".") else { return }
             withTopic(topic) { t in
                 t.stream.adopt(from)
                 t.stream.sync = .catchingUp
