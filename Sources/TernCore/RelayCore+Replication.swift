@@ -298,6 +298,8 @@ extension RelayCore {
     /// continued from, which a child still held. The home never had it (the regions it recovered from
     /// did not), but it was acknowledged: sequence it again, once, under its id. Regions that delivered
     /// it before skip their subscribers that have it (region-level id memory); the others deliver it.
+    /// At a failover home, likewise for a publication of the epoch it left, past where it left it, which a
+    /// child that went further in that epoch still held (`TopicStream.isUnrecovered`).
     mutating func resequenceUnrecovered(_ p: Publication, now: TernInstant) {
         guard isHome(p.topic), topics[p.topic]?.stream.isUnrecovered(p) == true else { return }
         // Sequenced again in another epoch (at a failover home), it carries where it was first sequenced,

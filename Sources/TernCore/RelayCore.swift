@@ -272,6 +272,10 @@ public struct RelayCore: Sendable {
         /// subscribe is answered, the position the reply put it at. A publication first sequenced at
         /// or before it is not delivered to it again (`deliverAgain`).
         var since: StreamPosition?
+        /// Up to where the subscriber is known to have the stream: the position it resumed from, and,
+        /// once its subscribe reply recovered what followed, the position the reply put it at. Nil for
+        /// a subscriber that started fresh: its stream starts at `since`, but it had nothing before.
+        var hadThrough: StreamPosition?
     }
 
     /// Counts subscriptions made in this region: a publication it delivered before a subscriber's
@@ -637,7 +641,7 @@ public struct RelayCore: Sendable {
         ensureTopic(topic, options, now: now)
         clients.update(client) { $0.addSubscription(topic) }
         joinSerial += 1
-        topics.update(topic) { $0.subscribers[client] = Joined(serial: joinSerial, since: since) }
+        topics.update(topic) { $0.subscribers[client] = Joined(serial: joinSerial, since: since, hadThrough: since) }
         topics.update(topic) { $0.lastActivity = now }
         stats.subscriptions += 1
         guard topics[topic]?.stream.synced == true else { return .success(nil) }
@@ -683,7 +687,10 @@ public struct RelayCore: Sendable {
         // of a gap) or not: what was sequenced up to there is before its stream, now and when this
         // region delivers a publication again after a failover.
         topics.update(topic) { t in
-            if t.subscribers[client] != nil { t.subscribers[client]!.since = reply.position }
+            if t.subscribers[client] != nil {
+                t.subscribers[client]!.since = reply.position
+                if reply.recovered == true { t.subscribers[client]!.hadThrough = reply.position }
+            }
         }
         guard let options = topics[topic]?.options, options.presence,
               let identity = clients[client]?.identity, !identity.isAnonymous else { return }
@@ -889,7 +896,8 @@ public struct RelayCore: Sendable {
 
     /// Delivers a publication this region delivered before (at subscription serial `mark`, first at
     /// `firstAt`) to the subscribers that joined since and have not had it: a subscriber that resumed
-    /// from a position at or past `firstAt` had it on an earlier connection, and one whose stream
+    /// from a position at or past `firstAt`, or whose subscribe reply recovered it up to such a position,
+    /// had it (on an earlier connection, or in that reply), and one whose stream
     /// starts at or past the publication's position in its epoch has it or began after it (sending
     /// it would go back in that epoch). Rare: only after failovers and resets.
     mutating func deliverAgain(_ publication: Publication, toSubscribersAfter mark: UInt64, firstAt: StreamPosition?) {
@@ -904,7 +912,7 @@ public struct RelayCore: Sendable {
             return since.epoch == position.epoch && since.offset >= position.offset
         }
         t.subscribers.forEach { client, joined in
-            let hadIt = atOrPast(joined.since, firstAt) || atOrPast(joined.since, publication.position)
+            let hadIt = atOrPast(joined.hadThrough, firstAt) || atOrPast(joined.since, publication.position)
             if joined.serial > mark, !hadIt, !waiting.contains(client) { newer.append(client) }
             return true
         }

@@ -133,6 +133,12 @@ struct RegionalCacheTests {
         let late = b.client(2)
         b.handle(.command(late, ref: 1, .subscribe(topic: "news:x", since: nil)))
         #expect(subscribed(b.received(late).first)?.position == StreamPosition(epoch: "c.7", offset: 2))
+        // Another resumes from c.7/0 (it reconnected): its subscribe reply recovers f1 and f2.
+        let resumed = b.client(3)
+        b.handle(.command(resumed, ref: 1, .subscribe(topic: "news:x", since: StreamPosition(epoch: "c.7", offset: 0))))
+        let reply = subscribed(b.received(resumed).first)
+        #expect(reply?.recovered == true)
+        #expect(reply?.publications.map(\.id) == ["f1", "f2"])
 
         // Heal: back to the canonical epoch at the fork; the canonical home sends what it sequenced
         // meanwhile (a2) and then the failover log re-sequenced (f1, f2 again), then new traffic.
@@ -145,6 +151,8 @@ struct RegionalCacheTests {
         // The late subscriber joined after f1 and f2 were delivered here: it gets the canonical stream
         // from the fork whole, f1 and f2 included, each once.
         #expect(publications(b.received(late)).map(\.id) == ["a2", "f1", "f2", "a5"])
+        // The resumed one had them in its reply: it gets each once, so only what is new.
+        #expect(publications(b.received(resumed)).map(\.id) == ["a2", "a5"])
         #expect(b.core.position(of: "news:x") == StreamPosition(epoch: "a.1", offset: 5))
     }
 }
