@@ -47,6 +47,9 @@ done
 #   failover epoch's first publications and, as the failover home's replica, had confirmed them.
 # blackhole-home seed 40111: the same switch taken by a restarted region from a failover epoch it never
 #   held back to the canonical one delivered a publisher's retry again to a subscriber that had it.
+# successor-takes-over seed 30370: a cache that had moved across to a failover epoch at a later point
+#   than its child (the fix for 20024 keeps such a region in place) made the child the same switch back
+#   after the heal, skipping what lay between the child's fork and its own.
 # broadcast-25 seed 30086: a 14-relay path around a grid with links down filled the trace before the
 #   delivered hop.
 # five-regions-10k seeds 30188 and 30019: a region that restarted inside a failover epoch gave a client
@@ -70,6 +73,7 @@ for replay in "Simulations/broadcast-25.yaml --swarm 1 --seed 35" \
               "Simulations/five-regions-10k.yaml --swarm 1 --seed 20036" \
               "Simulations/blackhole-home.yaml --swarm 1 --seed 30301" \
               "Simulations/blackhole-home.yaml --swarm 1 --seed 40111" \
+              "Simulations/successor-takes-over.yaml --swarm 1 --seed 30370" \
               "Simulations/broadcast-25.yaml --swarm 1 --seed 30086" \
               "Simulations/five-regions-10k.yaml --swarm 1 --seed 30188" \
               "Simulations/five-regions-10k.yaml --swarm 1 --seed 30019"; do

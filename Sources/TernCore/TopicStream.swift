@@ -122,6 +122,8 @@ extension TopicStream {
             return .serve(replay: [], switchFrom: since ?? adopted, switchTo: across, then: publications, at: current)
         }
         if let sw = lastSwitch, let since, since == sw.from, since.epoch != current.epoch || since.offset < current.offset,
+           // A child that left `sw.to`'s epoch earlier than `sw.to` lacks what lies between: the same switch would skip it.
+           fork.map({ $0.epoch != sw.to.epoch || $0.offset >= sw.to.offset }) ?? true,
            case .recovered(let publications) = history.publications(after: sw.to, current: current, now: now) {
             return .serve(replay: [], switchFrom: since, switchTo: sw.to, then: publications, at: current)
         }

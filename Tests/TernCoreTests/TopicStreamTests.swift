@@ -97,6 +97,13 @@ struct TopicStreamTests {
         #expect(t.catchUpPlan(since: Self.at("b.2", 12), fork: nil, isHome: false, now: Self.now)
             == .serve(replay: [], switchFrom: Self.at("b.2", 12), switchTo: Self.at("a.1", 39),
                       then: [Self.pub("a.1", 40), Self.pub("a.1", 41)], at: Self.at("a.1", 41)))
+        // A child that left a.1 at 39 or later may make it too.
+        #expect(t.catchUpPlan(since: Self.at("b.2", 12), fork: Self.at("a.1", 39), isHome: false, now: Self.now)
+            == .serve(replay: [], switchFrom: Self.at("b.2", 12), switchTo: Self.at("a.1", 39),
+                      then: [Self.pub("a.1", 40), Self.pub("a.1", 41)], at: Self.at("a.1", 41)))
+        // One that left a.1 at 30 lacks 31...39, which this ring no longer holds: not that switch, but a gap.
+        #expect(t.catchUpPlan(since: Self.at("b.2", 12), fork: Self.at("a.1", 30), isHome: false, now: Self.now)
+            == .gap(at: Self.at("a.1", 41), reason: .epochChanged))
     }
 }
 
