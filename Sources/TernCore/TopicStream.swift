@@ -122,8 +122,10 @@ extension TopicStream {
             return .serve(replay: [], switchFrom: since ?? adopted, switchTo: across, then: publications, at: current)
         }
         if let sw = lastSwitch, let since, since == sw.from, since.epoch != current.epoch || since.offset < current.offset,
-           // A child that left `sw.to`'s epoch earlier than `sw.to` lacks what lies between: the same switch would skip it.
-           fork.map({ $0.epoch != sw.to.epoch || $0.offset >= sw.to.offset }) ?? true,
+           // A child that left `sw.to`'s epoch earlier than `sw.to` lacks what lies between: the same switch would skip
+           // it. Across a restarted home's adoption jump nothing lies between where it continued from and the jump.
+           fork.map({ f in f.epoch != sw.to.epoch || f.offset >= sw.to.offset
+               || (sw.to.offset >= RelayCore.adoptionJump && f.offset >= sw.to.offset - RelayCore.adoptionJump) }) ?? true,
            case .recovered(let publications) = history.publications(after: sw.to, current: current, now: now) {
             return .serve(replay: [], switchFrom: since, switchTo: sw.to, then: publications, at: current)
         }

@@ -104,6 +104,14 @@ struct TopicStreamTests {
         // One that left a.1 at 30 lacks 31...39, which this ring no longer holds: not that switch, but a gap.
         #expect(t.catchUpPlan(since: Self.at("b.2", 12), fork: Self.at("a.1", 30), isHome: false, now: Self.now)
             == .gap(at: Self.at("a.1", 41), reason: .epochChanged))
+        // A switch across a restarted home's adoption jump: a child that left a.1 where the home continued
+        // from lacks nothing, since no offset lies between that point and the jump.
+        let jump = RelayCore.adoptionJump
+        var u = Self.stream("a.1", holding: [jump + 16], at: jump + 16)
+        u.lastSwitch = (from: Self.at("b.2", 16), to: Self.at("a.1", jump + 15))
+        #expect(u.catchUpPlan(since: Self.at("b.2", 16), fork: Self.at("a.1", 15), isHome: false, now: Self.now)
+            == .serve(replay: [], switchFrom: Self.at("b.2", 16), switchTo: Self.at("a.1", jump + 15),
+                      then: [Self.pub("a.1", jump + 16)], at: Self.at("a.1", jump + 16)))
     }
 }
 
