@@ -160,12 +160,19 @@ struct LineageTests {
         #expect(t.merge == nil)
     }
 
-    @Test("a region that restarted inside a failover epoch merges what its ring holds of it")
-    func mergeWithoutFork() {
+    /// A region that restarted inside the failover epoch b.2 (no fork), holding b.2/3 and b.2/4, switched
+    /// back to the canonical a.1 at subscription serial 5.
+    static func restartedInFailoverAndMerged() -> TopicStream {
         var t = TopicStreamTests.stream("b.2", holding: [3, 4])
         t.canonicalHome = "a"
         t.noteEpochSwitch(from: TopicStreamTests.at("b.2", 4), to: TopicStreamTests.at("a.1", 9), canonical: "a.", serial: 5,
-                          mergeUntil: Self.now + .seconds(60))
+                          mergeUntil: now + .seconds(60))
+        return t
+    }
+
+    @Test("a region that restarted inside a failover epoch merges what its ring holds of it")
+    func mergeWithoutFork() {
+        var t = Self.restartedInFailoverAndMerged()
         #expect(t.mergeMark(of: "b.2/3", now: Self.now) == 5)
         #expect(t.mergeMark(of: "b.2/4", now: Self.now) == 5)
     }
@@ -212,17 +219,13 @@ struct DeliveryDecisionTests {
             == .again(toSubscribersAfter: 0, firstAt: TopicStreamTests.at("b.2", 3)))
     }
 
-    @Test("within the merge window, a re-sequenced publication skips the subscribers whose stream starts at or past where it was first sequenced")
+    @Test("within the merge window, a re-sequenced publication names where it was first sequenced, so subscribers that had it up to there skip it")
     func mergeWindowFirstAt() {
-        var t = TopicStreamTests.stream("b.2", holding: [3, 4])
-        t.canonicalHome = "a"
-        // Delivered here in the failover epoch b.2 (this region restarted inside it: no fork).
-        t.noteEpochSwitch(from: TopicStreamTests.at("b.2", 4), to: TopicStreamTests.at("a.1", 9), canonical: "a.", serial: 5,
-                          mergeUntil: Self.now + .seconds(60))
+        var t = LineageTests.restartedInFailoverAndMerged()
         var p = TopicStreamTests.pub("a.1", 10)
         p.id = "b.2/4"
         p.firstPosition = TopicStreamTests.at("b.2", 4)
-        // A subscriber that joined after serial 5 but was put at b.2/4 by its subscribe reply has it.
+        // A subscriber that joined after serial 5 but whose subscribe reply recovered it up to b.2/4 has it.
         #expect(t.delivery(of: p, sequencedHere: false, inMesh: true, serial: 7, now: Self.now)
             == .again(toSubscribersAfter: 5, firstAt: TopicStreamTests.at("b.2", 4)))
         // A publisher's retry carries no first position: where this region delivered the id stands in for it.
